@@ -1,0 +1,172 @@
+//! Decoding and validating request bodies, shared by the Actions. Structural problems fail
+//! the whole request (`JsonParsingError`, `InvalidParam`); problems with one user's tags
+//! are returned as a message for that user's FailedInfo.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::config::TagLimits;
+use crate::gateway::error::{ApiError, ErrorCode};
+use crate::signing::truncate;
+use crate::store::{Tag, TagOp};
+
+/// Parses a JSON body into `T`. Not JSON: `JsonParsingError`. JSON of the wrong shape
+/// (types, missing fields, duplicate fields): `InvalidParam`, naming the field's path.
+/// serde_json refuses nesting deeper than 128 levels without recursing further.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            ErrorCode::JsonParsingError,
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if path == "." => {
+                ApiError::invalid(format!("body: {inner}"))
+            }
+            serde_json::error::Category::Data => ApiError::invalid(format!("{path}: {inner}")),
+            _ => ApiError::new(
+                ErrorCode::JsonParsingError,
+                format!("the body is not valid JSON: {inner}"),
+            ),
+        }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorCode::JsonParsingError,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// A JSON object of string values, in the order sent, refusing duplicate keys (a map
+/// type would silently keep the last).
+#[derive(Debug, Default, Clone)]
+pub struct StringMap(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for StringMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringMap, A::Error> {
+                let mut out: Vec<(String, String)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(4).min(128));
+                let mut seen = HashSet::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate key {:?}",
+                            truncate(&k, 64)
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(StringMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+pub fn app_id(v: i64) -> Result<u32, ApiError> {
+    if (1..=i64::from(i32::MAX)).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(ApiError::invalid(format!(
+            "AppId must be between 1 and 2147483647, got {v}"
+        )))
+    }
+}
+
+pub fn inbox_type(v: Option<i64>) -> Result<u32, ApiError> {
+    match v {
+        None => Ok(crate::store::DEFAULT_INBOX),
+        Some(v) if (0..=i64::from(i32::MAX)).contains(&v) => Ok(v as u32),
+        Some(v) => Err(ApiError::invalid(format!(
+            "InboxType must be between 0 and 2147483647, got {v}"
+        ))),
+    }
+}
+
+pub fn user_id(path: &str, v: i64) -> Result<i64, ApiError> {
+    if v >= 1 {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid(format!(
+            "{path} must be a positive 64-bit integer, got {v}"
+        )))
+    }
+}
+
+pub fn count(field: &str, len: usize, max: usize) -> Result<(), ApiError> {
+    if (1..=max).contains(&len) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must have 1 to {max} entries, got {len}"
+        )))
+    }
+}
+
+/// `"k:v"` splits at the first `:`; `"k"` is key `k` with value `""`. A key given twice is
+/// ambiguous and fails the request.
+pub fn tag_strings(field: &str, list: Vec<String>) -> Result<Vec<Tag>, ApiError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for s in list {
+        let (k, v) = match s.split_once(':') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (s, String::new()),
+        };
+        if !seen.insert(k.clone()) {
+            return Err(ApiError::invalid(format!(
+                "{field}: key {:?} appears twice",
+                truncate(&k, 64)
+            )));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Checks keys (and, for upserts, values) against the limits; the message names the key
+/// and the limit it broke.
+pub fn check_tags(tags: &[Tag], op: TagOp, limits: &TagLimits) -> Result<(), String> {
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > limits.max_key_bytes {
+            return Err(format!(
+                "tag key {:?} is {} bytes; keys are 1 to {} bytes",
+                truncate(k, 64),
+                k.len(),
+                limits.max_key_bytes
+            ));
+        }
+        if k.chars().any(|c| c == ':' || c.is_control()) {
+            return Err(format!(
+                "tag key {:?} contains ':' or a control character",
+                truncate(k, 64)
+            ));
+        }
+        if op == TagOp::Upsert && v.len() > limits.max_value_bytes {
+            return Err(format!(
+                "value of tag key {:?} is {} bytes; the limit is {} bytes",
+                truncate(k, 64),
+                v.len(),
+                limits.max_value_bytes
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The Actions of the API: one module each with its request and response types,
+//! validation and handler, and the one table of Actions that routes to them.
+
+pub mod batch_get_user;
+pub mod batch_update_user_tags;
+pub mod decode;
+pub mod register_users;
+pub mod unregister_users;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::accounts::{AccountId, Tenancy};
+use crate::config::TagLimits;
+use crate::gateway::error::ApiError;
+use crate::store::{Outcome, Store};
+
+/// The only API version there is.
+pub const VERSION: &str = "2020-12-01";
+
+/// The table of Actions. A name that is not here is answered by the gateway with
+/// `InvalidActionOrVersion` ([`Action::from_name`] returns `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    BatchUpdateUserTags,
+    RegisterUsers,
+    UnRegisterUsers,
+    BatchGetUser,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::BatchUpdateUserTags,
+        Action::RegisterUsers,
+        Action::UnRegisterUsers,
+        Action::BatchGetUser,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::BatchUpdateUserTags => "BatchUpdateUserTags",
+            Action::RegisterUsers => "RegisterUsers",
+            Action::UnRegisterUsers => "UnRegisterUsers",
+            Action::BatchGetUser => "BatchGetUser",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|a| a.name()).collect()
+    }
+}
+
+/// What a handler may use: the store, tenancy for the caller's account, and tag limits.
+pub struct Ctx<'a> {
+    pub store: &'a dyn Store,
+    pub tenancy: &'a Tenancy,
+    pub account: AccountId,
+    pub tags: &'a TagLimits,
+    /// Set by the handler once it knows the AppId, for the request log line.
+    pub app_id: Option<u32>,
+}
+
+impl Ctx<'_> {
+    /// Records the AppId and checks that the caller's account owns it.
+    pub fn authorize(&mut self, app_id: u32) -> Result<(), ApiError> {
+        self.app_id = Some(app_id);
+        self.tenancy.authorize(self.account, app_id)
+    }
+}
+
+/// Runs `action` on a body that passed authentication; returns the `Result` object.
+pub async fn dispatch(
+    action: Action,
+    body: &[u8],
+    ctx: &mut Ctx<'_>,
+) -> Result<Box<RawValue>, ApiError> {
+    match action {
+        Action::BatchUpdateUserTags => batch_update_user_tags::handle(body, ctx).await,
+        Action::RegisterUsers => register_users::handle(body, ctx).await,
+        Action::UnRegisterUsers => unregister_users::handle(body, ctx).await,
+        Action::BatchGetUser => batch_get_user::handle(body, ctx).await,
+    }
+}
+
+/// A per-user failure inside an HTTP 200 answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FailedInfo {
+    pub user_id: i64,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FailedInfos {
+    pub failed_infos: Vec<FailedInfo>,
+}
+
+impl FailedInfo {
+    pub fn invalid(user_id: i64, message: String) -> Self {
+        FailedInfo {
+            user_id,
+            code: "InvalidParam",
+            message,
+        }
+    }
+
+    /// `None` when the store applied the entry.
+    pub fn from_outcome(user_id: i64, app_id: u32, inbox: u32, outcome: Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Applied => None,
+            Outcome::UserNotFound => Some(FailedInfo {
+                user_id,
+                code: "UserNotFound",
+                message: format!("user {user_id} is not registered in AppId {app_id}"),
+            }),
+            Outcome::TagLimitExceeded { would_have, limit } => Some(FailedInfo {
+                user_id,
+                code: "TagLimitExceeded",
+                message: format!(
+                    "user {user_id} would have {would_have} tag keys in InboxType {inbox}; the limit is {limit}"
+                ),
+            }),
+        }
+    }
+}
+
+/// Runs the entries that passed validation through `apply` and merges the store's
+/// outcomes with the validation failures, in request order.
+pub async fn apply_valid<T, F, Fut>(
+    items: Vec<(i64, Result<T, String>)>,
+    app_id: u32,
+    inbox: u32,
+    apply: F,
+) -> Result<Box<RawValue>, ApiError>
+where
+    F: FnOnce(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Outcome>, crate::store::StoreError>>,
+{
+    let mut valid = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(items.len());
+    for (user_id, item) in items {
+        match item {
+            Ok(t) => {
+                valid.push(t);
+                slots.push((user_id, None));
+            }
+            Err(message) => slots.push((user_id, Some(FailedInfo::invalid(user_id, message)))),
+        }
+    }
+    let expected = valid.len();
+    let outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        apply(valid).await?
+    };
+    if outcomes.len() != expected {
+        tracing::error!(
+            expected,
+            got = outcomes.len(),
+            "store returned the wrong number of outcomes"
+        );
+        return Err(ApiError::new(
+            crate::gateway::error::ErrorCode::InternalError,
+            "the store answered inconsistently",
+        ));
+    }
+    let mut outcomes = outcomes.into_iter();
+    let failed_infos = slots
+        .into_iter()
+        .filter_map(|(user_id, failed)| match failed {
+            Some(f) => Some(f),
+            None => outcomes
+                .next()
+                .and_then(|o| FailedInfo::from_outcome(user_id, app_id, inbox, o)),
+        })
+        .collect();
+    to_raw(&FailedInfos { failed_infos })
+}
+
+pub fn to_raw<T: Serialize>(value: &T) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(value).map_err(|e| {
+        tracing::error!(error = %e, "serializing a result failed");
+        ApiError::new(
+            crate::gateway::error::ErrorCode::InternalError,
+            "serializing the result failed",
+        )
+    })
+}

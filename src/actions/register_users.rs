@@ -1,0 +1,111 @@
+//! RegisterUsers: creates broadcast users, or updates the given profile fields of
+//! registered ones and merges the given tags into inbox 0 (so retries are idempotent).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::decode::{self, StringMap};
+use super::{Ctx, apply_valid};
+use crate::gateway::error::ApiError;
+use crate::signing::truncate;
+use crate::store::{DEFAULT_INBOX, TagOp, UserRegistration};
+
+pub const MAX_USERS: usize = 20;
+pub const MAX_NICK_NAME_BYTES: usize = 100;
+pub const MAX_PORTRAIT_BYTES: usize = 500;
+pub const MAX_EXT_KEYS: usize = 20;
+pub const MAX_EXT_KEY_BYTES: usize = 50;
+pub const MAX_EXT_VALUE_BYTES: usize = 500;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Body {
+    app_id: i64,
+    users: Vec<User>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct User {
+    user_id: i64,
+    nick_name: Option<String>,
+    portrait: Option<String>,
+    ext: Option<StringMap>,
+    tags: Option<Vec<String>>,
+    is_robot: Option<bool>,
+}
+
+fn check_profile(u: &UserRegistration) -> Result<(), String> {
+    let too_long = |field: &str, len: usize, max: usize| {
+        format!("{field} is {len} bytes; the limit is {max} bytes")
+    };
+    if let Some(n) = &u.nick_name {
+        if n.len() > MAX_NICK_NAME_BYTES {
+            return Err(too_long("NickName", n.len(), MAX_NICK_NAME_BYTES));
+        }
+    }
+    if let Some(p) = &u.portrait {
+        if p.len() > MAX_PORTRAIT_BYTES {
+            return Err(too_long("Portrait", p.len(), MAX_PORTRAIT_BYTES));
+        }
+    }
+    if let Some(ext) = &u.ext {
+        if ext.len() > MAX_EXT_KEYS {
+            return Err(format!(
+                "Ext has {} keys; the limit is {MAX_EXT_KEYS}",
+                ext.len()
+            ));
+        }
+        for (k, v) in ext {
+            if k.is_empty() || k.len() > MAX_EXT_KEY_BYTES {
+                return Err(format!(
+                    "Ext key {:?} is {} bytes; keys are 1 to {MAX_EXT_KEY_BYTES} bytes",
+                    truncate(k, 64),
+                    k.len()
+                ));
+            }
+            if k.starts_with("s:") {
+                return Err(format!(
+                    "Ext key {:?} starts with the reserved prefix \"s:\"",
+                    truncate(k, 64)
+                ));
+            }
+            if v.len() > MAX_EXT_VALUE_BYTES {
+                return Err(too_long(
+                    &format!("Ext value of {:?}", truncate(k, 64)),
+                    v.len(),
+                    MAX_EXT_VALUE_BYTES,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+    let body: Body = decode::decode(body)?;
+    let app_id = decode::app_id(body.app_id)?;
+    ctx.authorize(app_id)?;
+    decode::count("Users", body.users.len(), MAX_USERS)?;
+    let mut checked = Vec::with_capacity(body.users.len());
+    for (i, u) in body.users.into_iter().enumerate() {
+        let reg = UserRegistration {
+            user_id: decode::user_id(&format!("Users[{i}].UserId"), u.user_id)?,
+            nick_name: u.nick_name,
+            portrait: u.portrait,
+            ext: u.ext.map(|m| m.0.into_iter().collect::<BTreeMap<_, _>>()),
+            is_robot: u.is_robot,
+            tags: decode::tag_strings(&format!("Users[{i}].Tags"), u.tags.unwrap_or_default())?,
+        };
+        let verdict = check_profile(&reg)
+            .and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, ctx.tags));
+        checked.push((reg.user_id, verdict.map(|()| reg)));
+    }
+    let store = ctx.store;
+    apply_valid(checked, app_id, DEFAULT_INBOX, |valid| {
+        store.register_users(app_id, valid)
+    })
+    .await
+}

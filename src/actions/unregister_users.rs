@@ -1,0 +1,36 @@
+//! UnRegisterUsers: removes users with their profiles and their tags in every inbox.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::decode;
+use super::{Ctx, apply_valid};
+use crate::gateway::error::ApiError;
+use crate::store::DEFAULT_INBOX;
+
+pub const MAX_USERS: usize = 10;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Body {
+    app_id: i64,
+    user_ids: Vec<i64>,
+}
+
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+    let body: Body = decode::decode(body)?;
+    let app_id = decode::app_id(body.app_id)?;
+    ctx.authorize(app_id)?;
+    decode::count("UserIds", body.user_ids.len(), MAX_USERS)?;
+    let ids = body
+        .user_ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| decode::user_id(&format!("UserIds[{i}]"), id).map(|id| (id, Ok(id))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = ctx.store;
+    apply_valid(ids, app_id, DEFAULT_INBOX, |valid| {
+        store.unregister_users(app_id, valid)
+    })
+    .await
+}

@@ -1,0 +1,281 @@
+//! Configuration: a TOML file (`--config`), overridden by `TAGCAST_*` environment
+//! variables and flags (the CLI applies those), then validated once at start.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actions::Action;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Regions accepted in the credential scope; the first is the default in answers.
+    pub regions: Vec<String>,
+    pub log_format: LogFormat,
+    pub limits: Limits,
+    pub tags: TagLimits,
+    pub http: HttpLimits,
+    pub store: StoreConfig,
+    pub accounts: Vec<AccountConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./tagcast-data"),
+            regions: vec!["cn-north-1".into(), "ap-southeast-1".into()],
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            tags: TagLimits::default(),
+            http: HttpLimits::default(),
+            store: StoreConfig::default(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per second per account for every Action without its own entry.
+    pub qps: u32,
+    /// Per-Action overrides. BatchGetUser is 100 unless listed here.
+    pub actions: BTreeMap<String, u32>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            qps: 50,
+            actions: BTreeMap::new(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn qps_for(&self, action: Action) -> u32 {
+        self.actions
+            .get(action.name())
+            .copied()
+            .unwrap_or(match action {
+                Action::BatchGetUser => 100,
+                _ => self.qps,
+            })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagLimits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_per_user: usize,
+}
+
+impl Default for TagLimits {
+    fn default() -> Self {
+        TagLimits {
+            max_key_bytes: 128,
+            max_value_bytes: 1024,
+            max_per_user: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    /// How long shutdown waits for in-flight requests before closing their connections.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 1 << 20,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl HttpLimits {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Only "embedded" in this version.
+    pub kind: String,
+    /// Most write requests folded into one durable commit (embedded store).
+    pub max_batch: usize,
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: "embedded".into(),
+            max_batch: 512,
+            read_connections: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub apps: Vec<i64>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub access_key: String,
+    pub secret_key: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| {
+            format!(
+                "listen = {:?} is not an address like 127.0.0.1:8080: {e}",
+                self.listen
+            )
+        })
+    }
+
+    pub fn default_region(&self) -> &str {
+        &self.regions[0]
+    }
+
+    /// Checks everything that can be checked before opening anything.
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        if self.regions.is_empty() || self.regions.iter().any(|r| r.trim().is_empty()) {
+            return Err("regions must list at least one non-empty region".into());
+        }
+        if self.limits.qps == 0 {
+            return Err("limits.qps must be at least 1".into());
+        }
+        for (name, qps) in &self.limits.actions {
+            if Action::from_name(name).is_none() {
+                return Err(format!(
+                    "limits.actions.{name}: unknown Action (known: {})",
+                    Action::names().join(", ")
+                ));
+            }
+            if *qps == 0 {
+                return Err(format!("limits.actions.{name} must be at least 1"));
+            }
+        }
+        let t = &self.tags;
+        if t.max_key_bytes == 0 || t.max_per_user == 0 {
+            return Err("tags.max_key_bytes and tags.max_per_user must be at least 1".into());
+        }
+        if self.http.max_body_bytes == 0
+            || self.http.header_timeout_secs == 0
+            || self.http.body_timeout_secs == 0
+        {
+            return Err("http.max_body_bytes, http.header_timeout_secs and http.body_timeout_secs must be at least 1".into());
+        }
+        if self.store.kind != "embedded" {
+            return Err(format!(
+                "store.kind = {:?} is not supported by this version (use \"embedded\")",
+                self.store.kind
+            ));
+        }
+        if self.store.max_batch == 0 || self.store.read_connections == 0 {
+            return Err("store.max_batch and store.read_connections must be at least 1".into());
+        }
+        validate_accounts(&self.accounts)
+    }
+}
+
+pub fn validate_accounts(accounts: &[AccountConfig]) -> Result<(), String> {
+    let mut names = HashSet::new();
+    let mut apps = HashSet::new();
+    let mut keys = HashSet::new();
+    for a in accounts {
+        if a.name.trim().is_empty() || !names.insert(a.name.as_str()) {
+            return Err(format!(
+                "accounts: name {:?} is empty or used twice",
+                a.name
+            ));
+        }
+        for &app in &a.apps {
+            if !(1..=i64::from(i32::MAX)).contains(&app) {
+                return Err(format!(
+                    "accounts.{}: AppId {app} is outside 1..=2147483647",
+                    a.name
+                ));
+            }
+            if !apps.insert(app) {
+                return Err(format!(
+                    "accounts.{}: AppId {app} belongs to more than one account",
+                    a.name
+                ));
+            }
+        }
+        for k in &a.keys {
+            if k.access_key.trim().is_empty() || k.secret_key.is_empty() {
+                return Err(format!(
+                    "accounts.{}: every key needs access_key and secret_key",
+                    a.name
+                ));
+            }
+            if !keys.insert(k.access_key.as_str()) {
+                return Err(format!(
+                    "accounts.{}: access key {} is configured twice",
+                    a.name, k.access_key
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! HTTP in, envelope out. One request's path: route (path, Action, Version, method),
+//! authenticate (cheap header checks, key lookup, then body hash and HMAC), rate limit,
+//! dispatch to the Action, and wrap whatever came out, success or error, in the vendor
+//! envelope with a fresh RequestId. Also the three plain GETs outside the signed API.
+
+pub mod envelope;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use time::OffsetDateTime;
+
+use crate::accounts::{AccountId, Tenancy};
+use crate::actions::{self, Action, Ctx, VERSION};
+use crate::config::{HttpLimits, Limits, TagLimits};
+use crate::limiter::{Decision, RateLimiter};
+use crate::metrics::Metrics;
+use crate::signing::{ParsedAuth, VerifyPolicy, truncate};
+use crate::store::Store;
+use envelope::{Meta, RequestIds};
+use error::{ApiError, ErrorCode};
+
+/// Everything a request needs, shared by all connections.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub tenancy: Tenancy,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// The configured limits, for messages; the limiter enforces them.
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub regions: Vec<String>,
+    pub tags: TagLimits,
+    pub http: HttpLimits,
+    pub request_ids: RequestIds,
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(api)
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// What the request log line reports besides the outcome.
+#[derive(Default)]
+struct Trace {
+    app_id: Option<u32>,
+    account: Option<AccountId>,
+}
+
+async fn api(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let mut meta = Meta::new(state.request_ids.next(), state.regions[0].clone());
+    let mut trace = Trace::default();
+    let outcome = handle(&state, req, &mut meta, &mut trace).await;
+    let code = match &outcome {
+        Ok(_) => "Success",
+        Err(e) => e.code.wire().1,
+    };
+    let (status, response) = envelope::respond(&meta, outcome.as_ref().map(|r| r.as_ref()));
+    let elapsed = started.elapsed();
+    let action_label = meta.known_action.map_or("Unknown", Action::name);
+    state.metrics.observe_request(action_label, code, elapsed);
+    let account = trace.account.map(|a| state.tenancy.account_name(a));
+    tracing::info!(
+        target: "tagcast::request",
+        request_id = %meta.request_id,
+        action = %meta.action,
+        app_id = trace.app_id,
+        account,
+        status = status.as_u16(),
+        code,
+        error = outcome.as_ref().err().map(|e| e.message.as_str()),
+        duration_us = elapsed.as_micros() as u64,
+    );
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    req: Request,
+    meta: &mut Meta,
+    trace: &mut Trace,
+) -> Result<Box<serde_json::value::RawValue>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let action = route(&parts.method, &parts.uri, meta)?;
+
+    let policy = VerifyPolicy {
+        now: OffsetDateTime::now_utc(),
+        regions: &state.regions,
+    };
+    let auth = ParsedAuth::parse(&parts.headers, &policy)?;
+    meta.region = auth.credential.region.clone();
+    let (secret, account) = state
+        .tenancy
+        .key(&auth.credential.access_key)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidAccessKey,
+                format!(
+                    "The accesskey [{}] included in the request is invalid.",
+                    truncate(&auth.credential.access_key, 64)
+                ),
+            )
+        })?;
+    let body = read_body(body, &parts.headers, &state.http).await?;
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+    auth.verify(
+        secret,
+        parts.method.as_str(),
+        path,
+        query,
+        &parts.headers,
+        &body,
+    )?;
+    trace.account = Some(account);
+
+    if let Decision::Deny { retry_after } = state.limiter.check(account, action).await {
+        state.metrics.observe_rate_limited(action.name());
+        let mut e = ApiError::new(
+            ErrorCode::FlowLimitExceeded,
+            format!(
+                "{} is limited to {} requests per second per account",
+                action.name(),
+                state.limits.qps_for(action)
+            ),
+        );
+        e.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        return Err(e);
+    }
+
+    let mut ctx = Ctx {
+        store: state.store.as_ref(),
+        tenancy: &state.tenancy,
+        account,
+        tags: &state.tags,
+        app_id: None,
+    };
+    let result = actions::dispatch(action, &body, &mut ctx).await;
+    trace.app_id = ctx.app_id;
+    result
+}
+
+/// Path, Action and Version from the query, and the method.
+fn route(method: &Method, uri: &axum::http::Uri, meta: &mut Meta) -> Result<Action, ApiError> {
+    if uri.path() != "/" {
+        return Err(ApiError::new(
+            ErrorCode::InvalidActionOrVersion,
+            format!(
+                "unknown path {:?}; the API is POST /?Action=...&Version={VERSION}",
+                truncate(uri.path(), 64)
+            ),
+        ));
+    }
+    let (mut action, mut version) = (None, None);
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        let slot = match k.as_ref() {
+            "Action" => &mut action,
+            "Version" => &mut version,
+            _ => continue,
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(ApiError::invalid(format!(
+                "query parameter {k} appears more than once"
+            )));
+        }
+    }
+    if let Some(a) = &action {
+        meta.action = truncate(a, 64);
+    }
+    if let Some(v) = &version {
+        meta.version = truncate(v, 64);
+    }
+    let (Some(action), Some(version)) = (action, version) else {
+        let missing = if meta.action.is_empty() {
+            "Action"
+        } else {
+            "Version"
+        };
+        return Err(ApiError::new(
+            ErrorCode::MissingParameter,
+            format!("The request is missing {missing} parameter."),
+        ));
+    };
+    if method != Method::POST {
+        return Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed; send POST"),
+        ));
+    }
+    match Action::from_name(&action) {
+        Some(a) if version == VERSION => {
+            meta.known_action = Some(a);
+            Ok(a)
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidActionOrVersion,
+            format!(
+                "Could not find operation {} for version {}.",
+                meta.action, meta.version
+            ),
+        )),
+    }
+}
+
+/// Refuses an announced oversized body before reading any of it, and a streamed one as
+/// soon as it passes the limit; a body that does not arrive in time is cut off.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limits: &HttpLimits,
+) -> Result<Bytes, ApiError> {
+    let max = limits.max_body_bytes;
+    let too_large = |what: String| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is {what}; the limit is {max} bytes"),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced {
+        if len > max as u64 {
+            return Err(too_large(format!("{len} bytes")));
+        }
+    }
+    match tokio::time::timeout(limits.body_timeout(), Limited::new(body, max).collect()).await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                limits.body_timeout_secs
+            ),
+        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large("larger".into()))
+        }
+        Ok(Err(e)) => Err(ApiError::invalid(format!(
+            "reading the request body failed: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}

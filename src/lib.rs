@@ -1,0 +1,18 @@
+//! tagcast: a self-hostable server for the Volcengine IM "broadcast user" OpenAPI
+//! (BatchUpdateUserTags, RegisterUsers, UnRegisterUsers, BatchGetUser).
+//!
+//! A request flows one way: bytes -> [`gateway`] (routing, signature V4, tenancy, rate
+//! limit) -> [`actions`] (one module per Action) -> [`store`] (trait + backends) -> the
+//! envelope. [`signing`] is pure and shared by the server, `tagcast call` and the tests.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod actions;
+pub mod call;
+pub mod config;
+pub mod gateway;
+pub mod limiter;
+pub mod metrics;
+pub mod server;
+pub mod signing;
+pub mod store;

@@ -1,0 +1,119 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub action: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ActionLabel, Histogram>,
+    rate_limited: Family<ActionLabel, Counter>,
+    commit_seconds: Histogram,
+    commit_batch: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tagcast");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        let rate_limited = Family::<ActionLabel, Counter>::default();
+        let commit_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "requests",
+            "API requests by Action and answer Code (Success on success)",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "API request latency by Action",
+            latency.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests rejected with FlowLimitExceeded, by Action",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time to apply and durably commit one write batch",
+            commit_seconds.clone(),
+        );
+        registry.register(
+            "store_commit_batch_size",
+            "Requests folded into one durable commit",
+            commit_batch.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            rate_limited,
+            commit_seconds,
+            commit_batch,
+        }
+    }
+
+    pub fn observe_request(&self, action: &str, code: &str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                action: action.into(),
+                code: code.into(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ActionLabel {
+                action: action.into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_rate_limited(&self, action: &str) {
+        self.rate_limited
+            .get_or_create(&ActionLabel {
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    pub fn observe_commit(&self, elapsed: Duration, batch_size: usize) {
+        self.commit_seconds.observe(elapsed.as_secs_f64());
+        self.commit_batch.observe(batch_size as f64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(
+            &mut out,
+            &self.registry.lock().expect("registry lock"),
+        )
+        .expect("writing to a String cannot fail");
+        out
+    }
+}

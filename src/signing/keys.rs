@@ -1,0 +1,59 @@
+//! Secret material with the safety in its types: a secret that never prints and is wiped
+//! on drop, and a signature that can only be compared in constant time.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+pub(super) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// A secret access key. `Debug` shows nothing of it; the memory is zeroed on drop.
+#[derive(Clone)]
+pub struct SecretKey(Zeroizing<String>);
+
+impl SecretKey {
+    pub fn new(secret: impl Into<String>) -> Self {
+        SecretKey(Zeroizing::new(secret.into()))
+    }
+
+    /// The secret itself, for the HMAC chain and for writing the credentials file.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// A computed signature. Deliberately no `PartialEq`: the only comparison is
+/// [`Signature::matches_hex`], which runs in constant time.
+pub struct Signature([u8; 32]);
+
+impl Signature {
+    pub fn compute(signing_key: &[u8; 32], string_to_sign: &str) -> Self {
+        Signature(hmac(signing_key, string_to_sign.as_bytes()))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Compares with a hex signature from a client (either case) in constant time.
+    /// Input of the wrong length or with non-hex characters never matches.
+    pub fn matches_hex(&self, claimed: &str) -> bool {
+        let mut decoded = [0u8; 32];
+        if hex::decode_to_slice(claimed, &mut decoded).is_err() {
+            return false;
+        }
+        self.0.ct_eq(&decoded).into()
+    }
+}

@@ -1,0 +1,311 @@
+//! The embedded store: SQLite (bundled) in WAL mode with `synchronous=FULL`.
+//!
+//! Writes go through one writer thread that takes every write waiting in its queue, applies
+//! them all in one transaction and commits once (group commit): one fsync serves many
+//! requests, and each request is answered only after the commit that holds it. Being the
+//! only writer also makes per-user read-then-write (the tag cap) race-free. Each request
+//! runs under its own SAVEPOINT, so a request that fails with an SQL error is rolled back
+//! alone. Reads use a small pool of separate connections; WAL lets them run while the
+//! writer commits, and they see every committed (hence every acknowledged) write.
+
+mod apply;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration};
+use crate::metrics::Metrics;
+
+pub const DB_FILE: &str = "tagcast.db";
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub max_tags_per_user: usize,
+    pub read_connections: usize,
+    /// Most requests folded into one commit.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            max_tags_per_user: 100,
+            read_connections: 4,
+            max_batch: 512,
+        }
+    }
+}
+
+enum WriteOp {
+    Tags {
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+    },
+    Register(Vec<UserRegistration>),
+    Unregister(Vec<i64>),
+}
+
+struct WriteJob {
+    app_id: u32,
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+}
+
+pub struct EmbeddedStore {
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    read_permits: Arc<Semaphore>,
+    path: PathBuf,
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn classify(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::DiskFull
+            | C::SystemIoFailure
+            | C::CannotOpen
+            | C::OutOfMemory,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir`, migrating its schema.
+    pub fn open(
+        data_dir: &Path,
+        options: EmbeddedOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = open_connection(&path, OpenFlags::default())
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| format!("enabling WAL on {}: {e}", path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(format!(
+                "{} cannot use WAL mode (got {mode})",
+                path.display()
+            ));
+        }
+        let report = schema::migrate_to(&mut conn, schema::CURRENT_VERSION)?;
+        if report.from != report.to {
+            tracing::info!(
+                from = report.from,
+                to = report.to,
+                "migrated embedded store schema"
+            );
+        }
+        let mut readers = Vec::with_capacity(options.read_connections);
+        for _ in 0..options.read_connections.max(1) {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            readers
+                .push(open_connection(&path, flags).map_err(|e| format!("opening reader: {e}"))?);
+        }
+        let (tx, rx) = mpsc::channel(options.max_batch * 4);
+        let writer_thread = std::thread::Builder::new()
+            .name("tagcast-writer".into())
+            .spawn(move || writer_loop(conn, rx, options, metrics))
+            .map_err(|e| format!("starting writer thread: {e}"))?;
+        Ok(EmbeddedStore {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            read_permits: Arc::new(Semaphore::new(readers.len())),
+            readers: Arc::new(Mutex::new(readers)),
+            path,
+        })
+    }
+
+    async fn write(&self, app_id: u32, op: WriteOp) -> Result<Vec<Outcome>, StoreError> {
+        let sender = self.writer.lock().expect("writer lock").clone();
+        let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let (reply, rx) = oneshot::channel();
+        sender
+            .send(WriteJob { app_id, op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("closed".into()))?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers
+                .lock()
+                .expect("reader lock")
+                .pop()
+                .expect("a permit guarantees a connection");
+            let result = f(&conn).map_err(classify);
+            readers.lock().expect("reader lock").push(conn);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriteJob>,
+    options: EmbeddedOptions,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let results = commit_batch(&mut conn, &batch, options.max_tags_per_user);
+        metrics.observe_commit(started.elapsed(), batch.len());
+        for (job, result) in batch.drain(..).zip(results) {
+            // The requester may have gone away (client disconnected); the write stands.
+            let _ = job.reply.send(result);
+        }
+    }
+    // Channel closed: every accepted job has been committed and answered. Fold the WAL
+    // back into the main file so the next start opens quickly.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "final WAL checkpoint failed (the WAL stays valid)");
+    }
+}
+
+/// Applies every job in one transaction, each under its own savepoint. If the commit
+/// itself fails, every job reports the failure: none of them was acknowledged.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[WriteJob],
+    cap: usize,
+) -> Vec<Result<Vec<Outcome>, StoreError>> {
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = classify(e);
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let result = (|| {
+            let sp = tx.savepoint_with_name("job")?;
+            let out = match &job.op {
+                WriteOp::Tags { inbox, op, entries } => {
+                    apply::update_tags(&sp, job.app_id, *inbox, *op, entries, cap)
+                }
+                WriteOp::Register(users) => apply::register_users(&sp, job.app_id, users, cap),
+                WriteOp::Unregister(ids) => apply::unregister_users(&sp, job.app_id, ids),
+            }?;
+            sp.commit()?;
+            Ok(out)
+        })()
+        .map_err(classify);
+        results.push(result);
+    }
+    if let Err(e) = tx.commit() {
+        let e = classify(e);
+        return batch.iter().map(|_| Err(e.clone())).collect();
+    }
+    results
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn update_tags(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::Tags { inbox, op, entries })
+            .await
+    }
+
+    async fn register_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserRegistration>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::Register(users)).await
+    }
+
+    async fn unregister_users(
+        &self,
+        app_id: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::Unregister(user_ids)).await
+    }
+
+    async fn get_users(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Option<StoredUser>>, StoreError> {
+        self.read(move |conn| apply::get_users(conn, app_id, inbox, &user_ids))
+            .await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.writer.lock().expect("writer lock").is_none() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
+            .await
+    }
+
+    async fn close(&self) {
+        // Dropping the only sender ends the writer loop once the queue is drained.
+        self.writer.lock().expect("writer lock").take();
+        let handle = self
+            .writer_thread
+            .lock()
+            .expect("writer thread lock")
+            .take();
+        if let Some(handle) = handle {
+            let path = self.path.clone();
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!(path = %path.display(), "embedded store writer did not stop cleanly");
+            }
+        }
+    }
+}

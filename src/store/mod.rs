@@ -1,0 +1,118 @@
+//! Storage: a narrow, batch-oriented trait and one module per backend.
+//!
+//! Every write call takes a whole request's entries and returns one outcome per entry, in
+//! order. Each entry is applied atomically (all of its keys or none), entries apply in the
+//! order given, and the call returns only once everything it applied is durable.
+//! Validation of keys and values happens before the store; the store enforces what needs
+//! the stored state: registration and the per-user tag cap.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+/// A tag: (key, value). Values are ignored for deletes.
+pub type Tag = (String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagOp {
+    /// Overwrite existing keys, add new ones (Op 0).
+    Upsert,
+    /// Delete the given keys; absent keys are ignored (Op 1).
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct TagEntry {
+    pub user_id: i64,
+    pub tags: Vec<Tag>,
+}
+
+/// The result for one entry of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    UserNotFound,
+    /// The entry would leave the user with `would_have` keys in the inbox; `limit` is the cap.
+    TagLimitExceeded {
+        would_have: usize,
+        limit: usize,
+    },
+}
+
+/// RegisterUsers for one user: `None` fields keep the stored value (or the default for a
+/// new user); tags are merged into inbox 0.
+#[derive(Debug, Clone, Default)]
+pub struct UserRegistration {
+    pub user_id: i64,
+    pub nick_name: Option<String>,
+    pub portrait: Option<String>,
+    pub ext: Option<BTreeMap<String, String>>,
+    pub is_robot: Option<bool>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub user_id: i64,
+    pub nick_name: String,
+    pub portrait: String,
+    pub ext: BTreeMap<String, String>,
+    pub is_robot: bool,
+    pub create_time_ms: i64,
+    pub modify_time_ms: i64,
+    /// Tags of the inbox that was asked for, sorted by key (byte order).
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot serve now (closed, I/O failure, database down): retryable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything that should not happen (corruption, a bug).
+    #[error("store internal error: {0}")]
+    Internal(String),
+}
+
+/// The inbox that tags go to when a request names none, and that RegisterUsers writes.
+pub const DEFAULT_INBOX: u32 = 0;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn update_tags(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+    ) -> Result<Vec<Outcome>, StoreError>;
+
+    async fn register_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserRegistration>,
+    ) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Removes each user with its profile and its tags in every inbox.
+    async fn unregister_users(
+        &self,
+        app_id: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Outcome>, StoreError>;
+
+    /// One slot per requested id, `None` for users that are not registered.
+    async fn get_users(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Option<StoredUser>>, StoreError>;
+
+    /// Whether the store can serve requests now.
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Makes everything acknowledged durable and stops; later calls answer `Unavailable`.
+    async fn close(&self);
+}
