@@ -1,0 +1,299 @@
+//! Test harness: a real server on 127.0.0.1 port 0 (in-process or as a child process),
+//! a real signer, and helpers for the calls every test makes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tagcast::call::{Answer, Client};
+use tagcast::config::{AccountConfig, Config, KeyConfig};
+use tagcast::gateway::AppState;
+use tagcast::signing::{Credentials, SecretKey};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const APP: i64 = 666675;
+pub const APP2: i64 = 1001;
+pub const OTHER_APP: i64 = 2002;
+pub const AK: &str = "AKLTacme0001";
+pub const SK: &str = "acme-secret-0001";
+pub const AK_DISABLED: &str = "AKLTacmeDisabled";
+pub const AK_OTHER: &str = "AKLTother0001";
+pub const SK_OTHER: &str = "other-secret-0001";
+
+pub fn test_accounts() -> Vec<AccountConfig> {
+    vec![
+        AccountConfig {
+            name: "acme".into(),
+            apps: vec![APP, APP2],
+            keys: vec![
+                KeyConfig { access_key: AK.into(), secret_key: SK.into(), disabled: false },
+                KeyConfig { access_key: AK_DISABLED.into(), secret_key: "disabled-secret".into(), disabled: true },
+            ],
+        },
+        AccountConfig {
+            name: "other".into(),
+            apps: vec![OTHER_APP],
+            keys: vec![KeyConfig { access_key: AK_OTHER.into(), secret_key: SK_OTHER.into(), disabled: false }],
+        },
+    ]
+}
+
+/// A configuration for tests: loopback port 0, the test accounts, limits out of the way.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config { listen: "127.0.0.1:0".into(), data_dir: data_dir.to_owned(), ..Config::default() };
+    c.accounts = test_accounts();
+    c.limits.qps = 100_000;
+    c.limits.actions.insert("BatchGetUser".into(), 100_000);
+    c
+}
+
+pub fn creds(ak: &str, sk: &str) -> Credentials {
+    Credentials { access_key: ak.into(), secret_key: SecretKey::new(sk), region: "cn-north-1".into() }
+}
+
+/// An in-process server on a port of its own.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Self::start_in(&dir, tweak).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts on an existing data directory (the caller keeps it alive).
+    pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config(dir);
+        tweak(&mut config);
+        let prepared = tagcast::server::prepare(&config).await.expect("server starts");
+        let (tx, rx) = oneshot::channel();
+        let state = prepared.state.clone();
+        let task = tokio::spawn(tagcast::server::serve(prepared.listener, prepared.state, async {
+            let _ = rx.await;
+        }));
+        TestServer { addr: prepared.addr, state, data_dir: dir.to_owned(), _tmp: None, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoint(), creds(AK, SK))
+    }
+
+    pub fn client_with(&self, ak: &str, sk: &str) -> Client {
+        Client::new(&self.endpoint(), creds(ak, sk))
+    }
+
+    /// Graceful stop; returns when the store is closed.
+    pub async fn stop(mut self) {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A `tagcast serve` child process, for tests that kill it.
+pub struct ChildServer {
+    pub child: Child,
+    pub endpoint: String,
+}
+
+impl ChildServer {
+    /// Starts the real binary with a config file in `dir`, waits for its "listening" line.
+    pub fn spawn(dir: &Path) -> Self {
+        let config_path = dir.join("tagcast.toml");
+        let mut text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[limits]\nqps = 100000\n[limits.actions]\nBatchGetUser = 100000\n",
+            dir.join("data")
+        );
+        for a in test_accounts() {
+            text.push_str(&format!("[[accounts]]\nname = {:?}\napps = {:?}\n", a.name, a.apps));
+            for k in a.keys {
+                text.push_str(&format!(
+                    "[[accounts.keys]]\naccess_key = {:?}\nsecret_key = {:?}\ndisabled = {}\n",
+                    k.access_key, k.secret_key, k.disabled
+                ));
+            }
+        }
+        std::fs::write(&config_path, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tagcast"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("tagcast binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let first = lines.next().expect("a first line").unwrap();
+        let endpoint = first.rsplit(' ').next().unwrap().to_owned();
+        assert!(endpoint.starts_with("http://127.0.0.1:"), "unexpected first line {first:?}");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ChildServer { child, endpoint }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoint, creds(AK, SK))
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn call(client: &Client, action: &str, body: Value) -> Answer {
+    client.call(action, body.to_string().as_bytes()).await.expect("request answered")
+}
+
+/// Asserts an error answer with this HTTP status and Code, and the envelope around it.
+pub fn assert_error(answer: &Answer, status: u16, code: &str) -> Value {
+    let v = answer.json();
+    assert_eq!(answer.status, status, "status for {v}");
+    let e = &v["ResponseMetadata"]["Error"];
+    assert_eq!(e["Code"], code, "Code in {v}");
+    assert!(e["CodeN"].as_u64().unwrap() > 0, "CodeN in {v}");
+    assert!(!e["Message"].as_str().unwrap().is_empty(), "Message in {v}");
+    assert!(v.get("Result").is_none(), "no Result on failure: {v}");
+    assert!(!v["ResponseMetadata"]["RequestId"].as_str().unwrap().is_empty());
+    v
+}
+
+/// Asserts success and returns `Result`.
+pub fn ok(answer: &Answer) -> Value {
+    let v = answer.json();
+    assert_eq!(answer.status, 200, "{v}");
+    assert!(v["ResponseMetadata"].get("Error").is_none(), "{v}");
+    v["Result"].clone()
+}
+
+pub fn failed_infos(answer: &Answer) -> Vec<Value> {
+    ok(answer)["FailedInfos"].as_array().unwrap().clone()
+}
+
+pub async fn register(client: &Client, app: i64, ids: &[i64]) {
+    for chunk in ids.chunks(20) {
+        let users: Vec<Value> = chunk.iter().map(|id| json!({"UserId": id})).collect();
+        let a = call(client, "RegisterUsers", json!({"AppId": app, "Users": users})).await;
+        assert_eq!(failed_infos(&a), Vec::<Value>::new());
+    }
+}
+
+/// The `"k:v"` tags of one user in one inbox, or `None` when not registered.
+pub async fn tags_of(client: &Client, app: i64, inbox: i64, user: i64) -> Option<Vec<String>> {
+    let a = call(client, "BatchGetUser", json!({"AppId": app, "UserIds": [user], "InboxType": inbox})).await;
+    let r = ok(&a);
+    let users = r["Users"].as_array().unwrap();
+    users.first().map(|u| u["Tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+}
+
+/// Headers of a request signed at `now`, to be sent as the test chooses.
+pub fn signed_headers(c: &Credentials, method: &str, host: &str, query: &str, body: &[u8], now: time::OffsetDateTime) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert("host", host.parse().unwrap());
+    h.insert("content-type", "application/json".parse().unwrap());
+    tagcast::signing::sign(method, "/", query, &mut h, body, c, now);
+    h
+}
+
+/// Sends exactly these headers and body (reqwest adds nothing that is signed).
+pub async fn send_raw(endpoint: &str, method: &str, query: &str, headers: http::HeaderMap, body: Vec<u8>) -> Answer {
+    let r = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{endpoint}/?{query}"))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    Answer { status, headers, body: r.bytes().await.unwrap().to_vec() }
+}
+
+/// Writes `head` and then `body` on a raw TCP connection (ignoring a server that stops
+/// reading), and returns the status and the parsed JSON body of the answer.
+pub async fn raw_tcp(addr: SocketAddr, head: String, body: impl Iterator<Item = Vec<u8>> + Send + 'static) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for chunk in body {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut tmp = [0u8; 8192];
+        loop {
+            match rd.read(&mut tmp).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+            if let Some(v) = parse_http_answer(&buf) {
+                return Some(v);
+            }
+        }
+        parse_http_answer(&buf)
+    })
+    .await
+    .expect("the server answers within a minute");
+    writer.abort();
+    read.unwrap_or_else(|| panic!("no complete answer in {:?}", String::from_utf8_lossy(&buf)))
+}
+
+fn parse_http_answer(buf: &[u8]) -> Option<(u16, Value)> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))?;
+    (body.len() >= len).then(|| (status, serde_json::from_str(&body[..len]).unwrap_or(Value::Null)))
+}

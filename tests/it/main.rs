@@ -1,0 +1,5 @@
+//! Integration tests: real HTTP against a real server on port 0, signed by the real signer.
+
+mod common;
+mod signing_vectors;
+mod errors;
