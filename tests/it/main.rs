@@ -3,3 +3,4 @@
 mod common;
 mod signing_vectors;
 mod errors;
+mod actions;
