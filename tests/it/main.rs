@@ -4,3 +4,4 @@ mod common;
 mod signing_vectors;
 mod errors;
 mod actions;
+mod durability;

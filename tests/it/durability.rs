@@ -1,0 +1,123 @@
+//! Acknowledged writes survive a graceful restart, a SIGKILL of the server process, and a
+//! schema upgrade of an older data directory.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tagcast::store::embedded::{DB_FILE, schema};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_and_restart_on_the_same_data_directory_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let c = s.client();
+    register(&c, APP, &[1, 2, 3]).await;
+    let a = call(&c, "BatchUpdateUserTags", json!({"AppId": APP, "InboxType": 2, "UserTags": [{"UserId": 2, "Tags": {"a": "1", "b": "2"}}]})).await;
+    assert!(failed_infos(&a).is_empty());
+    ok(&call(&c, "UnRegisterUsers", json!({"AppId": APP, "UserIds": [3]})).await);
+    s.stop().await;
+
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let c = s.client();
+    assert_eq!(tags_of(&c, APP, 2, 2).await.unwrap(), vec!["a:1", "b:2"]);
+    assert_eq!(tags_of(&c, APP, 0, 1).await.unwrap(), Vec::<String>::new());
+    assert_eq!(tags_of(&c, APP, 0, 3).await, None);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_and_exits_zero_and_sigkill_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path());
+    let users: Vec<i64> = (1..=8).collect();
+    register(&server.client(), APP, &users).await;
+
+    // 4 writers, each owning two users, write distinct keys; every acknowledged write goes
+    // into the ledger. The server is killed while they are writing.
+    let ledger: Arc<Mutex<BTreeMap<(i64, String), String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..4i64 {
+        let client = server.client();
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0.. {
+                let user = 1 + w * 2 + (r % 2);
+                let (k, v) = (format!("w{w}r{r}"), format!("v{r}"));
+                let body = json!({"AppId": APP, "UserTags": [{"UserId": user, "Tags": {k.clone(): v.clone()}}]});
+                match client.call("BatchUpdateUserTags", body.to_string().as_bytes()).await {
+                    Ok(a) if a.status == 200 => {
+                        assert!(failed_infos(&a).is_empty());
+                        ledger.lock().unwrap().insert((user, k), v);
+                    }
+                    _ => break, // the server is gone: this write was not acknowledged
+                }
+                if r >= 10_000 {
+                    break;
+                }
+            }
+        }));
+    }
+    // Let the writers get going, then kill without warning.
+    while ledger.lock().unwrap().len() < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    server.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acknowledged = ledger.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 200);
+
+    let server = ChildServer::spawn(dir.path());
+    let c = server.client();
+    for user in users {
+        let stored = tags_of(&c, APP, 0, user).await.unwrap();
+        for ((u, k), v) in &acknowledged {
+            if *u == user {
+                assert!(stored.contains(&format!("{k}:{v}")), "user {user} lost {k}={v}");
+            }
+        }
+    }
+    // A graceful stop exits 0.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let r = schema::migrate_to(&mut conn, 1).unwrap();
+        assert_eq!((r.from, r.to), (0, 1));
+        conn.execute_batch(
+            "INSERT INTO users (app_id, user_id, nick_name, create_time, modify_time) VALUES (666675, 77, 'old', 1, 1);
+             INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (666675, 77, 0, 'from', 'v1');",
+        )
+        .unwrap();
+    }
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    assert_eq!(tags_of(&s.client(), APP, 0, 77).await.unwrap(), vec!["from:v1"]);
+    s.stop().await;
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    assert_eq!(schema::version(&conn).unwrap(), schema::CURRENT_VERSION);
+    let index: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'tags_audience'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(index, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_schema_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", schema::CURRENT_VERSION + 1).unwrap();
+    }
+    let config = test_config(dir.path());
+    let err = tagcast::server::prepare(&config).await.err().expect("refused");
+    assert!(err.contains("newer than this tagcast understands"), "{err}");
+}
