@@ -5,3 +5,5 @@ mod signing_vectors;
 mod errors;
 mod actions;
 mod durability;
+mod rate_limit;
+mod startup;
