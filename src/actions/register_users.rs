@@ -41,15 +41,15 @@ fn check_profile(u: &UserRegistration) -> Result<(), String> {
     let too_long = |field: &str, len: usize, max: usize| {
         format!("{field} is {len} bytes; the limit is {max} bytes")
     };
-    if let Some(n) = &u.nick_name {
-        if n.len() > MAX_NICK_NAME_BYTES {
-            return Err(too_long("NickName", n.len(), MAX_NICK_NAME_BYTES));
-        }
+    if let Some(n) = u
+        .nick_name
+        .as_ref()
+        .filter(|n| n.len() > MAX_NICK_NAME_BYTES)
+    {
+        return Err(too_long("NickName", n.len(), MAX_NICK_NAME_BYTES));
     }
-    if let Some(p) = &u.portrait {
-        if p.len() > MAX_PORTRAIT_BYTES {
-            return Err(too_long("Portrait", p.len(), MAX_PORTRAIT_BYTES));
-        }
+    if let Some(p) = u.portrait.as_ref().filter(|p| p.len() > MAX_PORTRAIT_BYTES) {
+        return Err(too_long("Portrait", p.len(), MAX_PORTRAIT_BYTES));
     }
     if let Some(ext) = &u.ext {
         if ext.len() > MAX_EXT_KEYS {

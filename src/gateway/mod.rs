@@ -250,10 +250,8 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = announced {
-        if len > max as u64 {
-            return Err(too_large(format!("{len} bytes")));
-        }
+    if let Some(len) = announced.filter(|&len| len > max as u64) {
+        return Err(too_large(format!("{len} bytes")));
     }
     match tokio::time::timeout(limits.body_timeout(), Limited::new(body, max).collect()).await {
         Err(_) => Err(ApiError::new(

@@ -121,7 +121,7 @@ impl ParsedAuth {
                 credential.service
             )));
         }
-        if !policy.regions.iter().any(|r| *r == credential.region) {
+        if !policy.regions.contains(&credential.region) {
             return Err(AuthError::Mismatch(format!(
                 "credential scope names region {:?}, which this server does not accept",
                 credential.region
@@ -157,15 +157,11 @@ impl ParsedAuth {
         body: &[u8],
     ) -> Result<(), AuthError> {
         let body_hash = sha256_hex(body);
-        if let Some(claimed) = headers.get("x-content-sha256") {
-            if !claimed
-                .as_bytes()
-                .eq_ignore_ascii_case(body_hash.as_bytes())
-            {
-                return Err(AuthError::Mismatch(
-                    "X-Content-Sha256 does not match the body".into(),
-                ));
-            }
+        let claimed = headers.get("x-content-sha256");
+        if claimed.is_some_and(|c| !c.as_bytes().eq_ignore_ascii_case(body_hash.as_bytes())) {
+            return Err(AuthError::Mismatch(
+                "X-Content-Sha256 does not match the body".into(),
+            ));
         }
         let canonical_headers = canonical_headers(&self.signed_headers, headers)?;
         let creq = canonical_request(

@@ -2,7 +2,7 @@
 //! a real signer, and helpers for the calls every test makes.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
@@ -29,21 +29,37 @@ pub fn test_accounts() -> Vec<AccountConfig> {
             name: "acme".into(),
             apps: vec![APP, APP2],
             keys: vec![
-                KeyConfig { access_key: AK.into(), secret_key: SK.into(), disabled: false },
-                KeyConfig { access_key: AK_DISABLED.into(), secret_key: "disabled-secret".into(), disabled: true },
+                KeyConfig {
+                    access_key: AK.into(),
+                    secret_key: SK.into(),
+                    disabled: false,
+                },
+                KeyConfig {
+                    access_key: AK_DISABLED.into(),
+                    secret_key: "disabled-secret".into(),
+                    disabled: true,
+                },
             ],
         },
         AccountConfig {
             name: "other".into(),
             apps: vec![OTHER_APP],
-            keys: vec![KeyConfig { access_key: AK_OTHER.into(), secret_key: SK_OTHER.into(), disabled: false }],
+            keys: vec![KeyConfig {
+                access_key: AK_OTHER.into(),
+                secret_key: SK_OTHER.into(),
+                disabled: false,
+            }],
         },
     ]
 }
 
 /// A configuration for tests: loopback port 0, the test accounts, limits out of the way.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut c = Config { listen: "127.0.0.1:0".into(), data_dir: data_dir.to_owned(), ..Config::default() };
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
     c.accounts = test_accounts();
     c.limits.qps = 100_000;
     c.limits.actions.insert("BatchGetUser".into(), 100_000);
@@ -51,14 +67,17 @@ pub fn test_config(data_dir: &Path) -> Config {
 }
 
 pub fn creds(ak: &str, sk: &str) -> Credentials {
-    Credentials { access_key: ak.into(), secret_key: SecretKey::new(sk), region: "cn-north-1".into() }
+    Credentials {
+        access_key: ak.into(),
+        secret_key: SecretKey::new(sk),
+        region: "cn-north-1".into(),
+    }
 }
 
 /// An in-process server on a port of its own.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -81,13 +100,25 @@ impl TestServer {
     pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config(dir);
         tweak(&mut config);
-        let prepared = tagcast::server::prepare(&config).await.expect("server starts");
+        let prepared = tagcast::server::prepare(&config)
+            .await
+            .expect("server starts");
         let (tx, rx) = oneshot::channel();
         let state = prepared.state.clone();
-        let task = tokio::spawn(tagcast::server::serve(prepared.listener, prepared.state, async {
-            let _ = rx.await;
-        }));
-        TestServer { addr: prepared.addr, state, data_dir: dir.to_owned(), _tmp: None, shutdown: Some(tx), task: Some(task) }
+        let task = tokio::spawn(tagcast::server::serve(
+            prepared.listener,
+            prepared.state,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            addr: prepared.addr,
+            state,
+            _tmp: None,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -132,7 +163,10 @@ impl ChildServer {
             dir.join("data")
         );
         for a in test_accounts() {
-            text.push_str(&format!("[[accounts]]\nname = {:?}\napps = {:?}\n", a.name, a.apps));
+            text.push_str(&format!(
+                "[[accounts]]\nname = {:?}\napps = {:?}\n",
+                a.name, a.apps
+            ));
             for k in a.keys {
                 text.push_str(&format!(
                     "[[accounts.keys]]\naccess_key = {:?}\nsecret_key = {:?}\ndisabled = {}\n",
@@ -153,7 +187,10 @@ impl ChildServer {
         let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
         let first = lines.next().expect("a first line").unwrap();
         let endpoint = first.rsplit(' ').next().unwrap().to_owned();
-        assert!(endpoint.starts_with("http://127.0.0.1:"), "unexpected first line {first:?}");
+        assert!(
+            endpoint.starts_with("http://127.0.0.1:"),
+            "unexpected first line {first:?}"
+        );
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         ChildServer { child, endpoint }
@@ -185,7 +222,10 @@ impl Drop for ChildServer {
 }
 
 pub async fn call(client: &Client, action: &str, body: Value) -> Answer {
-    client.call(action, body.to_string().as_bytes()).await.expect("request answered")
+    client
+        .call(action, body.to_string().as_bytes())
+        .await
+        .expect("request answered")
 }
 
 /// Asserts an error answer with this HTTP status and Code, and the envelope around it.
@@ -197,7 +237,12 @@ pub fn assert_error(answer: &Answer, status: u16, code: &str) -> Value {
     assert!(e["CodeN"].as_u64().unwrap() > 0, "CodeN in {v}");
     assert!(!e["Message"].as_str().unwrap().is_empty(), "Message in {v}");
     assert!(v.get("Result").is_none(), "no Result on failure: {v}");
-    assert!(!v["ResponseMetadata"]["RequestId"].as_str().unwrap().is_empty());
+    assert!(
+        !v["ResponseMetadata"]["RequestId"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
     v
 }
 
@@ -216,21 +261,45 @@ pub fn failed_infos(answer: &Answer) -> Vec<Value> {
 pub async fn register(client: &Client, app: i64, ids: &[i64]) {
     for chunk in ids.chunks(20) {
         let users: Vec<Value> = chunk.iter().map(|id| json!({"UserId": id})).collect();
-        let a = call(client, "RegisterUsers", json!({"AppId": app, "Users": users})).await;
+        let a = call(
+            client,
+            "RegisterUsers",
+            json!({"AppId": app, "Users": users}),
+        )
+        .await;
         assert_eq!(failed_infos(&a), Vec::<Value>::new());
     }
 }
 
 /// The `"k:v"` tags of one user in one inbox, or `None` when not registered.
 pub async fn tags_of(client: &Client, app: i64, inbox: i64, user: i64) -> Option<Vec<String>> {
-    let a = call(client, "BatchGetUser", json!({"AppId": app, "UserIds": [user], "InboxType": inbox})).await;
+    let a = call(
+        client,
+        "BatchGetUser",
+        json!({"AppId": app, "UserIds": [user], "InboxType": inbox}),
+    )
+    .await;
     let r = ok(&a);
     let users = r["Users"].as_array().unwrap();
-    users.first().map(|u| u["Tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+    users.first().map(|u| {
+        u["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    })
 }
 
 /// Headers of a request signed at `now`, to be sent as the test chooses.
-pub fn signed_headers(c: &Credentials, method: &str, host: &str, query: &str, body: &[u8], now: time::OffsetDateTime) -> http::HeaderMap {
+pub fn signed_headers(
+    c: &Credentials,
+    method: &str,
+    host: &str,
+    query: &str,
+    body: &[u8],
+    now: time::OffsetDateTime,
+) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     h.insert("host", host.parse().unwrap());
     h.insert("content-type", "application/json".parse().unwrap());
@@ -239,9 +308,18 @@ pub fn signed_headers(c: &Credentials, method: &str, host: &str, query: &str, bo
 }
 
 /// Sends exactly these headers and body (reqwest adds nothing that is signed).
-pub async fn send_raw(endpoint: &str, method: &str, query: &str, headers: http::HeaderMap, body: Vec<u8>) -> Answer {
+pub async fn send_raw(
+    endpoint: &str,
+    method: &str,
+    query: &str,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+) -> Answer {
     let r = reqwest::Client::new()
-        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{endpoint}/?{query}"))
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{endpoint}/?{query}"),
+        )
         .headers(headers)
         .body(body)
         .send()
@@ -249,12 +327,20 @@ pub async fn send_raw(endpoint: &str, method: &str, query: &str, headers: http::
         .expect("answered");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    Answer { status, headers, body: r.bytes().await.unwrap().to_vec() }
+    Answer {
+        status,
+        headers,
+        body: r.bytes().await.unwrap().to_vec(),
+    }
 }
 
 /// Writes `head` and then `body` on a raw TCP connection (ignoring a server that stops
 /// reading), and returns the status and the parsed JSON body of the answer.
-pub async fn raw_tcp(addr: SocketAddr, head: String, body: impl Iterator<Item = Vec<u8>> + Send + 'static) -> (u16, Value) {
+pub async fn raw_tcp(
+    addr: SocketAddr,
+    head: String,
+    body: impl Iterator<Item = Vec<u8>> + Send + 'static,
+) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
@@ -267,6 +353,8 @@ pub async fn raw_tcp(addr: SocketAddr, head: String, body: impl Iterator<Item = 
                 return;
             }
         }
+        // Keep the write side open (dropping it would send FIN) until the answer is read.
+        std::future::pending::<()>().await;
     });
     let mut buf = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
@@ -292,8 +380,15 @@ fn parse_http_answer(buf: &[u8]) -> Option<(u16, Value)> {
     let text = std::str::from_utf8(buf).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))?;
-    (body.len() >= len).then(|| (status, serde_json::from_str(&body[..len]).unwrap_or(Value::Null)))
+    let len: usize = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse().unwrap())
+    })?;
+    (body.len() >= len).then(|| {
+        (
+            status,
+            serde_json::from_str(&body[..len]).unwrap_or(Value::Null),
+        )
+    })
 }

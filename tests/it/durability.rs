@@ -77,7 +77,10 @@ async fn sigterm_finishes_and_exits_zero_and_sigkill_loses_no_acknowledged_write
         let stored = tags_of(&c, APP, 0, user).await.unwrap();
         for ((u, k), v) in &acknowledged {
             if *u == user {
-                assert!(stored.contains(&format!("{k}:{v}")), "user {user} lost {k}={v}");
+                assert!(
+                    stored.contains(&format!("{k}:{v}")),
+                    "user {user} lost {k}={v}"
+                );
             }
         }
     }
@@ -100,12 +103,19 @@ async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
         .unwrap();
     }
     let s = TestServer::start_in(dir.path(), |_| {}).await;
-    assert_eq!(tags_of(&s.client(), APP, 0, 77).await.unwrap(), vec!["from:v1"]);
+    assert_eq!(
+        tags_of(&s.client(), APP, 0, 77).await.unwrap(),
+        vec!["from:v1"]
+    );
     s.stop().await;
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     assert_eq!(schema::version(&conn).unwrap(), schema::CURRENT_VERSION);
     let index: i64 = conn
-        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'tags_audience'", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'tags_audience'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(index, 1);
 }
@@ -115,9 +125,13 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.pragma_update(None, "user_version", schema::CURRENT_VERSION + 1).unwrap();
+        conn.pragma_update(None, "user_version", schema::CURRENT_VERSION + 1)
+            .unwrap();
     }
     let config = test_config(dir.path());
-    let err = tagcast::server::prepare(&config).await.err().expect("refused");
+    let err = tagcast::server::prepare(&config)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.contains("newer than this tagcast understands"), "{err}");
 }

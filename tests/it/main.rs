@@ -1,9 +1,10 @@
 //! Integration tests: real HTTP against a real server on port 0, signed by the real signer.
 
-mod common;
-mod signing_vectors;
-mod errors;
 mod actions;
+mod common;
 mod durability;
+mod errors;
 mod rate_limit;
+mod sdk_python;
+mod signing_vectors;
 mod startup;

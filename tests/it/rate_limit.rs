@@ -19,7 +19,11 @@ async fn over_the_limit_is_429_with_retry_after_and_other_accounts_are_served() 
     let body = json!({"AppId": APP, "UserIds": [1]});
     // Failed authentication is not charged: these go first, then the account's one token is still there.
     for _ in 0..5 {
-        assert_error(&call(&s.client_with(AK, "wrong"), "BatchGetUser", body.clone()).await, 401, "SignatureDoesNotMatch");
+        assert_error(
+            &call(&s.client_with(AK, "wrong"), "BatchGetUser", body.clone()).await,
+            401,
+            "SignatureDoesNotMatch",
+        );
     }
     ok(&call(&s.client(), "BatchGetUser", body.clone()).await);
     let mut limited = 0;
@@ -37,19 +41,52 @@ async fn over_the_limit_is_429_with_retry_after_and_other_accounts_are_served() 
     }
     assert!(limited >= 1, "no request was limited");
     // Another account has its own budget, and so does another Action of the same account.
-    ok(&call(&s.client_with(AK_OTHER, SK_OTHER), "BatchGetUser", json!({"AppId": OTHER_APP, "UserIds": [1]})).await);
-    ok(&call(&s.client(), "UnRegisterUsers", json!({"AppId": APP, "UserIds": [1]})).await);
-    let metrics = reqwest::get(format!("{}/metrics", s.endpoint())).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("tagcast_rate_limited_total{{action=\"BatchGetUser\"}} {limited}")), "{metrics}");
+    ok(&call(
+        &s.client_with(AK_OTHER, SK_OTHER),
+        "BatchGetUser",
+        json!({"AppId": OTHER_APP, "UserIds": [1]}),
+    )
+    .await);
+    ok(&call(
+        &s.client(),
+        "UnRegisterUsers",
+        json!({"AppId": APP, "UserIds": [1]}),
+    )
+    .await);
+    let metrics = reqwest::get(format!("{}/metrics", s.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "tagcast_rate_limited_total{{action=\"BatchGetUser\"}} {limited}"
+        )),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_limit_is_shared_by_all_apps_of_an_account() {
     let s = TestServer::with(slow).await;
-    ok(&call(&s.client(), "BatchGetUser", json!({"AppId": APP, "UserIds": [1]})).await);
+    ok(&call(
+        &s.client(),
+        "BatchGetUser",
+        json!({"AppId": APP, "UserIds": [1]}),
+    )
+    .await);
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(call(&s.client(), "BatchGetUser", json!({"AppId": APP2, "UserIds": [1]})).await.status);
+        statuses.push(
+            call(
+                &s.client(),
+                "BatchGetUser",
+                json!({"AppId": APP2, "UserIds": [1]}),
+            )
+            .await
+            .status,
+        );
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }

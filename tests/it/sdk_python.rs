@@ -62,17 +62,37 @@ async fn official_python_sdk_registers_tags_and_reads_back() {
         output.status,
         py.display()
     );
-    assert!(stdout.contains("python_compat: OK"), "unexpected output:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("python_compat: OK"),
+        "unexpected output:\n{stdout}\n{stderr}"
+    );
 
     // What the SDK wrote, seen through the Rust client.
     let client = server.client();
     assert_eq!(
         tags_of(&client, APP, 0, 10001).await,
-        Some(vec!["city:shanghai".to_owned(), "key:value".to_owned(), "level:gold".to_owned()])
+        Some(vec![
+            "city:shanghai".to_owned(),
+            "key:value".to_owned(),
+            "level:gold".to_owned()
+        ])
     );
-    assert_eq!(tags_of(&client, APP, 0, 10002).await, Some(vec!["city:shanghai".to_owned()]));
-    let r = ok(&call(&client, "BatchGetUser", json!({"AppId": APP, "UserIds": [10001, 10002]})).await);
-    let nicks: Vec<&str> = r["Users"].as_array().unwrap().iter().map(|u| u["NickName"].as_str().unwrap()).collect();
+    assert_eq!(
+        tags_of(&client, APP, 0, 10002).await,
+        Some(vec!["city:shanghai".to_owned()])
+    );
+    let r = ok(&call(
+        &client,
+        "BatchGetUser",
+        json!({"AppId": APP, "UserIds": [10001, 10002]}),
+    )
+    .await);
+    let nicks: Vec<&str> = r["Users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["NickName"].as_str().unwrap())
+        .collect();
     assert_eq!(nicks, ["Zhang Wei 张伟 ✓", "Renée 🚀 李娜"], "{r}");
 
     server.stop().await;

@@ -15,12 +15,19 @@ async fn first_start_creates_private_credentials_that_tagcast_call_uses() {
     config.accounts.clear();
     let prepared = tagcast::server::prepare(&config).await.unwrap();
     let file = dir.path().join("credentials.toml");
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let addr = prepared.addr;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(tagcast::server::serve(prepared.listener, prepared.state, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(tagcast::server::serve(
+        prepared.listener,
+        prepared.state,
+        async {
+            let _ = rx.await;
+        },
+    ));
     let tagcast = env!("CARGO_BIN_EXE_tagcast");
     let run = |args: Vec<String>| {
         let dir = dir.path().to_owned();
@@ -36,26 +43,85 @@ async fn first_start_creates_private_credentials_that_tagcast_call_uses() {
     };
     let endpoint = format!("http://{addr}");
     let reg = r#"{"AppId":666675,"Users":[{"UserId":10001}]}"#;
-    let out = run(vec!["call".into(), "RegisterUsers".into(), "--endpoint".into(), endpoint.clone(), "--body".into(), reg.into()]).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(vec![
+        "call".into(),
+        "RegisterUsers".into(),
+        "--endpoint".into(),
+        endpoint.clone(),
+        "--body".into(),
+        reg.into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seed = r#"{"AppId":666675,"InboxType":0,"UserTags":[{"UserId":10001,"Tags":{"key":"value"}}],"Op":0}"#;
     let body_file = dir.path().join("seed.json");
     std::fs::write(&body_file, seed).unwrap();
-    let out = run(vec!["call".into(), "BatchUpdateUserTags".into(), "--endpoint".into(), endpoint.clone(), "--body".into(), format!("@{}", body_file.display())]).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(vec![
+        "call".into(),
+        "BatchUpdateUserTags".into(),
+        "--endpoint".into(),
+        endpoint.clone(),
+        "--body".into(),
+        format!("@{}", body_file.display()),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["Result"]["FailedInfos"], serde_json::json!([]));
     // An error exits non-zero with the Code on stderr.
-    let out = run(vec!["call".into(), "BatchGetUser".into(), "--endpoint".into(), endpoint.clone(), "--body".into(), "{}".into()]).await.unwrap();
+    let out = run(vec![
+        "call".into(),
+        "BatchGetUser".into(),
+        "--endpoint".into(),
+        endpoint.clone(),
+        "--body".into(),
+        "{}".into(),
+    ])
+    .await
+    .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("InvalidParam"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(vec!["call".into(), "BatchGetUser".into(), "--endpoint".into(), endpoint, "--access-key".into(), "AKLTx".into(), "--secret-key".into(), "y".into(), "--body".into(), "{}".into()]).await.unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("InvalidAccessKey"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("InvalidParam"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(vec![
+        "call".into(),
+        "BatchGetUser".into(),
+        "--endpoint".into(),
+        endpoint,
+        "--access-key".into(),
+        "AKLTx".into(),
+        "--secret-key".into(),
+        "y".into(),
+        "--body".into(),
+        "{}".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("InvalidAccessKey"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tx.send(()).unwrap();
     task.await.unwrap();
     // A second start reuses the same credentials.
     let again = tagcast::server::prepare(&config).await.unwrap();
-    assert_eq!(again.accounts[0].keys[0].access_key, tagcast::accounts::read_credentials_file(&file).unwrap()[0].keys[0].access_key);
+    assert_eq!(
+        again.accounts[0].keys[0].access_key,
+        tagcast::accounts::read_credentials_file(&file).unwrap()[0].keys[0].access_key
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,8 +130,14 @@ async fn non_loopback_listen_without_configured_accounts_is_refused() {
     let mut config = test_config(dir.path());
     config.accounts.clear();
     config.listen = "0.0.0.0:0".into();
-    let err = tagcast::server::prepare(&config).await.err().expect("refused");
-    assert!(err.contains("refusing to listen on 0.0.0.0") && err.contains("accounts"), "{err}");
+    let err = tagcast::server::prepare(&config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0") && err.contains("accounts"),
+        "{err}"
+    );
     assert!(!dir.path().join("credentials.toml").exists());
 }
 
@@ -108,11 +180,24 @@ secret_key = "s"
     .unwrap();
     let c = Config::from_file(&path).unwrap();
     c.validate().unwrap();
-    assert_eq!(c.limits.qps_for(tagcast::actions::Action::BatchUpdateUserTags), 60);
-    assert_eq!(c.limits.qps_for(tagcast::actions::Action::RegisterUsers), 50);
-    assert_eq!(c.limits.qps_for(tagcast::actions::Action::BatchGetUser), 100);
+    assert_eq!(
+        c.limits
+            .qps_for(tagcast::actions::Action::BatchUpdateUserTags),
+        60
+    );
+    assert_eq!(
+        c.limits.qps_for(tagcast::actions::Action::RegisterUsers),
+        50
+    );
+    assert_eq!(
+        c.limits.qps_for(tagcast::actions::Action::BatchGetUser),
+        100
+    );
     assert_eq!(c.tags.max_per_user, 10);
-    assert!(!format!("{:?}", c.accounts).contains("\"s\""), "secret in Debug output");
+    assert!(
+        !format!("{:?}", c.accounts).contains("\"s\""),
+        "secret in Debug output"
+    );
 
     std::fs::write(&path, "listen = \"127.0.0.1:8080\"\nqps = 5\n").unwrap();
     assert!(Config::from_file(&path).unwrap_err().contains("qps"));
@@ -124,6 +209,9 @@ secret_key = "s"
         "listen = \"nowhere\"\n",
     ] {
         std::fs::write(&path, bad).unwrap();
-        assert!(Config::from_file(&path).unwrap().validate().is_err(), "{bad}");
+        assert!(
+            Config::from_file(&path).unwrap().validate().is_err(),
+            "{bad}"
+        );
     }
 }
