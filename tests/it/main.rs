@@ -5,6 +5,7 @@ mod common;
 mod durability;
 mod errors;
 mod rate_limit;
+mod sdk_node;
 mod sdk_python;
 mod signing_vectors;
 mod startup;
