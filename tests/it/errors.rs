@@ -585,3 +585,62 @@ async fn slow_headers_are_cut_off_and_a_slow_body_is_408() {
     )
     .await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    register(&s.client(), APP, &[1, 2]).await;
+    // Damage one row behind the server's back (WAL lets a second writer in).
+    let conn =
+        rusqlite::Connection::open(dir.path().join(tagcast::store::embedded::DB_FILE)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute("UPDATE users SET ext = 'not json' WHERE user_id = 1", [])
+        .unwrap();
+    let a = call(
+        &s.client(),
+        "BatchGetUser",
+        json!({"AppId": APP, "UserIds": [1]}),
+    )
+    .await;
+    let v = assert_error(&a, 500, "InternalError");
+    assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 100014);
+    let msg = v["ResponseMetadata"]["Error"]["Message"].as_str().unwrap();
+    assert!(
+        !msg.contains("not json") && !msg.contains("column"),
+        "{msg}"
+    );
+    // Other users and other requests are unaffected.
+    ok(&call(
+        &s.client(),
+        "BatchGetUser",
+        json!({"AppId": APP, "UserIds": [2]}),
+    )
+    .await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_content_type_is_not_enforced() {
+    let s = TestServer::start().await;
+    let q = "Action=BatchGetUser&Version=2020-12-01";
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded; charset=utf-8",
+        "application/json; charset=utf-8",
+    ] {
+        let mut h = http::HeaderMap::new();
+        h.insert("host", s.addr.to_string().parse().unwrap());
+        h.insert("content-type", ct.parse().unwrap());
+        tagcast::signing::sign(
+            "POST",
+            "/",
+            q,
+            &mut h,
+            &body(),
+            &creds(AK, SK),
+            OffsetDateTime::now_utc(),
+        );
+        ok(&send_raw(&s.endpoint(), "POST", q, h, body()).await);
+    }
+}
