@@ -100,6 +100,7 @@ async fn api(State(state): State<Arc<AppState>>, req: Request) -> Response {
         code,
         error = outcome.as_ref().err().map(|e| e.message.as_str()),
         duration_us = elapsed.as_micros() as u64,
+        "request"
     );
     response
 }
