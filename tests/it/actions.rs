@@ -415,12 +415,7 @@ async fn register_updates_given_fields_merges_tags_and_validates_profile() {
     )
     .await;
     assert!(failed_infos(&a).is_empty());
-    let r = ok(&call(
-        &c,
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [1, 1, 2]}),
-    )
-    .await);
+    let r = ok(&get_users(&c, &[1, 1, 2]).await);
     let u = &r["Users"][0];
     assert_eq!(r["Users"].as_array().unwrap().len(), 1);
     assert_eq!(r["NotFoundUsers"], json!([2]));
@@ -453,12 +448,7 @@ async fn register_updates_given_fields_merges_tags_and_validates_profile() {
         vec![10, 11, 12, 13, 14, 15, 16]
     );
     assert!(f.iter().all(|x| x["Code"] == "InvalidParam"));
-    let r = ok(&call(
-        &c,
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [10, 17]}),
-    )
-    .await);
+    let r = ok(&get_users(&c, &[10, 17]).await);
     assert_eq!(r["NotFoundUsers"], json!([10]));
     assert_eq!(r["Users"][0]["UserId"], 17);
 }

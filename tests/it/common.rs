@@ -129,6 +129,16 @@ impl TestServer {
         Client::new(&self.endpoint(), creds(AK, SK))
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.endpoint()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn client_with(&self, ak: &str, sk: &str) -> Client {
         Client::new(&self.endpoint(), creds(ak, sk))
     }
@@ -269,6 +279,16 @@ pub async fn register(client: &Client, app: i64, ids: &[i64]) {
         .await;
         assert_eq!(failed_infos(&a), Vec::<Value>::new());
     }
+}
+
+/// BatchGetUser of these users of APP, inbox 0.
+pub async fn get_users(client: &Client, ids: &[i64]) -> Answer {
+    call(
+        client,
+        "BatchGetUser",
+        json!({"AppId": APP, "UserIds": ids}),
+    )
+    .await
 }
 
 /// The `"k:v"` tags of one user in one inbox, or `None` when not registered.

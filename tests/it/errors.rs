@@ -17,17 +17,22 @@ fn host(s: &TestServer) -> String {
     s.addr.to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn missing_authorization_is_401_missing_authentication_token() {
-    let s = TestServer::start().await;
-    let mut h = signed_headers(
+/// Headers of the standard BatchGetUser request `body()`, signed now with the acme key.
+fn signed_now(s: &TestServer) -> http::HeaderMap {
+    signed_headers(
         &creds(AK, SK),
         "POST",
-        &host(&s),
+        &host(s),
         Q,
         &body(),
         OffsetDateTime::now_utc(),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_authorization_is_401_missing_authentication_token() {
+    let s = TestServer::start().await;
+    let mut h = signed_now(&s);
     h.remove("authorization");
     let a = send_raw(&s.endpoint(), "POST", Q, h, body()).await;
     let v = assert_error(&a, 401, "MissingAuthenticationToken");
@@ -41,14 +46,7 @@ async fn missing_authorization_is_401_missing_authentication_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbled_authorization_and_missing_or_bad_x_date_are_400_missing_request_info() {
     let s = TestServer::start().await;
-    let good = signed_headers(
-        &creds(AK, SK),
-        "POST",
-        &host(&s),
-        Q,
-        &body(),
-        OffsetDateTime::now_utc(),
-    );
+    let good = signed_now(&s);
     let garbled = [
         "HMAC-SHA256",
         "HMAC-SHA256 garbage",
@@ -92,14 +90,7 @@ async fn garbled_authorization_and_missing_or_bad_x_date_are_400_missing_request
 #[tokio::test(flavor = "multi_thread")]
 async fn authorization_without_signature_part_is_401_missing_signature() {
     let s = TestServer::start().await;
-    let mut h = signed_headers(
-        &creds(AK, SK),
-        "POST",
-        &host(&s),
-        Q,
-        &body(),
-        OffsetDateTime::now_utc(),
-    );
+    let mut h = signed_now(&s);
     let auth = h["authorization"].to_str().unwrap().to_owned();
     let without = auth.split(", Signature=").next().unwrap().to_owned();
     h.insert("authorization", without.parse().unwrap());
@@ -377,7 +368,7 @@ async fn malformed_bodies_are_400_json_parsing_error_or_invalid_param() {
     )
     .await);
     // Still serving.
-    ok(&call(&c, "BatchGetUser", json!({"AppId": APP, "UserIds": [1]})).await);
+    ok(&get_users(&c, &[1]).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -483,7 +474,7 @@ async fn request_ids_are_unique_and_in_the_header() {
     let c = s.client();
     let mut ids = std::collections::HashSet::new();
     for _ in 0..50 {
-        let a = call(&c, "BatchGetUser", json!({"AppId": APP, "UserIds": [1]})).await;
+        let a = get_users(&c, &[1]).await;
         let id = a.json()["ResponseMetadata"]["RequestId"]
             .as_str()
             .unwrap()
@@ -496,12 +487,7 @@ async fn request_ids_are_unique_and_in_the_header() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_by_action_and_code() {
     let s = TestServer::start().await;
-    ok(&call(
-        &s.client(),
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [1]}),
-    )
-    .await);
+    ok(&get_users(&s.client(), &[1]).await);
     assert_error(
         &call(
             &s.client_with(AK, "bad"),
@@ -512,12 +498,7 @@ async fn metrics_count_requests_by_action_and_code() {
         401,
         "SignatureDoesNotMatch",
     );
-    let text = reqwest::get(format!("{}/metrics", s.endpoint()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains(r#"tagcast_requests_total{action="BatchGetUser",code="Success"} 1"#),
         "{text}"
@@ -578,12 +559,7 @@ async fn slow_headers_are_cut_off_and_a_slow_body_is_408() {
     assert_eq!(status, 408, "{v}");
     assert_eq!(v["ResponseMetadata"]["Error"]["Code"], "RequestTimeout");
     // Normal requests are still served.
-    ok(&call(
-        &s.client(),
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [1]}),
-    )
-    .await);
+    ok(&get_users(&s.client(), &[1]).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -598,12 +574,7 @@ async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
         .unwrap();
     conn.execute("UPDATE users SET ext = 'not json' WHERE user_id = 1", [])
         .unwrap();
-    let a = call(
-        &s.client(),
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [1]}),
-    )
-    .await;
+    let a = get_users(&s.client(), &[1]).await;
     let v = assert_error(&a, 500, "InternalError");
     assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 100014);
     let msg = v["ResponseMetadata"]["Error"]["Message"].as_str().unwrap();
@@ -612,12 +583,7 @@ async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
         "{msg}"
     );
     // Other users and other requests are unaffected.
-    ok(&call(
-        &s.client(),
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [2]}),
-    )
-    .await);
+    ok(&get_users(&s.client(), &[2]).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

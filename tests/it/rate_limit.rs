@@ -53,12 +53,7 @@ async fn over_the_limit_is_429_with_retry_after_and_other_accounts_are_served() 
         json!({"AppId": APP, "UserIds": [1]}),
     )
     .await);
-    let metrics = reqwest::get(format!("{}/metrics", s.endpoint()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(&format!(
             "tagcast_rate_limited_total{{action=\"BatchGetUser\"}} {limited}"
@@ -70,12 +65,7 @@ async fn over_the_limit_is_429_with_retry_after_and_other_accounts_are_served() 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_limit_is_shared_by_all_apps_of_an_account() {
     let s = TestServer::with(slow).await;
-    ok(&call(
-        &s.client(),
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [1]}),
-    )
-    .await);
+    ok(&get_users(&s.client(), &[1]).await);
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::common::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/python_compat.py");
@@ -81,12 +79,7 @@ async fn official_python_sdk_registers_tags_and_reads_back() {
         tags_of(&client, APP, 0, 10002).await,
         Some(vec!["city:shanghai".to_owned()])
     );
-    let r = ok(&call(
-        &client,
-        "BatchGetUser",
-        json!({"AppId": APP, "UserIds": [10001, 10002]}),
-    )
-    .await);
+    let r = ok(&get_users(&client, &[10001, 10002]).await);
     let nicks: Vec<&str> = r["Users"]
         .as_array()
         .unwrap()
