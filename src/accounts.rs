@@ -66,6 +66,10 @@ impl Tenancy {
             .map(|k| (&k.secret, k.account))
     }
 
+    pub fn account_names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
     pub fn account_name(&self, id: AccountId) -> &str {
         &self.names[id.0]
     }

@@ -48,13 +48,28 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Requests per second per account for every Action without its own entry.
     pub qps: u32,
     /// Per-Action overrides. BatchGetUser is 100 unless listed here.
     pub actions: BTreeMap<String, u32>,
+    /// A Redis shared by every node; absent: an in-process limiter.
+    pub redis_url: Option<String>,
+    /// What a request gets when Redis cannot decide.
+    pub on_redis_error: OnLimiterError,
+    /// Longest wait for Redis per decision.
+    pub redis_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimiterError {
+    /// Serve the request unlimited (availability first).
+    Allow,
+    /// Refuse it with 503 ServiceUnavailableTemp (limits first).
+    Deny,
 }
 
 impl Default for Limits {
@@ -62,7 +77,21 @@ impl Default for Limits {
         Limits {
             qps: 50,
             actions: BTreeMap::new(),
+            redis_url: None,
+            on_redis_error: OnLimiterError::Allow,
+            redis_timeout_ms: 250,
         }
+    }
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("qps", &self.qps)
+            .field("actions", &self.actions)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("on_redis_error", &self.on_redis_error)
+            .finish()
     }
 }
 
@@ -126,14 +155,19 @@ impl HttpLimits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Only "embedded" in this version.
+    /// "embedded" (SQLite in data_dir) or "postgres".
     pub kind: String,
     /// Most write requests folded into one durable commit (embedded store).
     pub max_batch: usize,
     pub read_connections: usize,
+    /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
+    pub url: Option<String>,
+    pub pool_size: usize,
+    /// Longest a request waits for PostgreSQL (a connection, or one transaction).
+    pub timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -142,7 +176,22 @@ impl Default for StoreConfig {
             kind: "embedded".into(),
             max_batch: 512,
             read_connections: 4,
+            url: None,
+            pool_size: 16,
+            timeout_ms: 5000,
         }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("max_batch", &self.max_batch)
+            .field("read_connections", &self.read_connections)
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("pool_size", &self.pool_size)
+            .finish()
     }
 }
 
@@ -224,14 +273,22 @@ impl Config {
         {
             return Err("http.max_body_bytes, http.header_timeout_secs and http.body_timeout_secs must be at least 1".into());
         }
-        if self.store.kind != "embedded" {
-            return Err(format!(
-                "store.kind = {:?} is not supported by this version (use \"embedded\")",
-                self.store.kind
-            ));
+        match (self.store.kind.as_str(), &self.store.url) {
+            ("embedded", _) | ("postgres", Some(_)) => {}
+            ("postgres", None) => return Err("store.kind = \"postgres\" needs store.url".into()),
+            (other, _) => {
+                return Err(format!("store.kind = {other:?}: use \"embedded\" or \"postgres\""));
+            }
         }
-        if self.store.max_batch == 0 || self.store.read_connections == 0 {
-            return Err("store.max_batch and store.read_connections must be at least 1".into());
+        let s = &self.store;
+        if s.max_batch == 0 || s.read_connections == 0 || s.pool_size == 0 || s.timeout_ms == 0 {
+            return Err(
+                "store.max_batch, store.read_connections, store.pool_size and store.timeout_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if self.limits.redis_timeout_ms == 0 {
+            return Err("limits.redis_timeout_ms must be at least 1".into());
         }
         validate_accounts(&self.accounts)
     }

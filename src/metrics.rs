@@ -27,6 +27,7 @@ pub struct Metrics {
     rate_limited: Family<ActionLabel, Counter>,
     commit_seconds: Histogram,
     commit_batch: Histogram,
+    limiter_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,12 @@ impl Metrics {
             "Requests folded into one durable commit",
             commit_batch.clone(),
         );
+        let limiter_errors = Counter::default();
+        registry.register(
+            "limiter_errors",
+            "Rate-limit decisions the shared limiter could not make (limits.on_redis_error applied)",
+            limiter_errors.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -77,6 +84,7 @@ impl Metrics {
             rate_limited,
             commit_seconds,
             commit_batch,
+            limiter_errors,
         }
     }
 
@@ -105,6 +113,10 @@ impl Metrics {
     pub fn observe_commit(&self, elapsed: Duration, batch_size: usize) {
         self.commit_seconds.observe(elapsed.as_secs_f64());
         self.commit_batch.observe(batch_size as f64);
+    }
+
+    pub fn observe_limiter_error(&self) {
+        self.limiter_errors.inc();
     }
 
     pub fn render(&self) -> String {

@@ -18,9 +18,11 @@ use crate::accounts::{self, Tenancy};
 use crate::config::{AccountConfig, Config};
 use crate::gateway::envelope::RequestIds;
 use crate::gateway::{AppState, app};
-use crate::limiter::LocalLimiter;
+use crate::limiter::{LocalLimiter, RateLimiter, RedisLimiter};
 use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 
 /// Where the accounts in force came from.
 pub enum AccountSource {
@@ -67,26 +69,21 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     };
 
     let metrics = Arc::new(Metrics::new());
-    let options = EmbeddedOptions {
-        max_tags_per_user: config.tags.max_per_user,
-        read_connections: config.store.read_connections,
-        max_batch: config.store.max_batch,
+    let store = open_store(config, metrics.clone()).await?;
+    let tenancy = Tenancy::new(&accounts);
+    let limiter: Arc<dyn RateLimiter> = match &config.limits.redis_url {
+        None => Arc::new(LocalLimiter::new(&config.limits)),
+        Some(url) => Arc::new(RedisLimiter::new(url, &config.limits, &tenancy, metrics.clone())?),
     };
-    let data_dir = config.data_dir.clone();
-    let store_metrics = metrics.clone();
-    let store =
-        tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir, options, store_metrics))
-            .await
-            .map_err(|e| format!("opening the store: {e}"))??;
 
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("binding {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
-        store: Arc::new(store),
-        tenancy: Tenancy::new(&accounts),
-        limiter: Arc::new(LocalLimiter::new(&config.limits)),
+        store,
+        tenancy,
+        limiter,
         limits: config.limits.clone(),
         metrics,
         regions: config.regions.clone(),
@@ -101,6 +98,27 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         accounts,
         source,
     })
+}
+
+async fn open_store(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, String> {
+    if let ("postgres", Some(url)) = (config.store.kind.as_str(), &config.store.url) {
+        let options = PostgresOptions {
+            max_tags_per_user: config.tags.max_per_user,
+            pool_size: config.store.pool_size,
+            timeout: Duration::from_millis(config.store.timeout_ms),
+        };
+        return Ok(Arc::new(PostgresStore::open(url, options, metrics).await?));
+    }
+    let options = EmbeddedOptions {
+        max_tags_per_user: config.tags.max_per_user,
+        read_connections: config.store.read_connections,
+        max_batch: config.store.max_batch,
+    };
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir, options, metrics))
+        .await
+        .map_err(|e| format!("opening the store: {e}"))??;
+    Ok(Arc::new(store))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, waits up to the configured grace

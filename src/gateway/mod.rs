@@ -145,18 +145,27 @@ async fn handle(
     )?;
     trace.account = Some(account);
 
-    if let Decision::Deny { retry_after } = state.limiter.check(account, action).await {
-        state.metrics.observe_rate_limited(action.name());
-        let mut e = ApiError::new(
-            ErrorCode::FlowLimitExceeded,
-            format!(
-                "{} is limited to {} requests per second per account",
-                action.name(),
-                state.limits.qps_for(action)
-            ),
-        );
-        e.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
-        return Err(e);
+    match state.limiter.check(account, action).await {
+        Decision::Allow => {}
+        Decision::Deny { retry_after } => {
+            state.metrics.observe_rate_limited(action.name());
+            let mut e = ApiError::new(
+                ErrorCode::FlowLimitExceeded,
+                format!(
+                    "{} is limited to {} requests per second per account",
+                    action.name(),
+                    state.limits.qps_for(action)
+                ),
+            );
+            e.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+            return Err(e);
+        }
+        Decision::Unavailable => {
+            return Err(ApiError::new(
+                ErrorCode::ServiceUnavailableTemp,
+                "the rate limiter is unavailable; retry later",
+            ));
+        }
     }
 
     let mut ctx = Ctx {

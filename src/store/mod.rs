@@ -7,6 +7,7 @@
 //! the stored state: registration and the per-user tag cap.
 
 pub mod embedded;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 
@@ -74,6 +75,14 @@ pub enum StoreError {
     /// Anything that should not happen (corruption, a bug).
     #[error("store internal error: {0}")]
     Internal(String),
+}
+
+/// Wall-clock milliseconds, for CreateTime and ModifyTime.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The inbox that tags go to when a request names none, and that RegisterUsers writes.

@@ -6,14 +6,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::{DEFAULT_INBOX, Outcome, StoredUser, Tag, TagEntry, TagOp, UserRegistration};
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::store::{DEFAULT_INBOX, Outcome, now_ms, StoredUser, Tag, TagEntry, TagOp, UserRegistration};
 
 fn is_registered(conn: &Connection, app_id: u32, user_id: i64) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2")?

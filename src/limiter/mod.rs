@@ -14,6 +14,9 @@ use crate::accounts::AccountId;
 use crate::actions::Action;
 use crate::config::Limits;
 
+mod redis;
+pub use self::redis::RedisLimiter;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
@@ -21,6 +24,8 @@ pub enum Decision {
     Deny {
         retry_after: Duration,
     },
+    /// The limiter could not decide and is configured to refuse (503).
+    Unavailable,
 }
 
 #[async_trait]
