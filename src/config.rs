@@ -61,6 +61,8 @@ pub struct Limits {
     pub on_redis_error: OnLimiterError,
     /// Longest wait for Redis per decision.
     pub redis_timeout_ms: u64,
+    /// Prefix of the limiter's Redis keys: deployments sharing one Redis use different ones.
+    pub redis_key_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,6 +82,7 @@ impl Default for Limits {
             redis_url: None,
             on_redis_error: OnLimiterError::Allow,
             redis_timeout_ms: 250,
+            redis_key_prefix: "tagcast".into(),
         }
     }
 }
@@ -277,7 +280,9 @@ impl Config {
             ("embedded", _) | ("postgres", Some(_)) => {}
             ("postgres", None) => return Err("store.kind = \"postgres\" needs store.url".into()),
             (other, _) => {
-                return Err(format!("store.kind = {other:?}: use \"embedded\" or \"postgres\""));
+                return Err(format!(
+                    "store.kind = {other:?}: use \"embedded\" or \"postgres\""
+                ));
             }
         }
         let s = &self.store;

@@ -73,7 +73,12 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let tenancy = Tenancy::new(&accounts);
     let limiter: Arc<dyn RateLimiter> = match &config.limits.redis_url {
         None => Arc::new(LocalLimiter::new(&config.limits)),
-        Some(url) => Arc::new(RedisLimiter::new(url, &config.limits, &tenancy, metrics.clone())?),
+        Some(url) => Arc::new(RedisLimiter::new(
+            url,
+            &config.limits,
+            &tenancy,
+            metrics.clone(),
+        )?),
     };
 
     let listener = TcpListener::bind(listen)
@@ -115,9 +120,10 @@ async fn open_store(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn St
         max_batch: config.store.max_batch,
     };
     let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir, options, metrics))
-        .await
-        .map_err(|e| format!("opening the store: {e}"))??;
+    let store =
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir, options, metrics))
+            .await
+            .map_err(|e| format!("opening the store: {e}"))??;
     Ok(Arc::new(store))
 }
 

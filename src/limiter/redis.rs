@@ -45,7 +45,12 @@ pub struct RedisLimiter {
 
 impl RedisLimiter {
     /// Connects lazily: a Redis that is down at start is handled like one that fails later.
-    pub fn new(url: &str, limits: &Limits, tenancy: &Tenancy, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        limits: &Limits,
+        tenancy: &Tenancy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
         let timeout = Duration::from_millis(limits.redis_timeout_ms);
         let config = ConnectionManagerConfig::new()
@@ -53,7 +58,8 @@ impl RedisLimiter {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("limits.redis_url: {e}"))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("limits.redis_url: {e}"))?;
         Ok(RedisLimiter {
             conn,
             script: redis::Script::new(GCRA),
@@ -66,7 +72,12 @@ impl RedisLimiter {
 
     async fn decide(&self, account: AccountId, action: Action) -> Result<Decision, String> {
         let qps = u64::from(self.limits.qps_for(action));
-        let key = format!("tagcast:rl:{}:{}", self.names[account.0], action.name());
+        let key = format!(
+            "{}:rl:{}:{}",
+            self.limits.redis_key_prefix,
+            self.names[account.0],
+            action.name()
+        );
         let mut conn = self.conn.clone();
         let mut invocation = self.script.key(key);
         invocation.arg(1_000_000 / qps.max(1)).arg(qps);
@@ -75,7 +86,9 @@ impl RedisLimiter {
             Err(_) => Err("redis did not answer in time".into()),
             Ok(Err(e)) => Err(format!("redis: {e}")),
             Ok(Ok((1, _))) => Ok(Decision::Allow),
-            Ok(Ok((_, wait_us))) => Ok(Decision::Deny { retry_after: Duration::from_micros(wait_us.max(0) as u64) }),
+            Ok(Ok((_, wait_us))) => Ok(Decision::Deny {
+                retry_after: Duration::from_micros(wait_us.max(0) as u64),
+            }),
         }
     }
 }

@@ -63,6 +63,22 @@ pub fn test_config(data_dir: &Path) -> Config {
     c.accounts = test_accounts();
     c.limits.qps = 100_000;
     c.limits.actions.insert("BatchGetUser".into(), 100_000);
+    if crate::infra::postgres_backend() {
+        // The scale-out configuration: PostgreSQL for data, Redis for the limiter. One
+        // database per data directory, so a restart on the same directory finds its data.
+        std::fs::create_dir_all(data_dir).unwrap();
+        let marker = data_dir.join(".test-postgres-url");
+        let url = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+            let url = crate::infra::shared_postgres().fresh_database();
+            std::fs::write(&marker, &url).unwrap();
+            url
+        });
+        c.store.kind = "postgres".into();
+        c.store.url = Some(url.clone());
+        c.limits.redis_url = Some(crate::infra::shared_redis().url());
+        // Tests share the Redis; each server (and its restarts) gets its own key space.
+        c.limits.redis_key_prefix = url.rsplit('/').next().unwrap().to_owned();
+    }
     c
 }
 
@@ -77,6 +93,7 @@ pub fn creds(ak: &str, sk: &str) -> Credentials {
 /// An in-process server on a port of its own.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub config: Config,
     pub state: Arc<AppState>,
     _tmp: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -114,6 +131,7 @@ impl TestServer {
         ));
         TestServer {
             addr: prepared.addr,
+            config,
             state,
             _tmp: None,
             shutdown: Some(tx),
@@ -168,10 +186,19 @@ impl ChildServer {
     /// Starts the real binary with a config file in `dir`, waits for its "listening" line.
     pub fn spawn(dir: &Path) -> Self {
         let config_path = dir.join("tagcast.toml");
-        let mut text = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[limits]\nqps = 100000\n[limits.actions]\nBatchGetUser = 100000\n",
-            dir.join("data")
-        );
+        let base = test_config(&dir.join("data"));
+        let mut text = format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n", base.data_dir);
+        text.push_str("[limits]\nqps = 100000\n");
+        if let Some(url) = &base.limits.redis_url {
+            text.push_str(&format!(
+                "redis_url = {url:?}\nredis_key_prefix = {:?}\n",
+                base.limits.redis_key_prefix
+            ));
+        }
+        text.push_str("[limits.actions]\nBatchGetUser = 100000\n");
+        if let Some(url) = &base.store.url {
+            text.push_str(&format!("[store]\nkind = \"postgres\"\nurl = {url:?}\n"));
+        }
         for a in test_accounts() {
             text.push_str(&format!(
                 "[[accounts]]\nname = {:?}\napps = {:?}\n",
@@ -411,4 +438,26 @@ fn parse_http_answer(buf: &[u8]) -> Option<(u16, Value)> {
             serde_json::from_str(&body[..len]).unwrap_or(Value::Null),
         )
     })
+}
+
+/// Runs SQL directly on the database behind `config`, bypassing the server.
+pub fn run_sql(config: &Config, sql: &str) {
+    if let Some(url) = config.store.url.clone() {
+        let sql = sql.to_owned();
+        crate::infra::block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await.unwrap();
+        });
+    } else {
+        // WAL lets a second writer in beside the server's.
+        let conn =
+            rusqlite::Connection::open(config.data_dir.join(tagcast::store::embedded::DB_FILE))
+                .unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
 }

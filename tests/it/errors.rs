@@ -567,13 +567,11 @@ async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(dir.path(), |_| {}).await;
     register(&s.client(), APP, &[1, 2]).await;
-    // Damage one row behind the server's back (WAL lets a second writer in).
-    let conn =
-        rusqlite::Connection::open(dir.path().join(tagcast::store::embedded::DB_FILE)).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    conn.execute("UPDATE users SET ext = 'not json' WHERE user_id = 1", [])
-        .unwrap();
+    // Damage one row behind the server's back.
+    run_sql(
+        &s.config,
+        "UPDATE users SET ext = 'not json' WHERE user_id = 1",
+    );
     let a = get_users(&s.client(), &[1]).await;
     let v = assert_error(&a, 500, "InternalError");
     assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 100014);

@@ -4,6 +4,7 @@ mod actions;
 mod common;
 mod durability;
 mod errors;
+mod infra;
 mod rate_limit;
 mod sdk_node;
 mod sdk_python;

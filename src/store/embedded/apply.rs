@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::{DEFAULT_INBOX, Outcome, now_ms, StoredUser, Tag, TagEntry, TagOp, UserRegistration};
+use crate::store::{
+    DEFAULT_INBOX, Outcome, StoredUser, Tag, TagEntry, TagOp, UserRegistration, now_ms,
+};
 
 fn is_registered(conn: &Connection, app_id: u32, user_id: i64) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2")?

@@ -22,7 +22,10 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Transaction};
 
-use super::{DEFAULT_INBOX, Outcome, Store, now_ms, StoreError, StoredUser, Tag, TagEntry, TagOp, UserRegistration};
+use super::{
+    DEFAULT_INBOX, Outcome, Store, StoreError, StoredUser, Tag, TagEntry, TagOp, UserRegistration,
+    now_ms,
+};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -45,13 +48,27 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
         None => true,
         Some(code) => {
             let c = code.code();
-            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "40001" || c == "40P01"
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || c == "40001"
+                || c == "40P01"
         }
     };
+    // Display of a server error is only "db error"; the detail is in the DbError.
+    let detail = match e.as_db_error() {
+        Some(db) => format!(
+            "postgres: {} ({}): {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        ),
+        None => format!("postgres: {e}"),
+    };
     if retryable || e.is_closed() {
-        StoreError::Unavailable(format!("postgres: {e}"))
+        StoreError::Unavailable(detail)
     } else {
-        StoreError::Internal(format!("postgres: {e}"))
+        StoreError::Internal(detail)
     }
 }
 
@@ -65,14 +82,25 @@ const LOCK_USERS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
 
 impl PostgresStore {
     /// Connects, migrates the schema (once, under an advisory lock) and builds the pool.
-    pub async fn open(url: &str, options: PostgresOptions, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
+    pub async fn open(
+        url: &str,
+        options: PostgresOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.timeout);
         }
         config.application_name("tagcast");
-        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size)
             .wait_timeout(Some(options.timeout))
@@ -81,20 +109,30 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| format!("building the PostgreSQL pool: {e}"))?;
-        let mut client = pool.get().await.map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
         let (from, to) = schema::migrate(&mut client).await?;
         if from != to {
             tracing::info!(from, to, "migrated postgres schema");
         }
         drop(client);
-        Ok(PostgresStore { pool, options, metrics })
+        Ok(PostgresStore {
+            pool,
+            options,
+            metrics,
+        })
     }
 
     /// Runs `f` in one transaction on a pooled connection, bounded by the timeout.
     async fn in_tx<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: for<'t> FnOnce(&'t Transaction<'t>) -> std::pin::Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 't>>
-            + Send,
+        F: for<'t> FnOnce(
+                &'t Transaction<'t>,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 't>,
+            > + Send,
         T: Send,
     {
         let started = Instant::now();
@@ -122,11 +160,14 @@ async fn current_keys(
     registered_only: bool,
 ) -> Result<(HashSet<i64>, HashMap<i64, HashSet<String>>), tokio_postgres::Error> {
     let registered: HashSet<i64> = if registered_only {
-        tx.query("SELECT user_id FROM users WHERE app_id = $1 AND user_id = ANY($2)", &[&app_id, &ids])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        tx.query(
+            "SELECT user_id FROM users WHERE app_id = $1 AND user_id = ANY($2)",
+            &[&app_id, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
     } else {
         HashSet::new()
     };
@@ -147,7 +188,10 @@ async fn current_keys(
 fn plan_upsert(keys: &mut HashSet<String>, tags: &[Tag], cap: usize) -> Outcome {
     let net_new = tags.iter().filter(|(k, _)| !keys.contains(k)).count();
     if keys.len() + net_new > cap {
-        return Outcome::TagLimitExceeded { would_have: keys.len() + net_new, limit: cap };
+        return Outcome::TagLimitExceeded {
+            would_have: keys.len() + net_new,
+            limit: cap,
+        };
     }
     keys.extend(tags.iter().map(|(k, _)| k.clone()));
     Outcome::Applied
@@ -187,7 +231,13 @@ fn distinct_ids(ids: impl Iterator<Item = i64>) -> Vec<i64> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn update_tags(&self, app_id: u32, inbox: u32, op: TagOp, entries: Vec<TagEntry>) -> Result<Vec<Outcome>, StoreError> {
+    async fn update_tags(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let cap = self.options.max_tags_per_user;
         let (app, inbox) = (app_id as i32, inbox as i32);
         self.in_tx(move |tx| {
@@ -244,7 +294,11 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn register_users(&self, app_id: u32, users: Vec<UserRegistration>) -> Result<Vec<Outcome>, StoreError> {
+    async fn register_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserRegistration>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let cap = self.options.max_tags_per_user;
         let app = app_id as i32;
         let inbox = DEFAULT_INBOX as i32;
@@ -285,7 +339,7 @@ impl Store for PostgresStore {
                         [&app, &ids, &nick, &portrait, &ext, &robot, &now];
                     tx.execute(
                         "INSERT INTO users (app_id, user_id, create_time, modify_time)
-                         SELECT $1, u, $7, $7 FROM unnest($2::bigint[]) AS u
+                         SELECT $1, u, $3, $3 FROM unnest($2::bigint[]) AS u
                          ON CONFLICT (app_id, user_id) DO NOTHING",
                         &[&app, &ids, &now],
                     )
@@ -309,7 +363,11 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn unregister_users(&self, app_id: u32, user_ids: Vec<i64>) -> Result<Vec<Outcome>, StoreError> {
+    async fn unregister_users(
+        &self,
+        app_id: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let app = app_id as i32;
         self.in_tx(move |tx| {
             Box::pin(async move {
@@ -332,7 +390,12 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn get_users(&self, app_id: u32, inbox: u32, user_ids: Vec<i64>) -> Result<Vec<Option<StoredUser>>, StoreError> {
+    async fn get_users(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Option<StoredUser>>, StoreError> {
         let (app, inbox) = (app_id as i32, inbox as i32);
         let work = async {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -355,8 +418,12 @@ impl Store for PostgresStore {
             let mut by_id: HashMap<i64, StoredUser> = HashMap::new();
             for r in users {
                 let ext: String = r.get(3);
-                let ext = serde_json::from_str(&ext)
-                    .map_err(|e| StoreError::Internal(format!("users.ext of user {} is not a JSON object: {e}", r.get::<_, i64>(0))))?;
+                let ext = serde_json::from_str(&ext).map_err(|e| {
+                    StoreError::Internal(format!(
+                        "users.ext of user {} is not a JSON object: {e}",
+                        r.get::<_, i64>(0)
+                    ))
+                })?;
                 by_id.insert(
                     r.get(0),
                     StoredUser {

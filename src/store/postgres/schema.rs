@@ -39,7 +39,10 @@ pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Migrates to [`CURRENT_VERSION`]; returns (from, to). Refuses a newer schema.
 pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
-    let tx = client.transaction().await.map_err(|e| format!("starting migration: {e}"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| format!("starting migration: {e}"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| format!("taking the migration lock: {e}"))?;
@@ -53,7 +56,9 @@ pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
     {
         Some(row) => row.get(0),
         None => {
-            tx.execute("INSERT INTO tagcast_schema (version) VALUES (0)", &[]).await.map_err(|e| e.to_string())?;
+            tx.execute("INSERT INTO tagcast_schema (version) VALUES (0)", &[])
+                .await
+                .map_err(|e| e.to_string())?;
             0
         }
     };
@@ -68,7 +73,14 @@ pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
             .await
             .map_err(|e| format!("migrating schema to version {}: {e}", v + 1))?;
     }
-    tx.execute("UPDATE tagcast_schema SET version = $1", &[&CURRENT_VERSION]).await.map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| format!("committing the migration: {e}"))?;
+    tx.execute(
+        "UPDATE tagcast_schema SET version = $1",
+        &[&CURRENT_VERSION],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit()
+        .await
+        .map_err(|e| format!("committing the migration: {e}"))?;
     Ok((from, CURRENT_VERSION))
 }
