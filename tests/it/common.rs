@@ -176,6 +176,47 @@ impl Drop for TestServer {
     }
 }
 
+/// The TOML for the keys the tests set (the binary reads only files).
+pub fn config_toml(c: &Config) -> String {
+    let mut text = format!("listen = {:?}\ndata_dir = {:?}\n", c.listen, c.data_dir);
+    text.push_str(&format!("[limits]\nqps = {}\n", c.limits.qps));
+    if let Some(url) = &c.limits.redis_url {
+        let policy = match c.limits.on_redis_error {
+            tagcast::config::OnLimiterError::Allow => "allow",
+            tagcast::config::OnLimiterError::Deny => "deny",
+        };
+        text.push_str(&format!(
+            "redis_url = {url:?}\nredis_key_prefix = {:?}\non_redis_error = {policy:?}\n",
+            c.limits.redis_key_prefix
+        ));
+    }
+    text.push_str(&format!("[tags]\nmax_per_user = {}\n", c.tags.max_per_user));
+    text.push_str("[limits.actions]\n");
+    for (action, qps) in &c.limits.actions {
+        text.push_str(&format!("{action} = {qps}\n"));
+    }
+    text.push_str(&format!(
+        "[store]\nkind = {:?}\ntimeout_ms = {}\n",
+        c.store.kind, c.store.timeout_ms
+    ));
+    if let Some(url) = &c.store.url {
+        text.push_str(&format!("url = {url:?}\n"));
+    }
+    for a in &c.accounts {
+        text.push_str(&format!(
+            "[[accounts]]\nname = {:?}\napps = {:?}\n",
+            a.name, a.apps
+        ));
+        for k in &a.keys {
+            text.push_str(&format!(
+                "[[accounts.keys]]\naccess_key = {:?}\nsecret_key = {:?}\ndisabled = {}\n",
+                k.access_key, k.secret_key, k.disabled
+            ));
+        }
+    }
+    text
+}
+
 /// A `tagcast serve` child process, for tests that kill it.
 pub struct ChildServer {
     pub child: Child,
@@ -183,39 +224,20 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
-    /// Starts the real binary with a config file in `dir`, waits for its "listening" line.
+    /// Starts the real binary on `dir` with the suite's backend, waits until it listens.
     pub fn spawn(dir: &Path) -> Self {
+        Self::spawn_with(dir, &test_config(&dir.join("data")))
+    }
+
+    /// Starts the real binary with `config` written to a file in `dir`.
+    pub fn spawn_with(dir: &Path, config: &Config) -> Self {
         let config_path = dir.join("tagcast.toml");
-        let base = test_config(&dir.join("data"));
-        let mut text = format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n", base.data_dir);
-        text.push_str("[limits]\nqps = 100000\n");
-        if let Some(url) = &base.limits.redis_url {
-            text.push_str(&format!(
-                "redis_url = {url:?}\nredis_key_prefix = {:?}\n",
-                base.limits.redis_key_prefix
-            ));
-        }
-        text.push_str("[limits.actions]\nBatchGetUser = 100000\n");
-        if let Some(url) = &base.store.url {
-            text.push_str(&format!("[store]\nkind = \"postgres\"\nurl = {url:?}\n"));
-        }
-        for a in test_accounts() {
-            text.push_str(&format!(
-                "[[accounts]]\nname = {:?}\napps = {:?}\n",
-                a.name, a.apps
-            ));
-            for k in a.keys {
-                text.push_str(&format!(
-                    "[[accounts.keys]]\naccess_key = {:?}\nsecret_key = {:?}\ndisabled = {}\n",
-                    k.access_key, k.secret_key, k.disabled
-                ));
-            }
-        }
+        let text = config_toml(config);
         std::fs::write(&config_path, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tagcast"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -235,6 +257,11 @@ impl ChildServer {
 
     pub fn client(&self) -> Client {
         Client::new(&self.endpoint, creds(AK, SK))
+    }
+
+    /// A client of the second account ("other").
+    pub fn client_with_other(&self) -> Client {
+        Client::new(&self.endpoint, creds(AK_OTHER, SK_OTHER))
     }
 
     /// SIGKILL: no shutdown code runs.

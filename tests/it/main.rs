@@ -6,6 +6,7 @@ mod durability;
 mod errors;
 mod infra;
 mod rate_limit;
+mod scale_out;
 mod sdk_node;
 mod sdk_python;
 mod signing_vectors;
