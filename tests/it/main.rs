@@ -11,3 +11,4 @@ mod sdk_node;
 mod sdk_python;
 mod signing_vectors;
 mod startup;
+mod store_conformance;

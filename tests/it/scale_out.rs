@@ -103,7 +103,12 @@ async fn concurrent_writers_on_both_nodes_to_the_same_users_lose_nothing() {
                     json!({"AppId": APP, "UserTags": entries}),
                 )
                 .await;
-                assert_eq!(failed_infos(&a), Vec::<serde_json::Value>::new(), "{}", a.json());
+                assert_eq!(
+                    failed_infos(&a),
+                    Vec::<serde_json::Value>::new(),
+                    "{}",
+                    a.json()
+                );
             }
         }));
     }

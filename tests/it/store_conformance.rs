@@ -1,0 +1,249 @@
+//! The store conformance suite: the same store-level tests against every backend (the
+//! embedded store and PostgreSQL). A backend is done when all of them pass on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tagcast::metrics::Metrics;
+use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use tagcast::store::postgres::{PostgresOptions, PostgresStore};
+use tagcast::store::{Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration};
+
+use crate::infra::shared_postgres;
+
+const CAP: usize = 3;
+
+/// One fresh store of each backend, with a tag cap of 3.
+async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let embedded = EmbeddedStore::open(
+        dir.path(),
+        EmbeddedOptions {
+            max_tags_per_user: CAP,
+            ..EmbeddedOptions::default()
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    let options = PostgresOptions {
+        max_tags_per_user: CAP,
+        pool_size: 4,
+        timeout: Duration::from_secs(5),
+    };
+    let postgres = PostgresStore::open(&shared_postgres().fresh_database(), options, metrics)
+        .await
+        .unwrap();
+    vec![
+        ("embedded", Arc::new(embedded), Some(dir)),
+        ("postgres", Arc::new(postgres), None),
+    ]
+}
+
+fn entry(user_id: i64, tags: &[(&str, &str)]) -> TagEntry {
+    TagEntry {
+        user_id,
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+async fn register(store: &dyn Store, ids: &[i64]) {
+    let users = ids
+        .iter()
+        .map(|&user_id| UserRegistration {
+            user_id,
+            ..Default::default()
+        })
+        .collect();
+    let out = store.register_users(1, users).await.unwrap();
+    assert!(out.iter().all(|o| *o == Outcome::Applied));
+}
+
+async fn tags(store: &dyn Store, inbox: u32, user: i64) -> Option<Vec<(String, String)>> {
+    store
+        .get_users(1, inbox, vec![user])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .map(|u| u.tags)
+}
+
+fn pairs(p: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
+    Some(
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_apply_in_order_each_atomically_and_report_unregistered_users() {
+    for (name, store, _dir) in backends().await {
+        let s = store.as_ref();
+        register(s, &[1]).await;
+        let out = s
+            .update_tags(
+                1,
+                0,
+                TagOp::Upsert,
+                vec![
+                    entry(1, &[("a", "1"), ("b", "1")]),
+                    entry(2, &[("x", "")]),
+                    entry(1, &[("a", "2")]),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![Outcome::Applied, Outcome::UserNotFound, Outcome::Applied],
+            "{name}"
+        );
+        assert_eq!(
+            tags(s, 0, 1).await,
+            pairs(&[("a", "2"), ("b", "1")]),
+            "{name}"
+        );
+        assert_eq!(tags(s, 0, 2).await, None, "{name}");
+        // Another inbox and another app see nothing.
+        assert_eq!(tags(s, 5, 1).await, pairs(&[]), "{name}");
+        assert_eq!(
+            s.get_users(2, 0, vec![1]).await.unwrap(),
+            vec![None],
+            "{name}"
+        );
+        let out = s
+            .update_tags(
+                1,
+                0,
+                TagOp::Delete,
+                vec![entry(1, &[("a", ""), ("zz", "")])],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Applied], "{name}");
+        assert_eq!(tags(s, 0, 1).await, pairs(&[("b", "1")]), "{name}");
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing() {
+    for (name, store, _dir) in backends().await {
+        let s = store.as_ref();
+        register(s, &[1]).await;
+        let abc = [("a", "1"), ("b", "1"), ("c", "1")];
+        assert_eq!(
+            s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &abc)])
+                .await
+                .unwrap(),
+            vec![Outcome::Applied]
+        );
+        let out = s
+            .update_tags(
+                1,
+                0,
+                TagOp::Upsert,
+                vec![entry(1, &[("a", "2"), ("d", "1")]), entry(1, &[("b", "2")])],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Outcome::TagLimitExceeded {
+                    would_have: 4,
+                    limit: CAP
+                },
+                Outcome::Applied
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            tags(s, 0, 1).await,
+            pairs(&[("a", "1"), ("b", "2"), ("c", "1")]),
+            "{name}"
+        );
+        let out = s
+            .update_tags(1, 0, TagOp::Delete, vec![entry(1, &[("a", "")])])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Applied]);
+        let out = s
+            .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("d", "1")])])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Applied], "{name}");
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_updates_given_fields_and_unregister_clears_every_inbox() {
+    for (name, store, _dir) in backends().await {
+        let s = store.as_ref();
+        let first = UserRegistration {
+            user_id: 7,
+            nick_name: Some("n".into()),
+            tags: vec![("t".into(), "1".into())],
+            ..Default::default()
+        };
+        let second = UserRegistration {
+            user_id: 7,
+            portrait: Some("p".into()),
+            is_robot: Some(true),
+            ..Default::default()
+        };
+        let out = s.register_users(1, vec![first, second]).await.unwrap();
+        assert_eq!(out, vec![Outcome::Applied, Outcome::Applied], "{name}");
+        let u = s
+            .get_users(1, 0, vec![7])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (u.nick_name.as_str(), u.portrait.as_str(), u.is_robot),
+            ("n", "p", true),
+            "{name}"
+        );
+        assert_eq!(u.tags, vec![("t".to_owned(), "1".to_owned())], "{name}");
+        s.update_tags(1, 9, TagOp::Upsert, vec![entry(7, &[("x", "y")])])
+            .await
+            .unwrap();
+        let out = s.unregister_users(1, vec![7, 7, 8]).await.unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Applied,
+                Outcome::UserNotFound,
+                Outcome::UserNotFound
+            ],
+            "{name}"
+        );
+        register(s, &[7]).await;
+        assert_eq!(tags(s, 0, 7).await, pairs(&[]), "{name}");
+        assert_eq!(tags(s, 9, 7).await, pairs(&[]), "{name}");
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_store_is_unavailable() {
+    for (name, store, _dir) in backends().await {
+        store.close().await;
+        let r = store
+            .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[])])
+            .await;
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "{name}: {r:?}"
+        );
+        assert!(store.ready().await.is_err(), "{name}");
+    }
+}
