@@ -48,6 +48,12 @@ struct ServeArgs {
     /// Accepted regions, comma-separated; the first is the default [default: cn-north-1,ap-southeast-1].
     #[arg(long, env = "TAGCAST_REGIONS", value_delimiter = ',')]
     regions: Option<Vec<String>>,
+    /// PostgreSQL URL; sets store.kind = "postgres" (the environment keeps a password out of files).
+    #[arg(long, env = "TAGCAST_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
+    /// Redis URL of the rate limiter shared by several nodes.
+    #[arg(long, env = "TAGCAST_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -113,6 +119,13 @@ fn load_config(args: ServeArgs) -> Result<Config, String> {
     if let Some(v) = args.regions {
         config.regions = v;
     }
+    if let Some(v) = args.store_url {
+        config.store.kind = "postgres".into();
+        config.store.url = Some(v);
+    }
+    if let Some(v) = args.redis_url {
+        config.limits.redis_url = Some(v);
+    }
     Ok(config)
 }
 
@@ -136,10 +149,16 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let prepared = server::prepare(&config).await?;
     let url = format!("http://{}", prepared.addr);
     println!("tagcast {} listening on {url}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "  data directory: {} (embedded store)",
-        config.data_dir.display()
-    );
+    match config.store.kind.as_str() {
+        "postgres" => println!("  store: postgres (store.url)"),
+        _ => println!(
+            "  data directory: {} (embedded store)",
+            config.data_dir.display()
+        ),
+    }
+    if config.limits.redis_url.is_some() {
+        println!("  rate limits: shared through Redis (limits.redis_url)");
+    }
     match &prepared.source {
         AccountSource::Config => println!(
             "  accounts: {} from the configuration",
