@@ -359,3 +359,35 @@ async fn redis_down_follows_on_redis_error_and_is_counted() {
         assert!(errors >= 1, "{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tag_cap_holds_exactly_under_concurrent_writers_on_two_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = node_config(tmp.path(), &shared_postgres().fresh_database(), &prefix());
+    let (_dir, a, b) = two_nodes(&config);
+    register(&a.client(), APP, &[1]).await;
+    let applied = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let client = Client::new(&[&a, &b][w % 2].endpoint, creds(AK, SK));
+        let applied = applied.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0..30 {
+                let body = json!({"AppId": APP, "UserTags": [{"UserId": 1, "Tags": {format!("w{w}r{r}"): "x"}}]});
+                let f = failed_infos(&call(&client, "BatchUpdateUserTags", body).await);
+                match f.first() {
+                    None => {
+                        applied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(info) => assert_eq!(info["Code"], "TagLimitExceeded"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 240 net-new keys offered, the cap is 100: exactly 100 were accepted, and kept.
+    assert_eq!(applied.load(Ordering::Relaxed), 100);
+    assert_eq!(tags_of(&b.client(), APP, 0, 1).await.unwrap().len(), 100);
+}
