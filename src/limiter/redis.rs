@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 /// Allows when the theoretical arrival time is at most (burst - 1) * T ahead of now;
 /// returns {1, 0} or {0, µs until a retry can succeed}.
 const GCRA: &str = r"
+-- Redis before 5 replicates scripts verbatim and refuses writes after TIME unless asked.
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
