@@ -53,8 +53,8 @@ pub fn test_accounts() -> Vec<AccountConfig> {
     ]
 }
 
-/// A configuration for tests: loopback port 0, the test accounts, limits out of the way.
-pub fn test_config(data_dir: &Path) -> Config {
+/// Loopback port 0, the test accounts, limits out of the way, the embedded store.
+pub fn base_config(data_dir: &Path) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
@@ -63,6 +63,12 @@ pub fn test_config(data_dir: &Path) -> Config {
     c.accounts = test_accounts();
     c.limits.qps = 100_000;
     c.limits.actions.insert("BatchGetUser".into(), 100_000);
+    c
+}
+
+/// [`base_config`] on the backend this run of the suite tests.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = base_config(data_dir);
     if crate::infra::postgres_backend() {
         // The scale-out configuration: PostgreSQL for data, Redis for the limiter. One
         // database per data directory, so a restart on the same directory finds its data.
@@ -470,14 +476,7 @@ fn parse_http_answer(buf: &[u8]) -> Option<(u16, Value)> {
 /// Runs SQL directly on the database behind `config`, bypassing the server.
 pub fn run_sql(config: &Config, sql: &str) {
     if let Some(url) = config.store.url.clone() {
-        let sql = sql.to_owned();
-        crate::infra::block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await.unwrap();
-        });
+        crate::infra::execute(&url, sql);
     } else {
         // WAL lets a second writer in beside the server's.
         let conn =

@@ -28,6 +28,18 @@ pub fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
     .unwrap()
 }
 
+/// Runs `sql` on the PostgreSQL database at `url`.
+pub fn execute(url: &str, sql: &str) {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(&sql).await.unwrap();
+    });
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -261,13 +273,7 @@ impl Postgres {
         );
         let admin = self.url("postgres");
         let sql = format!("CREATE DATABASE {name}");
-        crate::infra::block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await.unwrap();
-        });
+        execute(&admin, &sql);
         self.url(&name)
     }
 }

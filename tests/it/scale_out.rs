@@ -16,14 +16,7 @@ use crate::infra::{Postgres, Redis, shared_postgres, shared_redis};
 
 /// A node's configuration on `db_url` and the shared Redis.
 fn node_config(dir: &std::path::Path, db_url: &str, prefix: &str) -> Config {
-    let mut c = Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_owned(),
-        ..Config::default()
-    };
-    c.accounts = test_accounts();
-    c.limits.qps = 100_000;
-    c.limits.actions.insert("BatchGetUser".into(), 100_000);
+    let mut c = base_config(dir);
     c.limits.redis_url = Some(shared_redis().url());
     c.limits.redis_key_prefix = prefix.to_owned();
     c.store.kind = "postgres".into();
