@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
 
 use super::{
     DEFAULT_INBOX, Outcome, Store, StoreError, StoredUser, Tag, TagEntry, TagOp, UserRegistration,
@@ -151,35 +153,51 @@ impl PostgresStore {
     }
 }
 
-/// Keys of `users` in `inbox`, for registered users only when `registered_only`.
-async fn current_keys(
+/// Runs one statement, prepared once per connection (no extra round trip after that).
+async fn exec(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
+}
+
+/// Takes the per-user locks of `ids` and reads their keys in `inbox`, pipelined in one
+/// round trip (statements on one connection run in order, so the read sees the state
+/// after the locks). With `registered_only`, only registered users are returned, and the
+/// set of those comes back too.
+async fn lock_and_read(
     tx: &Transaction<'_>,
     app_id: i32,
     inbox: i32,
     ids: &[i64],
     registered_only: bool,
 ) -> Result<(HashSet<i64>, HashMap<i64, HashSet<String>>), tokio_postgres::Error> {
-    let registered: HashSet<i64> = if registered_only {
-        tx.query(
-            "SELECT user_id FROM users WHERE app_id = $1 AND user_id = ANY($2)",
-            &[&app_id, &ids],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    let read_sql = if registered_only {
+        "SELECT u.user_id, t.key FROM users u LEFT JOIN tags t
+           ON t.app_id = u.app_id AND t.user_id = u.user_id AND t.inbox_type = $2
+         WHERE u.app_id = $1 AND u.user_id = ANY($3)"
     } else {
-        HashSet::new()
+        "SELECT user_id, key FROM tags WHERE app_id = $1 AND inbox_type = $2 AND user_id = ANY($3)"
     };
+    let (lock, read) =
+        tokio::try_join!(tx.prepare_cached(LOCK_USERS), tx.prepare_cached(read_sql))?;
+    let app = i64::from(app_id);
+    let lock_params: [&(dyn ToSql + Sync); 2] = [&app, &ids];
+    let read_params: [&(dyn ToSql + Sync); 3] = [&app_id, &inbox, &ids];
+    let (_, rows) = tokio::try_join!(
+        tx.execute(&lock, &lock_params),
+        tx.query(&read, &read_params)
+    )?;
+    let mut registered = HashSet::new();
     let mut keys: HashMap<i64, HashSet<String>> = HashMap::new();
-    for row in tx
-        .query(
-            "SELECT user_id, key FROM tags WHERE app_id = $1 AND inbox_type = $2 AND user_id = ANY($3)",
-            &[&app_id, &inbox, &ids],
-        )
-        .await?
-    {
-        keys.entry(row.get(0)).or_default().insert(row.get(1));
+    for row in rows {
+        let user: i64 = row.get(0);
+        registered.insert(user);
+        if let Some(key) = row.get::<_, Option<String>>(1) {
+            keys.entry(user).or_default().insert(key);
+        }
     }
     Ok((registered, keys))
 }
@@ -212,7 +230,7 @@ async fn write_upserts(
         ks.push(k);
         vs.push(v);
     }
-    tx.execute(
+    exec(tx,
         "INSERT INTO tags (app_id, user_id, inbox_type, key, value)
          SELECT $1, x.u, $2, x.k, x.v FROM unnest($3::bigint[], $4::text[], $5::text[]) AS x(u, k, v)
          ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = EXCLUDED.value",
@@ -243,8 +261,7 @@ impl Store for PostgresStore {
         self.in_tx(move |tx| {
             Box::pin(async move {
                 let ids = distinct_ids(entries.iter().map(|e| e.user_id));
-                tx.execute(LOCK_USERS, &[&i64::from(app), &ids]).await?;
-                let (registered, mut keys) = current_keys(tx, app, inbox, &ids, true).await?;
+                let (registered, mut keys) = lock_and_read(tx, app, inbox, &ids, true).await?;
                 let mut outcomes = Vec::with_capacity(entries.len());
                 let mut upserts = BTreeMap::new();
                 let mut deletes = std::collections::BTreeSet::new();
@@ -281,7 +298,7 @@ impl Store for PostgresStore {
                 write_upserts(tx, app, inbox, upserts).await?;
                 if !deletes.is_empty() {
                     let (us, ks): (Vec<i64>, Vec<String>) = deletes.into_iter().unzip();
-                    tx.execute(
+                    exec(tx,
                         "DELETE FROM tags t USING unnest($3::bigint[], $4::text[]) AS x(u, k)
                          WHERE t.app_id = $1 AND t.inbox_type = $2 AND t.user_id = x.u AND t.key = x.k",
                         &[&app, &inbox, &us, &ks],
@@ -305,8 +322,7 @@ impl Store for PostgresStore {
         self.in_tx(move |tx| {
             Box::pin(async move {
                 let ids = distinct_ids(users.iter().map(|u| u.user_id));
-                tx.execute(LOCK_USERS, &[&i64::from(app), &ids]).await?;
-                let (_, mut keys) = current_keys(tx, app, inbox, &ids, false).await?;
+                let (_, mut keys) = lock_and_read(tx, app, inbox, &ids, false).await?;
                 let mut outcomes = Vec::with_capacity(users.len());
                 let mut upserts = BTreeMap::new();
                 // Profiles of applied users, later registrations of one user folded over earlier ones.
@@ -337,14 +353,14 @@ impl Store for PostgresStore {
                     let robot: Vec<Option<bool>> = profiles.values().map(|p| p.is_robot).collect();
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
                         [&app, &ids, &nick, &portrait, &ext, &robot, &now];
-                    tx.execute(
+                    exec(tx,
                         "INSERT INTO users (app_id, user_id, create_time, modify_time)
                          SELECT $1, u, $3, $3 FROM unnest($2::bigint[]) AS u
                          ON CONFLICT (app_id, user_id) DO NOTHING",
                         &[&app, &ids, &now],
                     )
                     .await?;
-                    tx.execute(
+                    exec(tx,
                         "UPDATE users SET nick_name = COALESCE(x.n, users.nick_name),
                                           portrait = COALESCE(x.p, users.portrait),
                                           ext = COALESCE(x.e, users.ext),
@@ -372,14 +388,15 @@ impl Store for PostgresStore {
         self.in_tx(move |tx| {
             Box::pin(async move {
                 let ids = distinct_ids(user_ids.iter().copied());
-                tx.execute(LOCK_USERS, &[&i64::from(app), &ids]).await?;
+                exec(tx, LOCK_USERS, &[&i64::from(app), &ids]).await?;
+                let delete = tx.prepare_cached("DELETE FROM users WHERE app_id = $1 AND user_id = ANY($2) RETURNING user_id").await?;
                 let mut removed: HashSet<i64> = tx
-                    .query("DELETE FROM users WHERE app_id = $1 AND user_id = ANY($2) RETURNING user_id", &[&app, &ids])
+                    .query(&delete, &[&app, &ids])
                     .await?
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                tx.execute("DELETE FROM tags WHERE app_id = $1 AND user_id = ANY($2)", &[&app, &ids]).await?;
+                exec(tx, "DELETE FROM tags WHERE app_id = $1 AND user_id = ANY($2)", &[&app, &ids]).await?;
                 // A user listed twice is removed once; the second mention finds nothing.
                 Ok(user_ids
                     .iter()
@@ -399,22 +416,25 @@ impl Store for PostgresStore {
         let (app, inbox) = (app_id as i32, inbox as i32);
         let work = async {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let users = client
-                .query(
+            let (users_st, tags_st) = tokio::try_join!(
+                client.prepare_cached(
                     "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
-                     FROM users WHERE app_id = $1 AND user_id = ANY($2)",
-                    &[&app, &user_ids],
-                )
-                .await
-                .map_err(classify)?;
-            let tags = client
-                .query(
+                     FROM users WHERE app_id = $1 AND user_id = ANY($2)"
+                ),
+                client.prepare_cached(
                     "SELECT user_id, key, value FROM tags WHERE app_id = $1 AND inbox_type = $2 AND user_id = ANY($3)
-                     ORDER BY user_id, key",
-                    &[&app, &inbox, &user_ids],
+                     ORDER BY user_id, key"
                 )
-                .await
-                .map_err(classify)?;
+            )
+            .map_err(classify)?;
+            let users_params: [&(dyn ToSql + Sync); 2] = [&app, &user_ids];
+            let tags_params: [&(dyn ToSql + Sync); 3] = [&app, &inbox, &user_ids];
+            // Pipelined: both queries leave in one round trip.
+            let (users, tags) = tokio::try_join!(
+                client.query(&users_st, &users_params),
+                client.query(&tags_st, &tags_params)
+            )
+            .map_err(classify)?;
             let mut by_id: HashMap<i64, StoredUser> = HashMap::new();
             for r in users {
                 let ext: String = r.get(3);
