@@ -17,11 +17,26 @@ use crate::store::{Tag, TagOp};
 /// (types, missing fields, duplicate fields): `InvalidParam`, naming the field's path.
 /// serde_json refuses nesting deeper than 128 levels without recursing further.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
+    let not_json = |e: serde_json::Error| {
+        ApiError::new(
             ErrorCode::JsonParsingError,
-            "the request body is empty; send a JSON object",
-        ));
+            format!("the body is not valid JSON: {e}"),
+        )
+    };
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::JsonParsingError,
+                "the request body is empty; send a JSON object",
+            ));
+        }
+        // serde would also take a struct from a JSON array ([AppId, ...]); only objects
+        // are the API. Valid JSON of another kind is InvalidParam, anything else not JSON.
+        Some(b'{') => {}
+        Some(_) => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(not_json)?;
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {

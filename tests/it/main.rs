@@ -4,6 +4,7 @@ mod actions;
 mod common;
 mod durability;
 mod errors;
+mod hostile;
 mod infra;
 mod rate_limit;
 mod scale_out;
