@@ -15,7 +15,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use time::OffsetDateTime;
 
 use crate::accounts::{AccountId, Tenancy};
@@ -245,7 +246,7 @@ fn route(method: &Method, uri: &axum::http::Uri, meta: &mut Meta) -> Result<Acti
 /// Refuses an announced oversized body before reading any of it, and a streamed one as
 /// soon as it passes the limit; a body that does not arrive in time is cut off.
 async fn read_body(
-    body: Body,
+    mut body: Body,
     headers: &HeaderMap,
     limits: &HttpLimits,
 ) -> Result<Bytes, ApiError> {
@@ -261,22 +262,60 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = announced.filter(|&len| len > max as u64) {
+        linger(body);
         return Err(too_large(format!("{len} bytes")));
     }
-    match tokio::time::timeout(limits.body_timeout(), Limited::new(body, max).collect()).await {
-        Err(_) => Err(ApiError::new(
-            ErrorCode::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} s",
-                limits.body_timeout_secs
-            ),
-        )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(too_large("larger".into()))
+    let deadline = tokio::time::Instant::now() + limits.body_timeout();
+    let mut buf = BytesMut::with_capacity(announced.map_or(8192, |n| n as usize));
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        limits.body_timeout_secs
+                    ),
+                ));
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::invalid(format!(
+                    "reading the request body failed: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if buf.len() + data.len() > max {
+                    linger(body);
+                    return Err(too_large("larger".into()));
+                }
+                buf.extend_from_slice(&data);
+            }
         }
-        Ok(Err(e)) => Err(ApiError::invalid(format!(
-            "reading the request body failed: {e}"
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// Most bytes of a refused body read and discarded after the answer, and for how long.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused body for a little while (a lingering
+/// close, as web servers do): closing with unread data makes the kernel reset the
+/// connection, and a client still sending would lose the 413 already written to it.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let mut seen = 0usize;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }

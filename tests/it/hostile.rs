@@ -123,7 +123,13 @@ fn cases(host: &str) -> Vec<Case> {
             j,
             host,
         ),
-        bad_body("deep nesting (valid JSON, not an object)", nested.clone(), 400, i, host),
+        bad_body(
+            "deep nesting (valid JSON, not an object)",
+            nested.clone(),
+            400,
+            i,
+            host,
+        ),
         bad_body(
             // Skipped without recursion; the next problem is then reported.
             "deep nesting in an unknown field",
