@@ -230,11 +230,6 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
-    /// Starts the real binary on `dir` with the suite's backend, waits until it listens.
-    pub fn spawn(dir: &Path) -> Self {
-        Self::spawn_with(dir, &test_config(&dir.join("data")))
-    }
-
     /// Starts the real binary with `config` written to a file in `dir`.
     pub fn spawn_with(dir: &Path, config: &Config) -> Self {
         let config_path = dir.join("tagcast.toml");

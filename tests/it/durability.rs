@@ -28,54 +28,16 @@ async fn stop_and_restart_on_the_same_data_directory_keeps_everything() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_finishes_and_exits_zero_and_sigkill_loses_no_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ChildServer::spawn(dir.path());
-    let users: Vec<i64> = (1..=8).collect();
-    register(&server.client(), APP, &users).await;
-
-    // 4 writers, each owning two users, write distinct keys; every acknowledged write goes
-    // into the ledger. The server is killed while they are writing.
-    let ledger: Arc<Mutex<BTreeMap<(i64, String), String>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for w in 0..4i64 {
-        let client = server.client();
-        let ledger = ledger.clone();
-        tasks.push(tokio::spawn(async move {
-            for r in 0.. {
-                let user = 1 + w * 2 + (r % 2);
-                let (k, v) = (format!("w{w}r{r}"), format!("v{r}"));
-                let body = json!({"AppId": APP, "UserTags": [{"UserId": user, "Tags": {k.clone(): v.clone()}}]});
-                match client.call("BatchUpdateUserTags", body.to_string().as_bytes()).await {
-                    Ok(a) if a.status == 200 => {
-                        assert!(failed_infos(&a).is_empty());
-                        ledger.lock().unwrap().insert((user, k), v);
-                    }
-                    _ => break, // the server is gone: this write was not acknowledged
-                }
-                if r >= 10_000 {
-                    break;
-                }
-            }
-        }));
-    }
-    // Let the writers get going, then kill without warning.
-    while ledger.lock().unwrap().len() < 200 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    server.kill9();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acknowledged = ledger.lock().unwrap().clone();
-    assert!(acknowledged.len() >= 200);
-
-    let server = ChildServer::spawn(dir.path());
+/// The stored tags of `users`, checked against every acknowledged write in `ledger`.
+async fn assert_ledger_present(
+    server: &ChildServer,
+    users: &[i64],
+    ledger: &BTreeMap<(i64, String), String>,
+) {
     let c = server.client();
-    for user in users {
+    for &user in users {
         let stored = tags_of(&c, APP, 0, user).await.unwrap();
-        for ((u, k), v) in &acknowledged {
+        for ((u, k), v) in ledger {
             if *u == user {
                 assert!(
                     stored.contains(&format!("{k}:{v}")),
@@ -84,9 +46,61 @@ async fn sigterm_finishes_and_exits_zero_and_sigkill_loses_no_acknowledged_write
             }
         }
     }
-    // A graceful stop exits 0.
-    let status = server.terminate();
-    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_sigterm_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let users: Vec<i64> = (1..=8).collect();
+    let mut config = test_config(&dir.path().join("data"));
+    config.tags.max_per_user = 1_000_000;
+    let spawn = || ChildServer::spawn_with(dir.path(), &config);
+    let mut server = spawn();
+    register(&server.client(), APP, &users).await;
+    let ledger: Arc<Mutex<BTreeMap<(i64, String), String>>> = Arc::default();
+    let cycles = 10;
+    for cycle in 0..cycles {
+        // 4 writers, each owning two users, write distinct keys; every acknowledged write
+        // goes into the ledger. The server is killed at a random moment while they write.
+        let mut tasks = Vec::new();
+        for w in 0..4i64 {
+            let client = server.client();
+            let ledger = ledger.clone();
+            tasks.push(tokio::spawn(async move {
+                for r in 0..100_000 {
+                    let user = 1 + w * 2 + (r % 2);
+                    let (k, v) = (format!("c{cycle}w{w}r{r}"), format!("v{r}"));
+                    let body = json!({"AppId": APP, "UserTags": [{"UserId": user, "Tags": {k.clone(): v.clone()}}]});
+                    match client.call("BatchUpdateUserTags", body.to_string().as_bytes()).await {
+                        Ok(a) if a.status == 200 => {
+                            assert_eq!(failed_infos(&a), Vec::<serde_json::Value>::new());
+                            ledger.lock().unwrap().insert((user, k), v);
+                        }
+                        _ => break, // the server is gone: this write was not acknowledged
+                    }
+                }
+            }));
+        }
+        let before = ledger.lock().unwrap().len();
+        while ledger.lock().unwrap().len() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(0..150))).await;
+        server.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        server = spawn();
+        assert_ledger_present(&server, &users, &ledger.lock().unwrap().clone()).await;
+    }
+    let acknowledged = ledger.lock().unwrap().len();
+    println!(
+        "durability: {cycles} SIGKILL cycles, {acknowledged} acknowledged writes, all present after each restart"
+    );
+    // A graceful stop exits 0, and nothing is lost by it either.
+    assert!(server.terminate().success());
+    let server = spawn();
+    assert_ledger_present(&server, &users, &ledger.lock().unwrap().clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
