@@ -146,6 +146,11 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let config = load_config(args)?;
     init_logging(config.log_format);
+    // Every client connection is a descriptor: take all the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
     let prepared = server::prepare(&config).await?;
     let url = format!("http://{}", prepared.addr);
     println!("tagcast {} listening on {url}", env!("CARGO_PKG_VERSION"));

@@ -1,5 +1,6 @@
 //! Integration tests: real HTTP against a real server on port 0, signed by the real signer.
 
+mod abuse;
 mod actions;
 mod common;
 mod durability;
