@@ -91,7 +91,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_sigterm_exits
             t.await.unwrap();
         }
         server = spawn();
-        assert_ledger_present(&server, &users, &ledger.lock().unwrap().clone()).await;
+        let snapshot = ledger.lock().unwrap().clone();
+        assert_ledger_present(&server, &users, &snapshot).await;
     }
     let acknowledged = ledger.lock().unwrap().len();
     println!(
@@ -100,7 +101,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_and_sigterm_exits
     // A graceful stop exits 0, and nothing is lost by it either.
     assert!(server.terminate().success());
     let server = spawn();
-    assert_ledger_present(&server, &users, &ledger.lock().unwrap().clone()).await;
+    let snapshot = ledger.lock().unwrap().clone();
+    assert_ledger_present(&server, &users, &snapshot).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
