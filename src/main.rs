@@ -179,10 +179,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             println!("  AppId:      {BOOTSTRAP_APP_ID}");
             println!("  AccessKey:  {}", key.access_key);
             println!("  SecretKey:  in {} (mode 0600)", path.display());
+            let exe = std::env::current_exe()
+                .map_or_else(|_| "tagcast".into(), |p| p.display().to_string());
             println!(
-                "  try:        tagcast call RegisterUsers --endpoint {url} --body '{{\"AppId\":{BOOTSTRAP_APP_ID},\"Users\":[{{\"UserId\":10001}}]}}'"
+                "  try:        {exe} call RegisterUsers --endpoint {url} --body '{{\"AppId\":{BOOTSTRAP_APP_ID},\"Users\":[{{\"UserId\":10001}}]}}'"
             );
-            println!("  (tagcast call reads the key from that file when none is given)");
+            println!(
+                "  (call reads the key from that file when none is given; run it from this directory)"
+            );
         }
     }
     server::serve(prepared.listener, prepared.state, server::shutdown_signal()).await;
