@@ -41,20 +41,41 @@ struct Answer {
     not_found_users: Vec<i64>,
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+/// A decoded and validated request: the distinct ids in request order.
+pub struct Parsed {
+    pub app_id: u32,
+    pub inbox: u32,
+    pub user_ids: Vec<i64>,
+}
+
+/// Decodes and validates without touching any state (also the fuzzing entry point).
+pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     let body: Body = decode::decode(body)?;
     let app_id = decode::app_id(body.app_id)?;
-    ctx.authorize(app_id)?;
     let inbox = decode::inbox_type(body.inbox_type)?;
     decode::count("UserIds", body.user_ids.len(), MAX_USERS)?;
     let mut seen = HashSet::new();
-    let mut ids = Vec::with_capacity(body.user_ids.len());
+    let mut user_ids = Vec::with_capacity(body.user_ids.len());
     for (i, id) in body.user_ids.into_iter().enumerate() {
         let id = decode::user_id(&format!("UserIds[{i}]"), id)?;
         if seen.insert(id) {
-            ids.push(id);
+            user_ids.push(id);
         }
     }
+    Ok(Parsed {
+        app_id,
+        inbox,
+        user_ids,
+    })
+}
+
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+    let Parsed {
+        app_id,
+        inbox,
+        user_ids: ids,
+    } = parse(body)?;
+    ctx.authorize(app_id)?;
     let found = ctx.store.get_users(app_id, inbox, ids.clone()).await?;
     let mut answer = Answer {
         users: Vec::new(),

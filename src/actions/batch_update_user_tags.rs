@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
 use super::{Ctx, apply_valid};
+use crate::config::TagLimits;
 use crate::gateway::error::ApiError;
 use crate::store::{TagEntry, TagOp};
 
@@ -82,23 +83,47 @@ fn entries(body: Body) -> Result<Vec<TagEntry>, ApiError> {
     }
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+/// A decoded and validated request; per-user problems are kept per entry.
+pub struct Parsed {
+    pub app_id: u32,
+    pub inbox: u32,
+    pub op: TagOp,
+    pub entries: Vec<(i64, Result<TagEntry, String>)>,
+}
+
+/// Decodes and validates without touching any state (also the fuzzing entry point).
+pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
     let body: Body = decode::decode(body)?;
     let app_id = decode::app_id(body.app_id)?;
-    ctx.authorize(app_id)?;
     let inbox = decode::inbox_type(body.inbox_type)?;
     let op = op(body.op)?;
-    let checked = entries(body)?
+    let entries = entries(body)?
         .into_iter()
         .map(|e| {
             (
                 e.user_id,
-                decode::check_tags(&e.tags, op, ctx.tags).map(|()| e),
+                decode::check_tags(&e.tags, op, limits).map(|()| e),
             )
         })
         .collect();
+    Ok(Parsed {
+        app_id,
+        inbox,
+        op,
+        entries,
+    })
+}
+
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+    let Parsed {
+        app_id,
+        inbox,
+        op,
+        entries,
+    } = parse(body, ctx.tags)?;
+    ctx.authorize(app_id)?;
     let store = ctx.store;
-    apply_valid(checked, app_id, inbox, |valid| {
+    apply_valid(entries, app_id, inbox, |valid| {
         store.update_tags(app_id, inbox, op, valid)
     })
     .await

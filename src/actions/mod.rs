@@ -86,6 +86,17 @@ pub async fn dispatch(
     }
 }
 
+/// Decodes and validates a body for `action` without any state: what a request would be
+/// refused for before it reaches tenancy or the store. The fuzz targets call this.
+pub fn parse_only(action: Action, body: &[u8], limits: &TagLimits) -> Result<(), ApiError> {
+    match action {
+        Action::BatchUpdateUserTags => batch_update_user_tags::parse(body, limits).map(drop),
+        Action::RegisterUsers => register_users::parse(body, limits).map(drop),
+        Action::UnRegisterUsers => unregister_users::parse(body).map(drop),
+        Action::BatchGetUser => batch_get_user::parse(body).map(drop),
+    }
+}
+
 /// A per-user failure inside an HTTP 200 answer.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]

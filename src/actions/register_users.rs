@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
 use super::{Ctx, apply_valid};
+use crate::config::TagLimits;
 use crate::gateway::error::ApiError;
 use crate::signing::truncate;
 use crate::store::{DEFAULT_INBOX, TagOp, UserRegistration};
@@ -84,12 +85,18 @@ fn check_profile(u: &UserRegistration) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+/// A decoded and validated request; per-user problems are kept per user.
+pub struct Parsed {
+    pub app_id: u32,
+    pub users: Vec<(i64, Result<UserRegistration, String>)>,
+}
+
+/// Decodes and validates without touching any state (also the fuzzing entry point).
+pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
     let body: Body = decode::decode(body)?;
     let app_id = decode::app_id(body.app_id)?;
-    ctx.authorize(app_id)?;
     decode::count("Users", body.users.len(), MAX_USERS)?;
-    let mut checked = Vec::with_capacity(body.users.len());
+    let mut users = Vec::with_capacity(body.users.len());
     for (i, u) in body.users.into_iter().enumerate() {
         let reg = UserRegistration {
             user_id: decode::user_id(&format!("Users[{i}].UserId"), u.user_id)?,
@@ -99,12 +106,18 @@ pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, Api
             is_robot: u.is_robot,
             tags: decode::tag_strings(&format!("Users[{i}].Tags"), u.tags.unwrap_or_default())?,
         };
-        let verdict = check_profile(&reg)
-            .and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, ctx.tags));
-        checked.push((reg.user_id, verdict.map(|()| reg)));
+        let verdict =
+            check_profile(&reg).and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, limits));
+        users.push((reg.user_id, verdict.map(|()| reg)));
     }
+    Ok(Parsed { app_id, users })
+}
+
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+    let Parsed { app_id, users } = parse(body, ctx.tags)?;
+    ctx.authorize(app_id)?;
     let store = ctx.store;
-    apply_valid(checked, app_id, DEFAULT_INBOX, |valid| {
+    apply_valid(users, app_id, DEFAULT_INBOX, |valid| {
         store.register_users(app_id, valid)
     })
     .await

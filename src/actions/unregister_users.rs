@@ -17,19 +17,32 @@ struct Body {
     user_ids: Vec<i64>,
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+/// A decoded and validated request.
+pub struct Parsed {
+    pub app_id: u32,
+    pub user_ids: Vec<i64>,
+}
+
+/// Decodes and validates without touching any state (also the fuzzing entry point).
+pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     let body: Body = decode::decode(body)?;
     let app_id = decode::app_id(body.app_id)?;
-    ctx.authorize(app_id)?;
     decode::count("UserIds", body.user_ids.len(), MAX_USERS)?;
-    let ids = body
+    let user_ids = body
         .user_ids
         .into_iter()
         .enumerate()
-        .map(|(i, id)| decode::user_id(&format!("UserIds[{i}]"), id).map(|id| (id, Ok(id))))
+        .map(|(i, id)| decode::user_id(&format!("UserIds[{i}]"), id))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(Parsed { app_id, user_ids })
+}
+
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+    let Parsed { app_id, user_ids } = parse(body)?;
+    ctx.authorize(app_id)?;
     let store = ctx.store;
-    apply_valid(ids, app_id, DEFAULT_INBOX, |valid| {
+    let items = user_ids.into_iter().map(|id| (id, Ok(id))).collect();
+    apply_valid(items, app_id, DEFAULT_INBOX, |valid| {
         store.unregister_users(app_id, valid)
     })
     .await
