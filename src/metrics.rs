@@ -11,13 +11,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub action: String,
-    pub code: String,
+    pub action: &'static str,
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
-    pub action: String,
+    pub action: &'static str,
 }
 
 pub struct Metrics {
@@ -88,25 +88,20 @@ impl Metrics {
         }
     }
 
-    pub fn observe_request(&self, action: &str, code: &str, elapsed: Duration) {
+    /// Labels are static names (Action names, Codes): no allocation per request, and a
+    /// bounded number of series.
+    pub fn observe_request(&self, action: &'static str, code: &'static str, elapsed: Duration) {
         self.requests
-            .get_or_create(&RequestLabels {
-                action: action.into(),
-                code: code.into(),
-            })
+            .get_or_create(&RequestLabels { action, code })
             .inc();
         self.latency
-            .get_or_create(&ActionLabel {
-                action: action.into(),
-            })
+            .get_or_create(&ActionLabel { action })
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_rate_limited(&self, action: &str) {
+    pub fn observe_rate_limited(&self, action: &'static str) {
         self.rate_limited
-            .get_or_create(&ActionLabel {
-                action: action.into(),
-            })
+            .get_or_create(&ActionLabel { action })
             .inc();
     }
 

@@ -153,6 +153,15 @@ impl TestServer {
         Client::new(&self.endpoint(), creds(AK, SK))
     }
 
+    /// The status of a plain `GET path` (`/healthz`, `/readyz`).
+    pub async fn status_of(&self, path: &str) -> u16 {
+        reqwest::get(format!("{}{path}", self.endpoint()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.endpoint()))

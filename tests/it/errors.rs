@@ -432,15 +432,7 @@ async fn body_over_one_mebibyte_is_413_before_it_is_read() {
 #[tokio::test(flavor = "multi_thread")]
 async fn store_unavailable_is_503_and_readyz_turns_red() {
     let s = TestServer::start().await;
-    let http = reqwest::Client::new();
-    assert_eq!(
-        http.get(format!("{}/readyz", s.endpoint()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.status_of("/readyz").await, 200);
     s.state.store.close().await;
     let a = call(
         &s.client(),
@@ -450,22 +442,8 @@ async fn store_unavailable_is_503_and_readyz_turns_red() {
     .await;
     let v = assert_error(&a, 503, "ServiceUnavailableTemp");
     assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 100019);
-    assert_eq!(
-        http.get(format!("{}/readyz", s.endpoint()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        http.get(format!("{}/healthz", s.endpoint()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.status_of("/readyz").await, 503);
+    assert_eq!(s.status_of("/healthz").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
