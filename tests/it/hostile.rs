@@ -375,47 +375,40 @@ fn cases(host: &str) -> Vec<Case> {
             HeaderValue::from_static("00"),
         ),
     ];
-    let base = signed(
-        "wrong service",
-        GET,
-        get.clone(),
-        401,
-        "SignatureDoesNotMatch",
-        host,
-    );
-    v.push(swap_auth(base, "/rtc/request", "/iam/request"));
-    let base = signed(
-        "wrong region",
-        GET,
-        get.clone(),
-        401,
-        "SignatureDoesNotMatch",
-        host,
-    );
-    v.push(swap_auth(base, "/cn-north-1/", "/us-east-1/"));
-    let base = signed(
-        "unknown access key",
-        GET,
-        get.clone(),
-        401,
-        "InvalidAccessKey",
-        host,
-    );
-    v.push(swap_auth(base, AK, "AKLTnobody"));
-    let base = signed(
-        "signature not hex",
-        GET,
-        get.clone(),
-        401,
-        "SignatureDoesNotMatch",
-        host,
-    );
-    let sig = auth_of(&base)
-        .rsplit("Signature=")
-        .next()
-        .unwrap()
-        .to_owned();
-    v.push(swap_auth(base, &sig, &"zz".repeat(32)));
+    // Authorization rewritten after signing: (case, expected Code, replace this, with that).
+    let rewrites = [
+        (
+            "wrong service",
+            "SignatureDoesNotMatch",
+            "/rtc/request".to_owned(),
+            "/iam/request",
+        ),
+        (
+            "wrong region",
+            "SignatureDoesNotMatch",
+            "/cn-north-1/".to_owned(),
+            "/us-east-1/",
+        ),
+        (
+            "unknown access key",
+            "InvalidAccessKey",
+            AK.to_owned(),
+            "AKLTnobody",
+        ),
+        (
+            "signature not hex",
+            "SignatureDoesNotMatch",
+            "Signature=".to_owned(),
+            "Signature=zz",
+        ),
+    ];
+    for (name, code, from, to) in rewrites {
+        v.push(swap_auth(
+            signed(name, GET, get.clone(), 401, code, host),
+            &from,
+            to,
+        ));
+    }
     let mut c = signed(
         "query tampered after signing",
         GET,
