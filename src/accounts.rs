@@ -108,7 +108,8 @@ pub struct Bootstrap {
     pub created: bool,
 }
 
-fn random_string(len: usize) -> String {
+/// `len` random ASCII letters and digits (key material).
+pub fn random_string(len: usize) -> String {
     rand::rng()
         .sample_iter(Alphanumeric)
         .take(len)

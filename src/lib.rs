@@ -8,8 +8,10 @@
 
 pub mod accounts;
 pub mod actions;
+pub mod bench;
 pub mod call;
 pub mod config;
+pub mod devservers;
 pub mod gateway;
 pub mod limiter;
 pub mod metrics;

@@ -26,6 +26,30 @@ enum Command {
     Serve(ServeArgs),
     /// Send one signed API request and print the answer as JSON.
     Call(CallArgs),
+    /// Measure tagcast and its baselines on servers of its own (see docs/benchmarks.md).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A short run (under a minute) that checks the bench works; its figures are rough.
+    #[arg(long)]
+    quick: bool,
+    /// Backends to measure, comma-separated [default: embedded,postgres].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    backends: Option<Vec<tagcast::bench::BackendKind>>,
+    /// Client connections [default: 64].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Seconds per measured phase [default: 10; --quick: 1.5].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Users (5 tags each) loaded for the scale figures [default: 1000000; --quick: 20000].
+    #[arg(long)]
+    scale_users: Option<u64>,
+    /// Where to draw the latency-vs-throughput chart [default: bench-latency.png; --quick: none].
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -89,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Call(args) => runtime.block_on(call(args)),
+        Command::Bench(args) => runtime.block_on(bench(args)),
     };
     match result {
         Ok(code) => code,
@@ -191,6 +216,39 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     }
     server::serve(prepared.listener, prepared.state, server::shutdown_signal()).await;
     tracing::info!("stopped; every acknowledged write is durable");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
+    use tagcast::bench::Options;
+    let mut options = if args.quick {
+        Options::quick()
+    } else {
+        Options::full()
+    };
+    if let Some(v) = args.backends {
+        options.backends = v;
+    }
+    if let Some(v) = args.connections {
+        options.connections = v.max(1);
+    }
+    if let Some(v) = args.duration {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!(
+                "--duration must be a positive number of seconds, got {v}"
+            ));
+        }
+        options.duration = std::time::Duration::from_secs_f64(v);
+    }
+    if let Some(v) = args.scale_users {
+        options.scale_users = v.max(1);
+    }
+    if args.chart.is_some() {
+        options.chart = args.chart;
+    }
+    // The client opens one descriptor per connection; the servers it starts raise theirs.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    tagcast::bench::run(options).await?;
     Ok(ExitCode::SUCCESS)
 }
 

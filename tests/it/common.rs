@@ -75,7 +75,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         std::fs::create_dir_all(data_dir).unwrap();
         let marker = data_dir.join(".test-postgres-url");
         let url = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
-            let url = crate::infra::shared_postgres().fresh_database();
+            let url = crate::infra::fresh_database(crate::infra::shared_postgres());
             std::fs::write(&marker, &url).unwrap();
             url
         });

@@ -12,7 +12,7 @@ use tagcast::call::Client;
 use tagcast::config::{Config, OnLimiterError};
 
 use crate::common::*;
-use crate::infra::{Postgres, Redis, shared_postgres, shared_redis};
+use crate::infra::{fresh_database, shared_postgres, shared_redis, start_postgres, start_redis};
 
 /// A node's configuration on `db_url` and the shared Redis.
 fn node_config(dir: &std::path::Path, db_url: &str, prefix: &str) -> Config {
@@ -47,7 +47,7 @@ fn rand_suffix() -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_acknowledged_by_one_node_is_read_back_from_the_other() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = node_config(tmp.path(), &shared_postgres().fresh_database(), &prefix());
+    let config = node_config(tmp.path(), &fresh_database(shared_postgres()), &prefix());
     let (_dir, a, b) = two_nodes(&config);
     register(&a.client(), APP, &[1, 2]).await;
     for round in 0..20 {
@@ -76,7 +76,7 @@ async fn a_write_acknowledged_by_one_node_is_read_back_from_the_other() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writers_on_both_nodes_to_the_same_users_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = node_config(tmp.path(), &shared_postgres().fresh_database(), &prefix());
+    let mut config = node_config(tmp.path(), &fresh_database(shared_postgres()), &prefix());
     config.tags.max_per_user = 100_000;
     let (_dir, a, b) = two_nodes(&config);
     register(&a.client(), APP, &[1, 2, 3]).await;
@@ -124,7 +124,7 @@ async fn concurrent_writers_on_both_nodes_to_the_same_users_lose_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_account_across_two_nodes_is_held_to_its_limit_while_another_is_served() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = node_config(tmp.path(), &shared_postgres().fresh_database(), &prefix());
+    let mut config = node_config(tmp.path(), &fresh_database(shared_postgres()), &prefix());
     let qps = 20u32;
     config.limits.actions.insert("BatchGetUser".into(), qps);
     let (_dir, a, b) = two_nodes(&config);
@@ -191,8 +191,8 @@ async fn one_account_across_two_nodes_is_held_to_its_limit_while_another_is_serv
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restart_under_load_gives_503_then_full_service_and_loses_nothing() {
-    let mut pg = Postgres::start();
-    let db = pg.fresh_database();
+    let mut pg = start_postgres();
+    let db = fresh_database(&pg);
     let tmp = tempfile::tempdir().unwrap();
     let config = node_config(tmp.path(), &db, &prefix());
     let (_dir, a, b) = two_nodes(&config);
@@ -248,7 +248,7 @@ async fn postgres_restart_under_load_gives_503_then_full_service_and_loses_nothi
         .status();
     assert_eq!(ready, 503, "/readyz must be red while the database is down");
     let acked_before_restart = ledger.lock().unwrap().len();
-    pg.resume();
+    pg.resume().unwrap();
     let back = Instant::now();
     // Service comes back on its own: count how long until each node answers a write again.
     let mut recovery = Vec::new();
@@ -311,7 +311,7 @@ async fn postgres_restart_under_load_gives_503_then_full_service_and_loses_nothi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_starting_at_once_migrate_once() {
-    let db = shared_postgres().fresh_database();
+    let db = fresh_database(shared_postgres());
     let tmp = tempfile::tempdir().unwrap();
     let config = node_config(tmp.path(), &db, &prefix());
     let starts = (0..4).map(|_| {
@@ -325,7 +325,7 @@ async fn two_nodes_starting_at_once_migrate_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_follows_on_redis_error_and_is_counted() {
-    let mut redis = Redis::start();
+    let mut redis = start_redis();
     for (policy, status) in [(OnLimiterError::Allow, 200), (OnLimiterError::Deny, 503)] {
         let s = TestServer::with(|c| {
             c.limits.redis_url = Some(redis.url());
@@ -356,7 +356,7 @@ async fn redis_down_follows_on_redis_error_and_is_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tag_cap_holds_exactly_under_concurrent_writers_on_two_nodes() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = node_config(tmp.path(), &shared_postgres().fresh_database(), &prefix());
+    let config = node_config(tmp.path(), &fresh_database(shared_postgres()), &prefix());
     let (_dir, a, b) = two_nodes(&config);
     register(&a.client(), APP, &[1]).await;
     let applied = Arc::new(AtomicU64::new(0));

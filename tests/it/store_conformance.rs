@@ -9,7 +9,7 @@ use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tagcast::store::postgres::{PostgresOptions, PostgresStore};
 use tagcast::store::{Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration};
 
-use crate::infra::shared_postgres;
+use crate::infra::{fresh_database, shared_postgres};
 
 const CAP: usize = 3;
 
@@ -31,7 +31,7 @@ async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempD
         pool_size: 4,
         timeout: Duration::from_secs(5),
     };
-    let postgres = PostgresStore::open(&shared_postgres().fresh_database(), options, metrics)
+    let postgres = PostgresStore::open(&fresh_database(shared_postgres()), options, metrics)
         .await
         .unwrap();
     vec![

@@ -1,0 +1,555 @@
+//! `tagcast bench`: starts its own servers on temporary data (the embedded store, then
+//! PostgreSQL), measures them and their baselines in the same run, and prints the figures,
+//! ending with one `BENCH {json}` line. See docs/benchmarks.md for the method.
+
+pub mod baseline;
+pub mod chart;
+pub mod load;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::actions::VERSION;
+use crate::devservers::Postgres;
+use crate::signing::{self, Credentials, SecretKey};
+use load::{Expect, Generator, Pace, Request, RunResult};
+use server::{Backend, BenchAccount, ServerProcess};
+
+/// Users per BatchUpdateUserTags request (and per baseline transaction).
+pub const USERS_PER_REQUEST: usize = 10;
+/// RegisterUsers' limit per request.
+const REGISTER_BATCH: u64 = 20;
+/// Tags per user in the scale data set.
+const SCALE_TAGS: usize = 5;
+const ALL_OK: &[u8] = b"\"FailedInfos\":[]";
+
+/// A tag value that changes with `n`, so every write really writes.
+pub fn tag_value(n: u64) -> String {
+    format!("v{}", n % 997)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Embedded,
+    Postgres,
+}
+
+impl BackendKind {
+    fn name(self) -> &'static str {
+        match self {
+            BackendKind::Embedded => "embedded",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+pub struct Options {
+    pub backends: Vec<BackendKind>,
+    pub connections: usize,
+    /// Length of each measured phase.
+    pub duration: Duration,
+    /// Fractions of the closed-loop peak at which the open-loop latency is measured.
+    pub levels: Vec<f64>,
+    /// Registered users the end-to-end requests cycle through.
+    pub e2e_users: u64,
+    /// Users (5 tags each) loaded for the scale figures.
+    pub scale_users: u64,
+    pub chart: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn full() -> Self {
+        Options {
+            backends: vec![BackendKind::Embedded, BackendKind::Postgres],
+            connections: 64,
+            duration: Duration::from_secs(10),
+            levels: vec![0.1, 0.25, 0.5, 0.75, 0.9],
+            e2e_users: 100_000,
+            scale_users: 1_000_000,
+            chart: Some(PathBuf::from("bench-latency.png")),
+        }
+    }
+
+    /// Under a minute for both backends: short phases, a small scale set, no chart.
+    pub fn quick() -> Self {
+        Options {
+            duration: Duration::from_millis(1500),
+            levels: vec![0.25, 0.5, 0.75],
+            e2e_users: 2_000,
+            scale_users: 20_000,
+            chart: None,
+            ..Options::full()
+        }
+    }
+}
+
+/// Signs requests for one server.
+struct Signer {
+    host: HeaderValue,
+    creds: Credentials,
+}
+
+impl Signer {
+    fn request(&self, action: &str, body: Vec<u8>) -> Request {
+        let query = format!("Action={action}&Version={VERSION}");
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, self.host.clone());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        signing::sign(
+            "POST",
+            "/",
+            &query,
+            &mut headers,
+            &body,
+            &self.creds,
+            OffsetDateTime::now_utc(),
+        );
+        Request {
+            method: Method::POST,
+            path_and_query: format!("/?{query}"),
+            headers,
+            body: Bytes::from(body),
+        }
+    }
+}
+
+fn user_id(i: u64) -> u64 {
+    i + 1
+}
+
+/// RegisterUsers request `n`: users `20n..20n+20` (below `total`), `tags` tags each.
+fn register_generator(signer: Arc<Signer>, app_id: u32, total: u64, tags: usize) -> Generator {
+    Arc::new(move |n| {
+        let users: Vec<Value> = (n * REGISTER_BATCH..((n + 1) * REGISTER_BATCH).min(total))
+            .map(|i| {
+                let tags: Vec<String> = (0..tags)
+                    .map(|t| format!("k{t}:{}", tag_value(i + t as u64)))
+                    .collect();
+                json!({"UserId": user_id(i), "NickName": format!("user {i}"), "Tags": tags})
+            })
+            .collect();
+        let body = json!({"AppId": app_id, "Users": users}).to_string();
+        signer.request("RegisterUsers", body.into_bytes())
+    })
+}
+
+/// A pool of signed BatchUpdateUserTags requests (10 users x 2 tags, Op 0) cycling
+/// through `users` registered users; signed up front so the client's CPU goes to sending.
+fn update_pool(signer: &Signer, app_id: u32, users: u64) -> Generator {
+    let pool: Vec<Request> = (0..4096u64)
+        .map(|n| {
+            let entries: Vec<Value> = (0..USERS_PER_REQUEST as u64)
+                .map(|i| {
+                    let u = (n * USERS_PER_REQUEST as u64 + i) % users;
+                    json!({"UserId": user_id(u), "Tags": {"level": tag_value(n), "city": tag_value(n + 1)}})
+                })
+                .collect();
+            let body = json!({"AppId": app_id, "InboxType": 0, "UserTags": entries, "Op": 0}).to_string();
+            signer.request("BatchUpdateUserTags", body.into_bytes())
+        })
+        .collect();
+    let pool = Arc::new(pool);
+    Arc::new(move |n| pool[(n % pool.len() as u64) as usize].clone())
+}
+
+fn healthz() -> Generator {
+    Arc::new(|_| Request {
+        method: Method::GET,
+        path_and_query: "/healthz".into(),
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+    })
+}
+
+fn check(what: &str, r: &RunResult) -> Result<(), String> {
+    match &r.first_failure {
+        Some(f) => Err(format!(
+            "{what}: {} of {} requests failed; first: {f}",
+            r.failed,
+            r.failed + r.ok
+        )),
+        None => Ok(()),
+    }
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// The figures of one backend, in BENCH order.
+#[derive(Default)]
+struct Figures(Map<String, Value>);
+
+impl Figures {
+    fn set(&mut self, key: &str, v: f64) {
+        self.0.insert(key.into(), json!(round(v, 2)));
+    }
+}
+
+async fn run_load(
+    addr: std::net::SocketAddr,
+    options: &Options,
+    pace: Pace,
+    generator: Generator,
+    expect_all_ok: bool,
+) -> Result<RunResult, String> {
+    let expect = Expect {
+        status: 200,
+        body_contains: expect_all_ok.then_some(ALL_OK),
+    };
+    load::run(addr, options.connections, pace, generator, expect).await
+}
+
+/// Everything for one backend. `fresh` gives an empty place for the server's data
+/// (called once for the end-to-end server and once for the scale data set).
+async fn bench_backend(
+    kind: BackendKind,
+    options: &Options,
+    work: &Path,
+    fresh: &dyn Fn(&str) -> Result<Backend, String>,
+    series: &mut Vec<chart::Series>,
+) -> Result<Figures, String> {
+    let name = kind.name();
+    let mut f = Figures::default();
+    let account = BenchAccount {
+        access_key: format!("AKLTbench{}", crate::accounts::random_string(24)),
+        secret_key: crate::accounts::random_string(40),
+        app_id: 1_000_001,
+    };
+    let conns = options.connections;
+    let d = options.duration;
+    let backend = fresh("e2e")?;
+    let baseline_url = match &backend {
+        Backend::Postgres { .. } => Some(fresh("baseline")?),
+        Backend::Embedded { .. } => None,
+    };
+    let config = server::write_config(&work.join(format!("{name}-e2e")), &backend, &account)?;
+    let srv = ServerProcess::start(&config)?;
+    let addr = srv.addr;
+    let signer = Arc::new(Signer {
+        host: HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,
+        creds: Credentials {
+            access_key: account.access_key.clone(),
+            secret_key: SecretKey::new(account.secret_key.clone()),
+            region: "cn-north-1".into(),
+        },
+    });
+    println!(
+        "[{name}] server on {addr}, {conns} connections, {:.1} s per phase",
+        d.as_secs_f64()
+    );
+
+    // HTTP ceiling.
+    run_load(
+        addr,
+        options,
+        Pace::Closed { duration: d / 4 },
+        healthz(),
+        false,
+    )
+    .await?;
+    let ceiling = run_load(
+        addr,
+        options,
+        Pace::Closed { duration: d },
+        healthz(),
+        false,
+    )
+    .await?;
+    check("GET /healthz", &ceiling)?;
+    println!(
+        "[{name}] HTTP ceiling  GET /healthz: {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+        ceiling.rps(),
+        ceiling.percentile_ms(0.5),
+        ceiling.percentile_ms(0.99)
+    );
+    f.set("http_ceiling_rps", ceiling.rps());
+
+    // Register the users the updates cycle through.
+    let batches = options.e2e_users.div_ceil(REGISTER_BATCH);
+    let reg = run_load(
+        addr,
+        options,
+        Pace::Count { count: batches },
+        register_generator(signer.clone(), account.app_id, options.e2e_users, 0),
+        true,
+    )
+    .await?;
+    check("RegisterUsers", &reg)?;
+
+    // End to end, closed loop: the peak.
+    let pool = update_pool(&signer, account.app_id, options.e2e_users);
+    run_load(
+        addr,
+        options,
+        Pace::Closed { duration: d / 4 },
+        pool.clone(),
+        true,
+    )
+    .await?;
+    let e2e = run_load(
+        addr,
+        options,
+        Pace::Closed { duration: d },
+        pool.clone(),
+        true,
+    )
+    .await?;
+    check("BatchUpdateUserTags", &e2e)?;
+    let peak = e2e.rps();
+    println!(
+        "[{name}] end to end    BatchUpdateUserTags 10 users x 2 tags: {peak:>7.0} req/s = {:.0} user-updates/s  \
+         p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        peak * USERS_PER_REQUEST as f64,
+        e2e.percentile_ms(0.5),
+        e2e.percentile_ms(0.95),
+        e2e.percentile_ms(0.99),
+        e2e.max_ms()
+    );
+    f.set("e2e_rps", peak);
+    f.set("e2e_user_updates_per_s", peak * USERS_PER_REQUEST as f64);
+    f.set("e2e_p50_ms", e2e.percentile_ms(0.5));
+    f.set("e2e_p95_ms", e2e.percentile_ms(0.95));
+    f.set("e2e_p99_ms", e2e.percentile_ms(0.99));
+    f.set("e2e_max_ms", e2e.max_ms());
+
+    // Latency under load: open loop at fractions of the peak (fresh signatures: a full
+    // run can outlast the 15-minute signature window).
+    let pool = update_pool(&signer, account.app_id, options.e2e_users);
+    let mut points = Vec::new();
+    for &level in &options.levels {
+        let rate = peak * level;
+        let r = run_load(
+            addr,
+            options,
+            Pace::Open { rate, duration: d },
+            pool.clone(),
+            true,
+        )
+        .await?;
+        check("BatchUpdateUserTags (open loop)", &r)?;
+        let pct = (level * 100.0).round() as u32;
+        println!(
+            "[{name}] open loop at {pct:>2}% of peak ({rate:.0} req/s offered): {:.0} req/s  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            r.rps(),
+            r.percentile_ms(0.5),
+            r.percentile_ms(0.99),
+            r.max_ms()
+        );
+        f.set(&format!("p50_ms_at_{pct}pct"), r.percentile_ms(0.5));
+        f.set(&format!("p99_ms_at_{pct}pct"), r.percentile_ms(0.99));
+        points.push(chart::Point {
+            rps: r.rps(),
+            p50_ms: r.percentile_ms(0.5),
+            p99_ms: r.percentile_ms(0.99),
+        });
+    }
+    points.push(chart::Point {
+        rps: peak,
+        p50_ms: e2e.percentile_ms(0.5),
+        p99_ms: e2e.percentile_ms(0.99),
+    });
+    series.push(chart::Series {
+        name: name.into(),
+        points,
+    });
+    srv.stop()?;
+
+    // The bare database at the same concurrency.
+    let base = match (&backend, baseline_url) {
+        (Backend::Embedded { .. }, _) => {
+            let dir = work.join("sqlite-baseline");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let (app, dur) = (account.app_id, d);
+            tokio::task::spawn_blocking(move || baseline::sqlite(&dir, app, conns, dur))
+                .await
+                .map_err(|e| e.to_string())??
+        }
+        (_, Some(Backend::Postgres { url })) => {
+            migrate_postgres(&url).await?;
+            baseline::postgres(&url, account.app_id, conns, d).await?
+        }
+        _ => unreachable!("a PostgreSQL backend comes with a baseline database"),
+    };
+    let what = match kind {
+        BackendKind::Embedded => "SQLite (rusqlite, WAL, synchronous=FULL)",
+        BackendKind::Postgres => "PostgreSQL (prepared UNNEST upsert)",
+    };
+    println!(
+        "[{name}] DB baseline   {what}, {conns} writers, 10 users x 2 keys per tx: {:.0} tx/s = {:.0} user-updates/s",
+        base.transactions as f64 / base.elapsed.as_secs_f64(),
+        base.user_updates_per_s()
+    );
+    f.set("db_baseline_user_updates_per_s", base.user_updates_per_s());
+    f.set("ratio_http_ceiling", peak / ceiling.rps());
+    f.set(
+        "ratio_db_baseline",
+        peak * USERS_PER_REQUEST as f64 / base.user_updates_per_s(),
+    );
+    println!(
+        "[{name}] ratios        end to end / HTTP ceiling = {:.3}; user-updates / DB baseline = {:.2}",
+        peak / ceiling.rps(),
+        peak * USERS_PER_REQUEST as f64 / base.user_updates_per_s()
+    );
+
+    // Scale: load the data set through the API, then restart on it.
+    let scale = fresh("scale")?;
+    let config = server::write_config(&work.join(format!("{name}-scale")), &scale, &account)?;
+    let srv = ServerProcess::start(&config)?;
+    let signer = Arc::new(Signer {
+        host: HeaderValue::from_str(&srv.addr.to_string()).map_err(|e| e.to_string())?,
+        creds: Credentials {
+            access_key: account.access_key.clone(),
+            secret_key: SecretKey::new(account.secret_key.clone()),
+            region: "cn-north-1".into(),
+        },
+    });
+    let n = options.scale_users;
+    let loaded = run_load(
+        srv.addr,
+        options,
+        Pace::Count {
+            count: n.div_ceil(REGISTER_BATCH),
+        },
+        register_generator(signer, account.app_id, n, SCALE_TAGS),
+        true,
+    )
+    .await?;
+    check("RegisterUsers (scale)", &loaded)?;
+    let rss_loaded = srv.rss_mb().unwrap_or(f64::NAN);
+    srv.stop()?;
+    let size_mb = data_size(&scale).await? as f64 / (1024.0 * 1024.0);
+    let srv = ServerProcess::start(&config)?;
+    let start_ms = srv.start_to_listen.as_secs_f64() * 1000.0;
+    let rss_idle = srv.rss_mb().unwrap_or(f64::NAN);
+    srv.stop()?;
+    let label = if n == 1_000_000 {
+        "1m_users".to_owned()
+    } else {
+        format!("{n}_users")
+    };
+    println!(
+        "[{name}] scale         {n} users x {SCALE_TAGS} tags loaded through RegisterUsers at {:.0} users/s; \
+         RSS {rss_loaded:.1} MiB after loading, {rss_idle:.1} MiB after restart; data {size_mb:.1} MiB; \
+         start to listening {start_ms:.0} ms",
+        loaded.ok as f64 * REGISTER_BATCH as f64 / loaded.elapsed.as_secs_f64()
+    );
+    f.set("scale_users", n as f64);
+    f.set(&format!("rss_mb_{label}"), rss_loaded);
+    f.set(&format!("rss_mb_after_restart_{label}"), rss_idle);
+    f.set(&format!("data_mb_{label}"), size_mb);
+    f.set(&format!("start_to_listen_ms_{label}"), start_ms);
+    Ok(f)
+}
+
+async fn migrate_postgres(url: &str) -> Result<(), String> {
+    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+    tokio::spawn(conn);
+    crate::store::postgres::schema::migrate(&mut client).await?;
+    Ok(())
+}
+
+async fn data_size(backend: &Backend) -> Result<u64, String> {
+    match backend {
+        Backend::Embedded { data_dir } => Ok(server::dir_size(data_dir)),
+        Backend::Postgres { url } => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+            tokio::spawn(conn);
+            let row = client
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(row.get::<_, i64>(0) as u64)
+        }
+    }
+}
+
+/// Runs the whole bench; prints as it goes and ends with the `BENCH` line.
+pub async fn run(options: Options) -> Result<(), String> {
+    let work = tempfile::Builder::new()
+        .prefix("tagcast-bench-")
+        .tempdir()
+        .map_err(|e| format!("creating a temporary directory: {e}"))?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "tagcast bench: {cores} cores; temporary data under {}",
+        work.path().display()
+    );
+    let mut all = Map::new();
+    let mut series = Vec::new();
+    for &kind in &options.backends {
+        let result = match kind {
+            BackendKind::Embedded => {
+                let root = work.path().to_owned();
+                let fresh = move |what: &str| -> Result<Backend, String> {
+                    Ok(Backend::Embedded {
+                        data_dir: root.join(format!("embedded-{what}-data")),
+                    })
+                };
+                bench_backend(kind, &options, work.path(), &fresh, &mut series).await
+            }
+            BackendKind::Postgres => match tokio::task::spawn_blocking(|| Postgres::start(false))
+                .await
+            {
+                Ok(Ok(pg)) => {
+                    let pg = Arc::new(pg);
+                    let pg2 = pg.clone();
+                    let fresh = move |what: &str| -> Result<Backend, String> {
+                        Ok(Backend::Postgres {
+                            url: pg2.create_database(&format!("bench_{what}"))?,
+                        })
+                    };
+                    println!(
+                        "[postgres] temporary PostgreSQL on 127.0.0.1:{} (fsync=on)",
+                        pg.port
+                    );
+                    let r = bench_backend(kind, &options, work.path(), &fresh, &mut series).await;
+                    drop(fresh);
+                    r
+                }
+                Ok(Err(e)) => Err(format!("cannot start a temporary PostgreSQL: {e}")),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match result {
+            Ok(f) => {
+                all.insert(kind.name().into(), Value::Object(f.0));
+            }
+            Err(e) => {
+                println!("[{}] FAILED: {e}", kind.name());
+                all.insert(kind.name().into(), json!({"error": e}));
+            }
+        }
+    }
+    if let Some(path) = &options.chart {
+        let title = format!(
+            "tagcast BatchUpdateUserTags (10 users x 2 tags), {} connections, {cores} cores",
+            options.connections
+        );
+        match chart::draw(path, &title, &series) {
+            Ok(()) => println!("chart: {}", path.display()),
+            Err(e) => println!("chart skipped: {e}"),
+        }
+    }
+    let failed = all.values().any(|v| v.get("error").is_some());
+    println!("BENCH {}", Value::Object(all));
+    if failed {
+        return Err("some measurements failed (see above)".into());
+    }
+    Ok(())
+}
