@@ -163,12 +163,15 @@ impl HttpLimits {
 pub struct StoreConfig {
     /// "embedded" (SQLite in data_dir) or "postgres".
     pub kind: String,
-    /// Most write requests folded into one durable commit (embedded store).
+    /// Most write requests folded into one durable commit (both stores).
     pub max_batch: usize,
     pub read_connections: usize,
     /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
     pub url: Option<String>,
     pub pool_size: usize,
+    /// PostgreSQL: transactions committing batches of write requests at once (each holds
+    /// a pooled connection while it commits).
+    pub committers: usize,
     /// Longest a request waits for PostgreSQL (a connection, or one transaction).
     pub timeout_ms: u64,
 }
@@ -181,6 +184,7 @@ impl Default for StoreConfig {
             read_connections: 4,
             url: None,
             pool_size: 16,
+            committers: 4,
             timeout_ms: 5000,
         }
     }
@@ -194,6 +198,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("read_connections", &self.read_connections)
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .field("pool_size", &self.pool_size)
+            .field("committers", &self.committers)
             .finish()
     }
 }
@@ -286,7 +291,12 @@ impl Config {
             }
         }
         let s = &self.store;
-        if s.max_batch == 0 || s.read_connections == 0 || s.pool_size == 0 || s.timeout_ms == 0 {
+        if s.max_batch == 0
+            || s.read_connections == 0
+            || s.pool_size == 0
+            || s.committers == 0
+            || s.timeout_ms == 0
+        {
             return Err(
                 "store.max_batch, store.read_connections, store.pool_size and store.timeout_ms must be at least 1"
                     .into(),

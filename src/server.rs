@@ -110,6 +110,8 @@ async fn open_store(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn St
         let options = PostgresOptions {
             max_tags_per_user: config.tags.max_per_user,
             pool_size: config.store.pool_size,
+            committers: config.store.committers,
+            max_batch: config.store.max_batch,
             timeout: Duration::from_millis(config.store.timeout_ms),
         };
         return Ok(Arc::new(PostgresStore::open(url, options, metrics).await?));

@@ -29,6 +29,8 @@ async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempD
     let options = PostgresOptions {
         max_tags_per_user: CAP,
         pool_size: 4,
+        committers: 2,
+        max_batch: 64,
         timeout: Duration::from_secs(5),
     };
     let postgres = PostgresStore::open(&fresh_database(shared_postgres()), options, metrics)
@@ -245,5 +247,85 @@ async fn a_closed_store_is_unavailable() {
             "{name}: {r:?}"
         );
         assert!(store.ready().await.is_err(), "{name}");
+    }
+}
+
+/// Many requests at once, so the stores fold them into shared commits: every request still
+/// sees the ones committed before it (the cap admits exactly CAP keys across 24 racing
+/// requests), requests on other users and apps are unaffected, and an unregister racing
+/// with writes to the same user leaves it unregistered whatever the order.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_folded_into_one_commit_behave_as_some_serial_order() {
+    for (name, store, _dir) in backends().await {
+        register(store.as_ref(), &[1, 2, 3]).await;
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{i}");
+                let e = entry(1, &[(&key, "v")]);
+                (
+                    i,
+                    s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
+                )
+            }));
+        }
+        for i in 0..8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let e = entry(2, &[("shared", &format!("{i}"))]);
+                (
+                    100 + i,
+                    s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
+                )
+            }));
+        }
+        let (s1, s2) = (store.clone(), store.clone());
+        let unregister = tokio::spawn(async move { s1.unregister_users(1, vec![3]).await });
+        let write = tokio::spawn(async move {
+            s2.update_tags(1, 0, TagOp::Upsert, vec![entry(3, &[("late", "1")])])
+                .await
+        });
+        let mut applied = Vec::new();
+        for t in tasks {
+            let (i, out) = t.await.unwrap();
+            assert_eq!(out.len(), 1, "{name}");
+            match &out[0] {
+                Outcome::Applied => applied.push(i),
+                Outcome::TagLimitExceeded { .. } => assert!(i < 24, "{name}: request {i}"),
+                other => panic!("{name}: request {i}: {other:?}"),
+            }
+        }
+        let accepted: Vec<String> = applied
+            .iter()
+            .filter(|i| **i < 24)
+            .map(|i| format!("k{i}"))
+            .collect();
+        assert_eq!(accepted.len(), CAP, "{name}: {accepted:?}");
+        let mut kept: Vec<String> = tags(store.as_ref(), 0, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut expected = accepted.clone();
+        kept.sort();
+        expected.sort();
+        assert_eq!(kept, expected, "{name}");
+        assert_eq!(applied.iter().filter(|i| **i >= 100).count(), 8, "{name}");
+        let shared = tags(store.as_ref(), 0, 2).await.unwrap();
+        assert_eq!(shared.len(), 1, "{name}: {shared:?}");
+        assert_eq!(
+            unregister.await.unwrap().unwrap(),
+            vec![Outcome::Applied],
+            "{name}"
+        );
+        let late = write.await.unwrap().unwrap();
+        assert!(
+            matches!(late[0], Outcome::Applied | Outcome::UserNotFound),
+            "{name}: {late:?}"
+        );
+        assert_eq!(tags(store.as_ref(), 0, 3).await, None, "{name}");
+        store.close().await;
     }
 }

@@ -21,37 +21,62 @@
 //! `Unavailable`; broken connections are replaced by the pool, so service resumes on its
 //! own when the database returns.
 
+mod batch;
 pub mod schema;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
-use super::{
-    DEFAULT_INBOX, Outcome, Store, StoreError, StoredUser, Tag, TagEntry, TagOp, UserRegistration,
-    now_ms,
-};
+use super::{Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
     pub max_tags_per_user: usize,
     pub pool_size: usize,
+    /// Transactions committing batches of write requests at the same time.
+    pub committers: usize,
+    /// Most write requests folded into one transaction.
+    pub max_batch: usize,
     /// Longest a request waits for a connection, a new connection, or one operation.
     pub timeout: Duration,
 }
 
 pub struct PostgresStore {
+    shared: Arc<Shared>,
+    queue: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    committers: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the request handlers and the committer tasks share.
+struct Shared {
     pool: Pool,
     options: PostgresOptions,
     metrics: Arc<Metrics>,
+}
+
+/// One write request.
+enum Write {
+    Tags {
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+    },
+    Register(Vec<UserRegistration>),
+    Unregister(Vec<i64>),
+}
+
+struct Job {
+    app_id: u32,
+    write: Write,
+    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
 }
 
 fn classify(e: tokio_postgres::Error) -> StoreError {
@@ -87,10 +112,6 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("postgres pool: {e}"))
 }
-
-/// A lock key per (app, user); collisions only serialize two unrelated users.
-const LOCK_USERS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
-     (SELECT DISTINCT hashint8extended(u, $1::bigint) AS k FROM unnest($2::bigint[]) AS u ORDER BY 1) AS s";
 
 impl PostgresStore {
     /// Connects, migrates the schema (once, under an advisory lock) and builds the pool.
@@ -130,135 +151,114 @@ impl PostgresStore {
             tracing::info!(from, to, "migrated postgres schema");
         }
         drop(client);
-        Ok(PostgresStore {
+        let (tx, rx) = mpsc::channel(options.max_batch * options.committers.max(1) * 2);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let shared = Arc::new(Shared {
             pool,
             options,
             metrics,
+        });
+        let committers = (0..shared.options.committers.max(1))
+            .map(|_| tokio::spawn(committer(shared.clone(), rx.clone())))
+            .collect();
+        Ok(PostgresStore {
+            shared,
+            queue: std::sync::Mutex::new(Some(tx)),
+            committers: tokio::sync::Mutex::new(committers),
         })
     }
 
-    /// Runs `f` in one transaction on a pooled connection, bounded by the timeout.
-    async fn in_tx<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: for<'t> FnOnce(
-                &'t Transaction<'t>,
-            ) -> std::pin::Pin<
-                Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 't>,
-            > + Send,
-        T: Send,
-    {
+    /// Queues a write for the committers and waits for its commit.
+    async fn submit(&self, app_id: u32, write: Write) -> Result<Vec<Outcome>, StoreError> {
+        let closed = || StoreError::Unavailable("the store is closed".into());
+        let sender = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .clone()
+            .ok_or_else(closed)?;
+        let (reply, rx) = oneshot::channel();
+        sender
+            .send(Job {
+                app_id,
+                write,
+                reply,
+            })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+/// Takes batches of queued writes and commits each batch as one transaction: the locks of
+/// every user in the batch in one statement (one global order, as for a single request,
+/// so batches on any node never deadlock), then each request in queue order, then one
+/// COMMIT, whose one WAL flush serves the whole batch.
+async fn committer(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    let max_batch = shared.options.max_batch.max(1);
+    loop {
+        let mut batch = Vec::with_capacity(max_batch);
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        shared.commit_batch(batch).await;
+    }
+}
+
+impl Shared {
+    async fn commit_batch(&self, batch: Vec<Job>) {
         let started = Instant::now();
+        let result = self.run(&batch).await;
+        self.metrics.observe_commit(started.elapsed(), batch.len());
+        match result {
+            Ok(outcomes) => {
+                for (job, out) in batch.into_iter().zip(outcomes) {
+                    // The requester may have gone away; the write stands.
+                    let _ = job.reply.send(Ok(out));
+                }
+            }
+            // A request that fails for a reason of its own must not fail the others:
+            // run each alone (nothing of the batch was committed).
+            Err(StoreError::Internal(_)) if batch.len() > 1 => {
+                for job in batch {
+                    let out = self.run(std::slice::from_ref(&job)).await;
+                    let _ = job.reply.send(out.map(|mut o| o.remove(0)));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Applies `jobs` in order in one transaction on a pooled connection, bounded by the
+    /// timeout.
+    async fn run(&self, jobs: &[Job]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         let work = async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(classify)?;
-            let out = f(&tx).await.map_err(classify)?;
+            let outcomes = batch::apply(&tx, jobs, self.options.max_tags_per_user)
+                .await
+                .map_err(classify)?;
             tx.commit().await.map_err(classify)?;
-            Ok(out)
+            Ok(outcomes)
         };
-        let out = tokio::time::timeout(self.options.timeout, work)
+        tokio::time::timeout(self.options.timeout, work)
             .await
-            .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?;
-        self.metrics.observe_commit(started.elapsed(), 1);
-        out
+            .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
     }
-}
-
-/// Runs one statement, prepared once per connection (no extra round trip after that).
-async fn exec(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64, tokio_postgres::Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.execute(&statement, params).await
-}
-
-/// Takes the per-user locks of `ids` and reads their keys in `inbox`, pipelined in one
-/// round trip (statements on one connection run in order, so the read sees the state
-/// after the locks). With `registered_only`, only registered users are returned, and the
-/// set of those comes back too.
-async fn lock_and_read(
-    tx: &Transaction<'_>,
-    app_id: i32,
-    inbox: i32,
-    ids: &[i64],
-    registered_only: bool,
-) -> Result<(HashSet<i64>, HashMap<i64, HashSet<String>>), tokio_postgres::Error> {
-    // Per-user LATERAL lookups: see "Query plans" in the module documentation.
-    let read_sql = if registered_only {
-        "SELECT x.u, t.key FROM unnest($3::bigint[]) AS x(u)
-         JOIN LATERAL (SELECT 1 FROM users WHERE app_id = $1 AND user_id = x.u OFFSET 0) r ON true
-         LEFT JOIN LATERAL (SELECT key FROM tags
-                            WHERE app_id = $1 AND user_id = x.u AND inbox_type + 0 = $2 OFFSET 0) t ON true"
-    } else {
-        "SELECT x.u, t.key FROM unnest($3::bigint[]) AS x(u)
-         JOIN LATERAL (SELECT key FROM tags
-                       WHERE app_id = $1 AND user_id = x.u AND inbox_type + 0 = $2 OFFSET 0) t ON true"
-    };
-    let (lock, read) =
-        tokio::try_join!(tx.prepare_cached(LOCK_USERS), tx.prepare_cached(read_sql))?;
-    let app = i64::from(app_id);
-    let lock_params: [&(dyn ToSql + Sync); 2] = [&app, &ids];
-    let read_params: [&(dyn ToSql + Sync); 3] = [&app_id, &inbox, &ids];
-    let (_, rows) = tokio::try_join!(
-        tx.execute(&lock, &lock_params),
-        tx.query(&read, &read_params)
-    )?;
-    let mut registered = HashSet::new();
-    let mut keys: HashMap<i64, HashSet<String>> = HashMap::new();
-    for row in rows {
-        let user: i64 = row.get(0);
-        registered.insert(user);
-        if let Some(key) = row.get::<_, Option<String>>(1) {
-            keys.entry(user).or_default().insert(key);
-        }
-    }
-    Ok((registered, keys))
-}
-
-/// Applies upserts against the in-memory key set if the cap allows; returns the outcome.
-fn plan_upsert(keys: &mut HashSet<String>, tags: &[Tag], cap: usize) -> Outcome {
-    let net_new = tags.iter().filter(|(k, _)| !keys.contains(k)).count();
-    if keys.len() + net_new > cap {
-        return Outcome::TagLimitExceeded {
-            would_have: keys.len() + net_new,
-            limit: cap,
-        };
-    }
-    keys.extend(tags.iter().map(|(k, _)| k.clone()));
-    Outcome::Applied
-}
-
-async fn write_upserts(
-    tx: &Transaction<'_>,
-    app_id: i32,
-    inbox: i32,
-    upserts: BTreeMap<(i64, String), String>,
-) -> Result<(), tokio_postgres::Error> {
-    if upserts.is_empty() {
-        return Ok(());
-    }
-    let (mut us, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
-    for ((u, k), v) in upserts {
-        us.push(u);
-        ks.push(k);
-        vs.push(v);
-    }
-    exec(tx,
-        "INSERT INTO tags (app_id, user_id, inbox_type, key, value)
-         SELECT $1, x.u, $2, x.k, x.v FROM unnest($3::bigint[], $4::text[], $5::text[]) AS x(u, k, v)
-         ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = EXCLUDED.value",
-        &[&app_id, &inbox, &us, &ks, &vs],
-    )
-    .await?;
-    Ok(())
-}
-
-fn distinct_ids(ids: impl Iterator<Item = i64>) -> Vec<i64> {
-    let mut v: Vec<i64> = ids.collect();
-    v.sort_unstable();
-    v.dedup();
-    v
 }
 
 #[async_trait]
@@ -270,63 +270,8 @@ impl Store for PostgresStore {
         op: TagOp,
         entries: Vec<TagEntry>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let cap = self.options.max_tags_per_user;
-        let (app, inbox) = (app_id as i32, inbox as i32);
-        self.in_tx(move |tx| {
-            Box::pin(async move {
-                let ids = distinct_ids(entries.iter().map(|e| e.user_id));
-                let (registered, mut keys) = lock_and_read(tx, app, inbox, &ids, true).await?;
-                let mut outcomes = Vec::with_capacity(entries.len());
-                let mut upserts = BTreeMap::new();
-                let mut deletes = std::collections::BTreeSet::new();
-                for e in &entries {
-                    if !registered.contains(&e.user_id) {
-                        outcomes.push(Outcome::UserNotFound);
-                        continue;
-                    }
-                    let current = keys.entry(e.user_id).or_default();
-                    let outcome = match op {
-                        TagOp::Upsert => plan_upsert(current, &e.tags, cap),
-                        TagOp::Delete => {
-                            for (k, _) in &e.tags {
-                                current.remove(k);
-                            }
-                            Outcome::Applied
-                        }
-                    };
-                    if outcome == Outcome::Applied {
-                        for (k, v) in &e.tags {
-                            let key = (e.user_id, k.clone());
-                            match op {
-                                TagOp::Upsert => {
-                                    upserts.insert(key, v.clone());
-                                }
-                                TagOp::Delete => {
-                                    deletes.insert(key);
-                                }
-                            }
-                        }
-                    }
-                    outcomes.push(outcome);
-                }
-                write_upserts(tx, app, inbox, upserts).await?;
-                if !deletes.is_empty() {
-                    let (us, ks): (Vec<i64>, Vec<String>) = deletes.into_iter().unzip();
-                    exec(tx,
-                        // The rows are found by primary key ("Query plans" above), then deleted by
-                        // ctid (stable here: this transaction holds the users' locks).
-                        "DELETE FROM tags WHERE ctid = ANY(ARRAY(
-                           SELECT t.ctid FROM unnest($3::bigint[], $4::text[]) AS x(u, k)
-                           JOIN LATERAL (SELECT ctid FROM tags WHERE app_id = $1 AND user_id = x.u
-                                         AND inbox_type + 0 = $2 AND key = x.k OFFSET 0) t ON true))",
-                        &[&app, &inbox, &us, &ks],
-                    )
-                    .await?;
-                }
-                Ok(outcomes)
-            })
-        })
-        .await
+        self.submit(app_id, Write::Tags { inbox, op, entries })
+            .await
     }
 
     async fn register_users(
@@ -334,67 +279,7 @@ impl Store for PostgresStore {
         app_id: u32,
         users: Vec<UserRegistration>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let cap = self.options.max_tags_per_user;
-        let app = app_id as i32;
-        let inbox = DEFAULT_INBOX as i32;
-        self.in_tx(move |tx| {
-            Box::pin(async move {
-                let ids = distinct_ids(users.iter().map(|u| u.user_id));
-                let (_, mut keys) = lock_and_read(tx, app, inbox, &ids, false).await?;
-                let mut outcomes = Vec::with_capacity(users.len());
-                let mut upserts = BTreeMap::new();
-                // Profiles of applied users, later registrations of one user folded over earlier ones.
-                let mut profiles: BTreeMap<i64, UserRegistration> = BTreeMap::new();
-                for u in &users {
-                    let outcome = plan_upsert(keys.entry(u.user_id).or_default(), &u.tags, cap);
-                    if outcome == Outcome::Applied {
-                        for (k, v) in &u.tags {
-                            upserts.insert((u.user_id, k.clone()), v.clone());
-                        }
-                        let p = profiles.entry(u.user_id).or_insert_with(|| UserRegistration { user_id: u.user_id, ..Default::default() });
-                        p.nick_name = u.nick_name.clone().or(p.nick_name.take());
-                        p.portrait = u.portrait.clone().or(p.portrait.take());
-                        p.ext = u.ext.clone().or(p.ext.take());
-                        p.is_robot = u.is_robot.or(p.is_robot);
-                    }
-                    outcomes.push(outcome);
-                }
-                if !profiles.is_empty() {
-                    let now = now_ms();
-                    let ids: Vec<i64> = profiles.keys().copied().collect();
-                    let nick: Vec<Option<String>> = profiles.values().map(|p| p.nick_name.clone()).collect();
-                    let portrait: Vec<Option<String>> = profiles.values().map(|p| p.portrait.clone()).collect();
-                    let ext: Vec<Option<String>> = profiles
-                        .values()
-                        .map(|p| p.ext.as_ref().map(|m| serde_json::to_string(m).expect("a string map serializes")))
-                        .collect();
-                    let robot: Vec<Option<bool>> = profiles.values().map(|p| p.is_robot).collect();
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-                        [&app, &ids, &nick, &portrait, &ext, &robot, &now];
-                    exec(tx,
-                        "INSERT INTO users (app_id, user_id, create_time, modify_time)
-                         SELECT $1, u, $3, $3 FROM unnest($2::bigint[]) AS u
-                         ON CONFLICT (app_id, user_id) DO NOTHING",
-                        &[&app, &ids, &now],
-                    )
-                    .await?;
-                    exec(tx,
-                        "UPDATE users SET nick_name = COALESCE(x.n, users.nick_name),
-                                          portrait = COALESCE(x.p, users.portrait),
-                                          ext = COALESCE(x.e, users.ext),
-                                          is_robot = COALESCE(x.r, users.is_robot),
-                                          modify_time = $7
-                         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::boolean[]) AS x(u, n, p, e, r)
-                         WHERE users.app_id = $1 AND users.user_id = x.u",
-                        &params,
-                    )
-                    .await?;
-                }
-                write_upserts(tx, app, inbox, upserts).await?;
-                Ok(outcomes)
-            })
-        })
-        .await
+        self.submit(app_id, Write::Register(users)).await
     }
 
     async fn unregister_users(
@@ -402,27 +287,7 @@ impl Store for PostgresStore {
         app_id: u32,
         user_ids: Vec<i64>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let app = app_id as i32;
-        self.in_tx(move |tx| {
-            Box::pin(async move {
-                let ids = distinct_ids(user_ids.iter().copied());
-                exec(tx, LOCK_USERS, &[&i64::from(app), &ids]).await?;
-                let delete = tx.prepare_cached("DELETE FROM users WHERE app_id = $1 AND user_id = ANY($2) RETURNING user_id").await?;
-                let mut removed: HashSet<i64> = tx
-                    .query(&delete, &[&app, &ids])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                exec(tx, "DELETE FROM tags WHERE app_id = $1 AND user_id = ANY($2)", &[&app, &ids]).await?;
-                // A user listed twice is removed once; the second mention finds nothing.
-                Ok(user_ids
-                    .iter()
-                    .map(|id| if removed.remove(id) { Outcome::Applied } else { Outcome::UserNotFound })
-                    .collect())
-            })
-        })
-        .await
+        self.submit(app_id, Write::Unregister(user_ids)).await
     }
 
     async fn get_users(
@@ -433,7 +298,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Option<StoredUser>>, StoreError> {
         let (app, inbox) = (app_id as i32, inbox as i32);
         let work = async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+            let client = self.shared.pool.get().await.map_err(pool_error)?;
             let (users_st, tags_st) = tokio::try_join!(
                 client.prepare_cached(
                     "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
@@ -487,24 +352,32 @@ impl Store for PostgresStore {
             }
             Ok(user_ids.iter().map(|id| by_id.get(id).cloned()).collect())
         };
-        tokio::time::timeout(self.options.timeout, work)
+        tokio::time::timeout(self.shared.options.timeout, work)
             .await
             .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
+        if self.queue.lock().expect("queue lock").is_none() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
         let work = async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+            let client = self.shared.pool.get().await.map_err(pool_error)?;
             client.simple_query("SELECT 1").await.map_err(classify)?;
             Ok(())
         };
-        tokio::time::timeout(self.options.timeout, work)
+        tokio::time::timeout(self.shared.options.timeout, work)
             .await
             .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
     }
 
     async fn close(&self) {
-        // Every acknowledged write was committed by PostgreSQL before it was acknowledged.
-        self.pool.close();
+        // New writes are refused; queued ones are committed and answered, then the
+        // committers end (every acknowledged write was committed before it was acknowledged).
+        self.queue.lock().expect("queue lock").take();
+        for committer in self.committers.lock().await.drain(..) {
+            let _ = committer.await;
+        }
+        self.shared.pool.close();
     }
 }
