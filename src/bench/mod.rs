@@ -503,7 +503,7 @@ pub async fn run(options: Options) -> Result<(), String> {
                 };
                 bench_backend(kind, &options, work.path(), &fresh, &mut series).await
             }
-            BackendKind::Postgres => match tokio::task::spawn_blocking(|| Postgres::start(false))
+            BackendKind::Postgres => match tokio::task::spawn_blocking(|| Postgres::start(true))
                 .await
             {
                 Ok(Ok(pg)) => {
