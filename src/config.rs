@@ -166,6 +166,8 @@ pub struct StoreConfig {
     /// Most write requests folded into one durable commit (both stores).
     pub max_batch: usize,
     pub read_connections: usize,
+    /// Embedded: the writer's SQLite page cache, MiB.
+    pub cache_mb: usize,
     /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
     pub url: Option<String>,
     pub pool_size: usize,
@@ -182,6 +184,7 @@ impl Default for StoreConfig {
             kind: "embedded".into(),
             max_batch: 512,
             read_connections: 4,
+            cache_mb: 64,
             url: None,
             pool_size: 16,
             committers: 4,
@@ -196,6 +199,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("kind", &self.kind)
             .field("max_batch", &self.max_batch)
             .field("read_connections", &self.read_connections)
+            .field("cache_mb", &self.cache_mb)
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .field("pool_size", &self.pool_size)
             .field("committers", &self.committers)

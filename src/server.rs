@@ -120,6 +120,7 @@ async fn open_store(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn St
         max_tags_per_user: config.tags.max_per_user,
         read_connections: config.store.read_connections,
         max_batch: config.store.max_batch,
+        cache_mb: config.store.cache_mb,
     };
     let data_dir = config.data_dir.clone();
     let store =

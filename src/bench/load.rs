@@ -1,8 +1,8 @@
 //! The load generator: keep-alive HTTP/1.1 connections (hyper's client connection, no
 //! pool in between), closed loop (each connection sends its next request as soon as the
-//! last is answered) or open loop (requests due at a fixed arrival rate; latency counts
-//! from when a request was due, so a stalled server cannot hide its queue: no coordinated
-//! omission).
+//! last is answered) or open loop (requests due at a fixed arrival rate; a request held
+//! back by a late answer counts its latency from when it was due, so a stalled server
+//! cannot hide its queue: no coordinated omission).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -197,8 +197,16 @@ pub async fn run(
                             break;
                         }
                         let due = start + offset;
-                        tokio::time::sleep_until(due).await;
-                        (n, due)
+                        if Instant::now() >= due {
+                            // Late because the last answer came late: the wait counts.
+                            (n, due)
+                        } else {
+                            // On time: the client's own timer lateness (tokio's timer
+                            // has millisecond resolution) must not count against the
+                            // server, so measure from the moment of sending.
+                            tokio::time::sleep_until(due).await;
+                            (n, Instant::now())
+                        }
                     }
                     Pace::Count { count } => {
                         let n = next.fetch_add(1, Ordering::Relaxed);

@@ -562,6 +562,48 @@ async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
     ok(&get_users(&s.client(), &[2]).await);
 }
 
+/// Writes are committed in shared batches; a request that fails inside the database (here
+/// a trigger refusing one key) gets 500 alone, and the requests committed beside it stand.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_failing_inside_a_shared_commit_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let ids: Vec<i64> = (1..=24).collect();
+    register(&s.client(), APP, &ids).await;
+    let trigger = if crate::infra::postgres_backend() {
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.key = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER boom BEFORE INSERT ON tags FOR EACH ROW EXECUTE FUNCTION boom();"
+    } else {
+        "CREATE TRIGGER boom BEFORE INSERT ON tags WHEN NEW.key = 'boom'
+         BEGIN SELECT RAISE(ABORT, 'boom'); END;"
+    };
+    run_sql(&s.config, trigger);
+    let mut tasks = Vec::new();
+    for &id in &ids {
+        let client = s.client();
+        tasks.push(tokio::spawn(async move {
+            let key = if id == 7 { "boom" } else { "level" };
+            let body = json!({"AppId": APP, "UserTags": [{"UserId": id, "Tags": {key: "gold"}}]});
+            (id, call(&client, "BatchUpdateUserTags", body).await)
+        }));
+    }
+    for t in tasks {
+        let (id, answer) = t.await.unwrap();
+        if id == 7 {
+            assert_error(&answer, 500, "InternalError");
+        } else {
+            assert!(failed_infos(&answer).is_empty(), "user {id}");
+            assert_eq!(
+                tags_of(&s.client(), APP, 0, id).await,
+                Some(vec!["level:gold".to_owned()]),
+                "user {id}"
+            );
+        }
+    }
+    assert_eq!(tags_of(&s.client(), APP, 0, 7).await, Some(vec![]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn request_content_type_is_not_enforced() {
     let s = TestServer::start().await;

@@ -10,28 +10,33 @@ use crate::store::{
     DEFAULT_INBOX, Outcome, StoredUser, Tag, TagEntry, TagOp, UserRegistration, now_ms,
 };
 
-fn is_registered(conn: &Connection, app_id: u32, user_id: i64) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2")?
-        .query_row(params![app_id, user_id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
+/// Whether the user is registered, and how many keys it has in `inbox`: one statement.
+fn lookup(
+    conn: &Connection,
+    app_id: u32,
+    inbox: u32,
+    user_id: i64,
+) -> rusqlite::Result<(bool, usize)> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2),
+                (SELECT COUNT(*) FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3)",
+    )?
+    .query_row(params![app_id, user_id, inbox], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as usize))
+    })
 }
 
-/// How many keys the user would have after upserting `tags`, or `None` when that is
-/// within `cap` (the common case, decided without looking at each key).
+/// How many keys the user would have after upserting `tags` onto its `existing` keys, or
+/// `None` when that is within `cap` (the common case, decided without looking at each key).
 fn over_cap(
     conn: &Connection,
     app_id: u32,
     inbox: u32,
     user_id: i64,
+    existing: usize,
     tags: &[Tag],
     cap: usize,
 ) -> rusqlite::Result<Option<usize>> {
-    let existing: usize =
-        conn.prepare_cached(
-            "SELECT COUNT(*) FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3",
-        )?
-        .query_row(params![app_id, user_id, inbox], |r| r.get::<_, i64>(0))? as usize;
     if existing + tags.len() <= cap {
         return Ok(None);
     }
@@ -78,13 +83,16 @@ pub fn update_tags(
 ) -> rusqlite::Result<Vec<Outcome>> {
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
-        if !is_registered(conn, app_id, e.user_id)? {
+        let (registered, existing) = lookup(conn, app_id, inbox, e.user_id)?;
+        if !registered {
             out.push(Outcome::UserNotFound);
             continue;
         }
         match op {
             TagOp::Upsert => {
-                if let Some(would_have) = over_cap(conn, app_id, inbox, e.user_id, &e.tags, cap)? {
+                if let Some(would_have) =
+                    over_cap(conn, app_id, inbox, e.user_id, existing, &e.tags, cap)?
+                {
                     out.push(Outcome::TagLimitExceeded {
                         would_have,
                         limit: cap,
@@ -116,7 +124,16 @@ pub fn register_users(
     let mut out = Vec::with_capacity(users.len());
     let now = now_ms();
     for u in users {
-        if let Some(would_have) = over_cap(conn, app_id, DEFAULT_INBOX, u.user_id, &u.tags, cap)? {
+        let (_, existing) = lookup(conn, app_id, DEFAULT_INBOX, u.user_id)?;
+        if let Some(would_have) = over_cap(
+            conn,
+            app_id,
+            DEFAULT_INBOX,
+            u.user_id,
+            existing,
+            &u.tags,
+            cap,
+        )? {
             out.push(Outcome::TagLimitExceeded {
                 would_have,
                 limit: cap,

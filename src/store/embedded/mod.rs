@@ -3,10 +3,12 @@
 //! Writes go through one writer thread that takes every write waiting in its queue, applies
 //! them all in one transaction and commits once (group commit): one fsync serves many
 //! requests, and each request is answered only after the commit that holds it. Being the
-//! only writer also makes per-user read-then-write (the tag cap) race-free. Each request
-//! runs under its own SAVEPOINT, so a request that fails with an SQL error is rolled back
-//! alone. Reads use a small pool of separate connections; WAL lets them run while the
-//! writer commits, and they see every committed (hence every acknowledged) write.
+//! only writer also makes per-user read-then-write (the tag cap) race-free. If a request
+//! fails with an SQL error, the batch is rolled back and its requests run again one
+//! transaction each, so the failing one fails alone. WAL checkpoints run on a thread of
+//! their own, off the writer's path. Reads use a small pool of separate connections; WAL
+//! lets them run while the writer commits, and they see every committed (hence every
+//! acknowledged) write.
 
 mod apply;
 pub mod schema;
@@ -30,6 +32,8 @@ pub struct EmbeddedOptions {
     pub read_connections: usize,
     /// Most requests folded into one commit.
     pub max_batch: usize,
+    /// The writer's page cache, MiB (SQLite's default is 2).
+    pub cache_mb: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -38,6 +42,7 @@ impl Default for EmbeddedOptions {
             max_tags_per_user: 100,
             read_connections: 4,
             max_batch: 512,
+            cache_mb: 64,
         }
     }
 }
@@ -61,6 +66,8 @@ struct WriteJob {
 pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpointer.
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_permits: Arc<Semaphore>,
     path: PathBuf,
@@ -124,6 +131,20 @@ impl EmbeddedStore {
             readers
                 .push(open_connection(&path, flags).map_err(|e| format!("opening reader: {e}"))?);
         }
+        // Checkpoints (copying WAL pages into the database file and fsyncing it) run on a
+        // thread of their own: left to SQLite, they run inside the writer's commit, and
+        // every request queued behind it waits (the p99 of docs/benchmarks.md).
+        let cache_kib = -(options.cache_mb.max(1) as i64 * 1024);
+        conn.pragma_update(None, "cache_size", cache_kib)
+            .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
+            .map_err(|e| format!("configuring {}: {e}", path.display()))?;
+        let checkpoint_conn = open_connection(&path, OpenFlags::default())
+            .map_err(|e| format!("opening the checkpointer's connection: {e}"))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let checkpointer = std::thread::Builder::new()
+            .name("tagcast-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
+            .map_err(|e| format!("starting checkpoint thread: {e}"))?;
         let (tx, rx) = mpsc::channel(options.max_batch * 4);
         let writer_thread = std::thread::Builder::new()
             .name("tagcast-writer".into())
@@ -132,6 +153,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(writer_thread)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
             read_permits: Arc::new(Semaphore::new(readers.len())),
             readers: Arc::new(Mutex::new(readers)),
             path,
@@ -177,6 +199,18 @@ impl EmbeddedStore {
     }
 }
 
+/// Every 100 ms, a PASSIVE checkpoint: it copies what it can without waiting for, or
+/// blocking, the writer and the readers. Ends when the store drops the stop sender.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(Duration::from_millis(100))
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed (the WAL stays valid)");
+        }
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriteJob>,
@@ -207,42 +241,54 @@ fn writer_loop(
     }
 }
 
-/// Applies every job in one transaction, each under its own savepoint. If the commit
-/// itself fails, every job reports the failure: none of them was acknowledged.
+fn apply_job(conn: &Connection, job: &WriteJob, cap: usize) -> rusqlite::Result<Vec<Outcome>> {
+    match &job.op {
+        WriteOp::Tags { inbox, op, entries } => {
+            apply::update_tags(conn, job.app_id, *inbox, *op, entries, cap)
+        }
+        WriteOp::Register(users) => apply::register_users(conn, job.app_id, users, cap),
+        WriteOp::Unregister(ids) => apply::unregister_users(conn, job.app_id, ids),
+    }
+}
+
+/// Applies `jobs` in one transaction and commits it; the outcomes, or the first error (then
+/// nothing of the transaction is kept).
+fn commit_all(
+    conn: &mut Connection,
+    jobs: &[WriteJob],
+    cap: usize,
+) -> rusqlite::Result<Vec<Vec<Outcome>>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let outcomes = jobs
+        .iter()
+        .map(|job| apply_job(&tx, job, cap))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Applies every job in one transaction with one commit. If a job fails with an SQL error,
+/// the transaction is rolled back and each job runs again in a transaction of its own, so
+/// the failing one fails alone (a savepoint per job would cost a statement pair each, on
+/// every batch, for a case that needs a bug or a broken disk). If a commit fails, its jobs
+/// report the failure: none of them was acknowledged.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[WriteJob],
     cap: usize,
 ) -> Vec<Result<Vec<Outcome>, StoreError>> {
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let e = classify(e);
-            return batch.iter().map(|_| Err(e.clone())).collect();
-        }
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let result = (|| {
-            let sp = tx.savepoint_with_name("job")?;
-            let out = match &job.op {
-                WriteOp::Tags { inbox, op, entries } => {
-                    apply::update_tags(&sp, job.app_id, *inbox, *op, entries, cap)
-                }
-                WriteOp::Register(users) => apply::register_users(&sp, job.app_id, users, cap),
-                WriteOp::Unregister(ids) => apply::unregister_users(&sp, job.app_id, ids),
-            }?;
-            sp.commit()?;
-            Ok(out)
-        })()
-        .map_err(classify);
-        results.push(result);
+    match commit_all(conn, batch, cap) {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) if batch.len() == 1 => vec![Err(classify(e))],
+        Err(_) => batch
+            .iter()
+            .map(|job| {
+                commit_all(conn, std::slice::from_ref(job), cap)
+                    .map(|mut o| o.remove(0))
+                    .map_err(classify)
+            })
+            .collect(),
     }
-    if let Err(e) = tx.commit() {
-        let e = classify(e);
-        return batch.iter().map(|_| Err(e.clone())).collect();
-    }
-    results
 }
 
 #[async_trait]
@@ -293,6 +339,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn close(&self) {
+        let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         // Dropping the only sender ends the writer loop once the queue is drained.
         self.writer.lock().expect("writer lock").take();
         let handle = self
