@@ -97,6 +97,17 @@ struct Signer {
 }
 
 impl Signer {
+    fn new(addr: std::net::SocketAddr, account: &BenchAccount) -> Result<Self, String> {
+        Ok(Signer {
+            host: HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,
+            creds: Credentials {
+                access_key: account.access_key.clone(),
+                secret_key: SecretKey::new(account.secret_key.clone()),
+                region: "cn-north-1".into(),
+            },
+        })
+    }
+
     fn request(&self, action: &str, body: Vec<u8>) -> Request {
         let query = format!("Action={action}&Version={VERSION}");
         let mut headers = HeaderMap::new();
@@ -211,6 +222,30 @@ async fn run_load(
     load::run(addr, options.connections, pace, generator, expect).await
 }
 
+/// Closed loop for the phase's duration after a warm-up of a quarter of it; every answer
+/// must be good.
+async fn peak_load(
+    addr: std::net::SocketAddr,
+    options: &Options,
+    generator: Generator,
+    expect_all_ok: bool,
+    what: &str,
+) -> Result<RunResult, String> {
+    let d = options.duration;
+    let warm = Pace::Closed { duration: d / 4 };
+    run_load(addr, options, warm, generator.clone(), expect_all_ok).await?;
+    let r = run_load(
+        addr,
+        options,
+        Pace::Closed { duration: d },
+        generator,
+        expect_all_ok,
+    )
+    .await?;
+    check(what, &r)?;
+    Ok(r)
+}
+
 /// Everything for one backend. `fresh` gives an empty place for the server's data
 /// (called once for the end-to-end server and once for the scale data set).
 async fn bench_backend(
@@ -237,37 +272,14 @@ async fn bench_backend(
     let config = server::write_config(&work.join(format!("{name}-e2e")), &backend, &account)?;
     let srv = ServerProcess::start(&config)?;
     let addr = srv.addr;
-    let signer = Arc::new(Signer {
-        host: HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,
-        creds: Credentials {
-            access_key: account.access_key.clone(),
-            secret_key: SecretKey::new(account.secret_key.clone()),
-            region: "cn-north-1".into(),
-        },
-    });
+    let signer = Arc::new(Signer::new(addr, &account)?);
     println!(
         "[{name}] server on {addr}, {conns} connections, {:.1} s per phase",
         d.as_secs_f64()
     );
 
     // HTTP ceiling.
-    run_load(
-        addr,
-        options,
-        Pace::Closed { duration: d / 4 },
-        healthz(),
-        false,
-    )
-    .await?;
-    let ceiling = run_load(
-        addr,
-        options,
-        Pace::Closed { duration: d },
-        healthz(),
-        false,
-    )
-    .await?;
-    check("GET /healthz", &ceiling)?;
+    let ceiling = peak_load(addr, options, healthz(), false, "GET /healthz").await?;
     println!(
         "[{name}] HTTP ceiling  GET /healthz: {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
         ceiling.rps(),
@@ -290,23 +302,7 @@ async fn bench_backend(
 
     // End to end, closed loop: the peak.
     let pool = update_pool(&signer, account.app_id, options.e2e_users);
-    run_load(
-        addr,
-        options,
-        Pace::Closed { duration: d / 4 },
-        pool.clone(),
-        true,
-    )
-    .await?;
-    let e2e = run_load(
-        addr,
-        options,
-        Pace::Closed { duration: d },
-        pool.clone(),
-        true,
-    )
-    .await?;
-    check("BatchUpdateUserTags", &e2e)?;
+    let e2e = peak_load(addr, options, pool, true, "BatchUpdateUserTags").await?;
     let peak = e2e.rps();
     println!(
         "[{name}] end to end    BatchUpdateUserTags 10 users x 2 tags: {peak:>7.0} req/s = {:.0} user-updates/s  \
@@ -407,14 +403,7 @@ async fn bench_backend(
     let scale = fresh("scale")?;
     let config = server::write_config(&work.join(format!("{name}-scale")), &scale, &account)?;
     let srv = ServerProcess::start(&config)?;
-    let signer = Arc::new(Signer {
-        host: HeaderValue::from_str(&srv.addr.to_string()).map_err(|e| e.to_string())?,
-        creds: Credentials {
-            access_key: account.access_key.clone(),
-            secret_key: SecretKey::new(account.secret_key.clone()),
-            region: "cn-north-1".into(),
-        },
-    });
+    let signer = Arc::new(Signer::new(srv.addr, &account)?);
     let n = options.scale_users;
     let loaded = run_load(
         srv.addr,

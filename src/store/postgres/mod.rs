@@ -255,10 +255,18 @@ impl Shared {
             tx.commit().await.map_err(classify)?;
             Ok(outcomes)
         };
-        tokio::time::timeout(self.options.timeout, work)
-            .await
-            .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
+        within(self.options.timeout, work).await
     }
+}
+
+/// `work`, or `Unavailable` when PostgreSQL does not answer within `limit`.
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
 }
 
 #[async_trait]
@@ -352,9 +360,7 @@ impl Store for PostgresStore {
             }
             Ok(user_ids.iter().map(|id| by_id.get(id).cloned()).collect())
         };
-        tokio::time::timeout(self.shared.options.timeout, work)
-            .await
-            .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
+        within(self.shared.options.timeout, work).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -366,9 +372,7 @@ impl Store for PostgresStore {
             client.simple_query("SELECT 1").await.map_err(classify)?;
             Ok(())
         };
-        tokio::time::timeout(self.shared.options.timeout, work)
-            .await
-            .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
+        within(self.shared.options.timeout, work).await
     }
 
     async fn close(&self) {
