@@ -125,3 +125,21 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything acknowledged durable and stops; later calls answer `Unavailable`.
     async fn close(&self);
 }
+
+/// One write request as both stores queue it for the code that commits it in batches.
+pub(crate) enum WriteOp {
+    Tags {
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+    },
+    Register(Vec<UserRegistration>),
+    Unregister(Vec<i64>),
+}
+
+/// A queued write and where its outcome goes once the batch holding it has committed.
+pub(crate) struct WriteJob {
+    pub app_id: u32,
+    pub op: WriteOp,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+}

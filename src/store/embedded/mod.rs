@@ -21,7 +21,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration};
+use super::{
+    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
+};
 use crate::metrics::Metrics;
 
 pub const DB_FILE: &str = "tagcast.db";
@@ -45,22 +47,6 @@ impl Default for EmbeddedOptions {
             cache_mb: 64,
         }
     }
-}
-
-enum WriteOp {
-    Tags {
-        inbox: u32,
-        op: TagOp,
-        entries: Vec<TagEntry>,
-    },
-    Register(Vec<UserRegistration>),
-    Unregister(Vec<i64>),
-}
-
-struct WriteJob {
-    app_id: u32,
-    op: WriteOp,
-    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
 }
 
 pub struct EmbeddedStore {

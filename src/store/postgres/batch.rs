@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use super::{Job, Write};
-use crate::store::{DEFAULT_INBOX, Outcome, Tag, TagOp, UserRegistration, now_ms};
+use crate::store::{
+    DEFAULT_INBOX, Outcome, Tag, TagOp, UserRegistration, WriteJob, WriteOp, now_ms,
+};
 
 /// A lock key per (app, user), taken in one global order (sorted keys), so batches on any
 /// node never deadlock; collisions only serialize two unrelated users.
@@ -182,21 +183,24 @@ impl Pending {
 }
 
 /// Locks and reads everything the batch touches.
-async fn lock_and_read(tx: &Transaction<'_>, jobs: &[Job]) -> Result<State, tokio_postgres::Error> {
+async fn lock_and_read(
+    tx: &Transaction<'_>,
+    jobs: &[WriteJob],
+) -> Result<State, tokio_postgres::Error> {
     let mut pairs = BTreeSet::new();
     let mut slots = BTreeSet::new();
     for job in jobs {
         let a = job.app_id as i32;
-        let (inbox, ids) = match &job.write {
-            Write::Tags { inbox, entries, .. } => (
+        let (inbox, ids) = match &job.op {
+            WriteOp::Tags { inbox, entries, .. } => (
                 *inbox as i32,
                 entries.iter().map(|e| e.user_id).collect::<Vec<_>>(),
             ),
-            Write::Register(users) => (
+            WriteOp::Register(users) => (
                 DEFAULT_INBOX as i32,
                 users.iter().map(|u| u.user_id).collect(),
             ),
-            Write::Unregister(ids) => (DEFAULT_INBOX as i32, ids.clone()),
+            WriteOp::Unregister(ids) => (DEFAULT_INBOX as i32, ids.clone()),
         };
         for u in ids {
             pairs.insert((i64::from(a), u));
@@ -236,7 +240,7 @@ async fn lock_and_read(tx: &Transaction<'_>, jobs: &[Job]) -> Result<State, toki
 /// Applies `jobs` in order inside `tx`; one outcome list per job.
 pub(super) async fn apply(
     tx: &Transaction<'_>,
-    jobs: &[Job],
+    jobs: &[WriteJob],
     cap: usize,
 ) -> Result<Vec<Vec<Outcome>>, tokio_postgres::Error> {
     let mut state = lock_and_read(tx, jobs).await?;
@@ -244,8 +248,8 @@ pub(super) async fn apply(
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let a = job.app_id as i32;
-        let out = match &job.write {
-            Write::Tags { inbox, op, entries } => {
+        let out = match &job.op {
+            WriteOp::Tags { inbox, op, entries } => {
                 let i = *inbox as i32;
                 entries
                     .iter()
@@ -274,7 +278,7 @@ pub(super) async fn apply(
                     })
                     .collect()
             }
-            Write::Register(users) => users
+            WriteOp::Register(users) => users
                 .iter()
                 .map(|u| {
                     let slot = (a, DEFAULT_INBOX as i32, u.user_id);
@@ -287,7 +291,7 @@ pub(super) async fn apply(
                     outcome
                 })
                 .collect(),
-            Write::Unregister(ids) => {
+            WriteOp::Unregister(ids) => {
                 // A barrier: what came before is written first, so the deletes see it.
                 pending.flush(tx).await?;
                 let mut distinct = ids.clone();

@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
-use super::{Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration};
+use super::{
+    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
+};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -51,7 +53,7 @@ pub struct PostgresOptions {
 
 pub struct PostgresStore {
     shared: Arc<Shared>,
-    queue: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    queue: std::sync::Mutex<Option<mpsc::Sender<WriteJob>>>,
     committers: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -60,23 +62,6 @@ struct Shared {
     pool: Pool,
     options: PostgresOptions,
     metrics: Arc<Metrics>,
-}
-
-/// One write request.
-enum Write {
-    Tags {
-        inbox: u32,
-        op: TagOp,
-        entries: Vec<TagEntry>,
-    },
-    Register(Vec<UserRegistration>),
-    Unregister(Vec<i64>),
-}
-
-struct Job {
-    app_id: u32,
-    write: Write,
-    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
 }
 
 fn classify(e: tokio_postgres::Error) -> StoreError {
@@ -169,7 +154,7 @@ impl PostgresStore {
     }
 
     /// Queues a write for the committers and waits for its commit.
-    async fn submit(&self, app_id: u32, write: Write) -> Result<Vec<Outcome>, StoreError> {
+    async fn submit(&self, app_id: u32, write: WriteOp) -> Result<Vec<Outcome>, StoreError> {
         let closed = || StoreError::Unavailable("the store is closed".into());
         let sender = self
             .queue
@@ -179,9 +164,9 @@ impl PostgresStore {
             .ok_or_else(closed)?;
         let (reply, rx) = oneshot::channel();
         sender
-            .send(Job {
+            .send(WriteJob {
                 app_id,
-                write,
+                op: write,
                 reply,
             })
             .await
@@ -194,7 +179,7 @@ impl PostgresStore {
 /// every user in the batch in one statement (one global order, as for a single request,
 /// so batches on any node never deadlock), then each request in queue order, then one
 /// COMMIT, whose one WAL flush serves the whole batch.
-async fn committer(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+async fn committer(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<WriteJob>>>) {
     let max_batch = shared.options.max_batch.max(1);
     loop {
         let mut batch = Vec::with_capacity(max_batch);
@@ -216,7 +201,7 @@ async fn committer(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::Receive
 }
 
 impl Shared {
-    async fn commit_batch(&self, batch: Vec<Job>) {
+    async fn commit_batch(&self, batch: Vec<WriteJob>) {
         let started = Instant::now();
         let result = self.run(&batch).await;
         self.metrics.observe_commit(started.elapsed(), batch.len());
@@ -245,7 +230,7 @@ impl Shared {
 
     /// Applies `jobs` in order in one transaction on a pooled connection, bounded by the
     /// timeout.
-    async fn run(&self, jobs: &[Job]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+    async fn run(&self, jobs: &[WriteJob]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         let work = async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(classify)?;
@@ -278,7 +263,7 @@ impl Store for PostgresStore {
         op: TagOp,
         entries: Vec<TagEntry>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, Write::Tags { inbox, op, entries })
+        self.submit(app_id, WriteOp::Tags { inbox, op, entries })
             .await
     }
 
@@ -287,7 +272,7 @@ impl Store for PostgresStore {
         app_id: u32,
         users: Vec<UserRegistration>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, Write::Register(users)).await
+        self.submit(app_id, WriteOp::Register(users)).await
     }
 
     async fn unregister_users(
@@ -295,7 +280,7 @@ impl Store for PostgresStore {
         app_id: u32,
         user_ids: Vec<i64>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, Write::Unregister(user_ids)).await
+        self.submit(app_id, WriteOp::Unregister(user_ids)).await
     }
 
     async fn get_users(
