@@ -31,7 +31,8 @@ pub struct Tenancy {
 }
 
 impl Tenancy {
-    /// Accounts must have passed [`validate_accounts`].
+    /// Accounts must have passed [`validate_accounts`] and had their secrets read by
+    /// [`crate::config::resolve_accounts`].
     pub fn new(accounts: &[AccountConfig]) -> Self {
         let mut t = Tenancy {
             names: Vec::new(),
@@ -49,7 +50,11 @@ impl Tenancy {
                     k.access_key.clone(),
                     KeyEntry {
                         account: id,
-                        secret: SecretKey::new(k.secret_key.clone()),
+                        secret: SecretKey::new(
+                            k.secret_key
+                                .clone()
+                                .expect("secrets are resolved before Tenancy::new"),
+                        ),
                         disabled: k.disabled,
                     },
                 );
@@ -117,6 +122,18 @@ pub fn random_string(len: usize) -> String {
         .collect()
 }
 
+/// A fresh key pair in the style of the vendor's console: the access key is `AKLT` and
+/// base64 of 32 random hex digits (47 characters), the secret base64 of base64 of 32
+/// random hex digits (60 characters, 128 random bits).
+pub fn new_key_pair() -> (String, String) {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let hex_digits = || hex::encode(rand::random::<[u8; 16]>());
+    let access_key = format!("AKLT{}", STANDARD_NO_PAD.encode(hex_digits()));
+    let secret_key = STANDARD.encode(STANDARD.encode(hex_digits()));
+    (access_key, secret_key)
+}
+
 /// Loads `data_dir/credentials.toml`, creating it (mode 0600) with one account, one AppId
 /// and one random key pair when it does not exist.
 pub fn load_or_create_bootstrap(data_dir: &Path) -> Result<Bootstrap, String> {
@@ -131,14 +148,11 @@ pub fn load_or_create_bootstrap(data_dir: &Path) -> Result<Bootstrap, String> {
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+    let (access_key, secret_key) = new_key_pair();
     let accounts = vec![AccountConfig {
         name: "default".into(),
         apps: vec![BOOTSTRAP_APP_ID],
-        keys: vec![KeyConfig {
-            access_key: format!("AKLT{}", random_string(32)),
-            secret_key: random_string(48),
-            disabled: false,
-        }],
+        keys: vec![KeyConfig::inline(access_key, secret_key)],
     }];
     let body = toml::to_string(&CredentialsFile {
         accounts: accounts.clone(),

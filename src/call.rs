@@ -1,13 +1,14 @@
 //! `tagcast call`: sends one signed request with the same [`crate::signing`] code the
 //! server verifies with, and reports the answer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use time::OffsetDateTime;
 
 use crate::accounts;
-use crate::actions::VERSION;
+use crate::actions::{Action, VERSION};
 use crate::signing::{self, Credentials, SecretKey};
 
 /// The parts of an HTTP answer a caller looks at.
@@ -20,6 +21,14 @@ pub struct Answer {
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `Result.FailedInfos` of a 200 answer (empty when absent).
+    pub fn failed_infos(&self) -> Vec<serde_json::Value> {
+        self.json()["Result"]["FailedInfos"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// `(Code, Message)` when the answer carries an error.
@@ -36,25 +45,45 @@ impl Answer {
     }
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Nothing answered at the endpoint (refused, timed out, not HTTP).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The request could not be made (a bad endpoint or header).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// A client bound to one endpoint and one key pair.
 pub struct Client {
     pub endpoint: String,
     pub credentials: Credentials,
     http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl Client {
-    /// `endpoint` is `http://host:port`.
+    /// `endpoint` is `http://host:port`; requests wait at most 60 s for an answer.
     pub fn new(endpoint: &str, credentials: Credentials) -> Self {
+        Self::with_timeout(endpoint, credentials, Duration::from_secs(60))
+    }
+
+    pub fn with_timeout(endpoint: &str, credentials: Credentials, timeout: Duration) -> Self {
         Client {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             credentials,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .expect("a plain HTTP client builds"),
+            timeout,
         }
     }
 
     /// Signs and sends `POST /?Action=..&Version=2020-12-01` with `body`.
-    pub async fn call(&self, action: &str, body: &[u8]) -> Result<Answer, String> {
+    pub async fn call(&self, action: &str, body: &[u8]) -> Result<Answer, CallError> {
         let query = format!("Action={action}&Version={VERSION}");
         self.send("POST", &query, body, OffsetDateTime::now_utc())
             .await
@@ -67,19 +96,20 @@ impl Client {
         query: &str,
         body: &[u8],
         now: OffsetDateTime,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, CallError> {
+        let invalid = |what: String| CallError::Invalid(what);
         let url: reqwest::Url = format!("{}/?{query}", self.endpoint)
             .parse()
-            .map_err(|e| format!("endpoint {:?}: {e}", self.endpoint))?;
+            .map_err(|e| invalid(format!("endpoint {:?}: {e}", self.endpoint)))?;
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(format!("endpoint {:?} has no host", self.endpoint)),
+            (None, _) => return Err(invalid(format!("endpoint {:?} has no host", self.endpoint))),
         };
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::HOST,
-            HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
+            HeaderValue::from_str(&host).map_err(|e| invalid(e.to_string()))?,
         );
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -94,7 +124,8 @@ impl Client {
             &self.credentials,
             now,
         );
-        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| invalid(e.to_string()))?;
         let response = self
             .http
             .request(method, url)
@@ -102,13 +133,13 @@ impl Client {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| format!("sending to {}: {e}", self.endpoint))?;
+            .map_err(|e| self.unreachable(&e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| self.unreachable(&e))?
             .to_vec();
         Ok(Answer {
             status,
@@ -118,6 +149,83 @@ impl Client {
     }
 }
 
+impl Client {
+    /// What a user should read when nothing answered: the cause, and what to check.
+    fn unreachable(&self, e: &reqwest::Error) -> CallError {
+        let endpoint = &self.endpoint;
+        let causes = error_chain(e);
+        let text = if e.is_timeout() {
+            format!(
+                "no answer from {endpoint} within {} s ({causes})",
+                self.timeout.as_secs()
+            )
+        } else if causes.contains("Connection refused") {
+            format!("connection refused: is tagcast running at {endpoint}?")
+        } else if e.is_connect() {
+            format!("cannot connect to {endpoint}: {causes}")
+        } else {
+            format!("{endpoint} did not answer as an HTTP server: {causes}")
+        };
+        CallError::Unreachable(text)
+    }
+}
+
+/// An error and its causes, innermost last, without repeats.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// The Action the user most likely meant by `name` (case-insensitive, or within three
+/// edits), for answers of `InvalidActionOrVersion`.
+pub fn closest_action(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    Action::ALL
+        .iter()
+        .map(|a| {
+            (
+                edit_distance(&lower, &a.name().to_ascii_lowercase()),
+                a.name(),
+            )
+        })
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, n)| n)
+        .filter(|n| *n != name)
+}
+
+/// Levenshtein distance over bytes (Action names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Where `tagcast call`'s key came from.
+pub enum CredentialSource {
+    /// Flags or environment.
+    Given,
+    /// The development credentials `tagcast serve` generated.
+    File(PathBuf),
+}
+
 /// Credentials from flags/environment, else the development credentials that `serve`
 /// generated in `data_dir`.
 pub fn resolve_credentials(
@@ -125,7 +233,8 @@ pub fn resolve_credentials(
     secret_key: Option<String>,
     region: String,
     data_dir: &Path,
-) -> Result<Credentials, String> {
+) -> Result<(Credentials, CredentialSource), String> {
+    let mut source = CredentialSource::Given;
     let (access_key, secret_key) = match (access_key, secret_key) {
         (Some(ak), Some(sk)) => (ak, sk),
         (None, None) => {
@@ -142,15 +251,20 @@ pub fn resolve_credentials(
                 .flat_map(|a| a.keys)
                 .find(|k| !k.disabled)
                 .ok_or_else(|| format!("{} holds no enabled key", path.display()))?;
-            (key.access_key, key.secret_key)
+            let secret = key
+                .secret_key
+                .ok_or_else(|| format!("{} names no secret_key", path.display()))?;
+            source = CredentialSource::File(path);
+            (key.access_key, secret)
         }
         _ => return Err("give both --access-key and --secret-key, or neither".into()),
     };
-    Ok(Credentials {
+    let credentials = Credentials {
         access_key,
         secret_key: SecretKey::new(secret_key),
         region,
-    })
+    };
+    Ok((credentials, source))
 }
 
 /// The body argument: inline JSON, or `@path` to read a file.
@@ -161,5 +275,22 @@ pub fn read_body_arg(arg: Option<&str>) -> Result<Vec<u8>, String> {
             Some(path) => std::fs::read(path).map_err(|e| format!("reading {path}: {e}")),
             None => Ok(a.as_bytes().to_vec()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_action_forgives_case_and_small_typos_only() {
+        assert_eq!(
+            closest_action("BatchUpdateUserTag"),
+            Some("BatchUpdateUserTags")
+        );
+        assert_eq!(closest_action("batchgetuser"), Some("BatchGetUser"));
+        assert_eq!(closest_action("UnregisterUsers"), Some("UnRegisterUsers"));
+        assert_eq!(closest_action("RegisterUsers"), None);
+        assert_eq!(closest_action("DeleteEverything"), None);
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,9 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_batch: Histogram,
     limiter_errors: Counter,
+    wal_bytes: Gauge,
+    wal_truncations: Counter,
+    store_writable: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +81,25 @@ impl Metrics {
             "Rate-limit decisions the shared limiter could not make (limits.on_redis_error applied)",
             limiter_errors.clone(),
         );
+        let wal_bytes = Gauge::default();
+        registry.register(
+            "store_wal_bytes",
+            "Size of the embedded store's write-ahead log file (bounded by store.wal_limit_mb)",
+            wal_bytes.clone(),
+        );
+        let wal_truncations = Counter::default();
+        registry.register(
+            "store_wal_truncations",
+            "Checkpoints that emptied the write-ahead log because it passed store.wal_limit_mb or the store was idle",
+            wal_truncations.clone(),
+        );
+        let store_writable = Gauge::default();
+        store_writable.set(1);
+        registry.register(
+            "store_writable",
+            "1 while the store accepts writes; 0 after a write failed (disk full, I/O error, corruption) until one succeeds again",
+            store_writable.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -85,6 +108,9 @@ impl Metrics {
             commit_seconds,
             commit_batch,
             limiter_errors,
+            wal_bytes,
+            wal_truncations,
+            store_writable,
         }
     }
 
@@ -112,6 +138,18 @@ impl Metrics {
 
     pub fn observe_limiter_error(&self) {
         self.limiter_errors.inc();
+    }
+
+    pub fn set_wal_bytes(&self, bytes: u64) {
+        self.wal_bytes.set(bytes as i64);
+    }
+
+    pub fn observe_wal_truncation(&self) {
+        self.wal_truncations.inc();
+    }
+
+    pub fn set_store_writable(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
     }
 
     pub fn render(&self) -> String {

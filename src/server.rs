@@ -1,6 +1,10 @@
-//! Start-up and the connection loop: resolve accounts, open the store, bind, serve HTTP/1.1
-//! with header and body timeouts, and shut down gracefully (stop accepting, let in-flight
-//! requests finish, make every acknowledged write durable).
+//! Start-up and the connection loop. Start-up runs in the order that keeps every failure
+//! harmless: the signal handlers first (the CLI installs [`Shutdown`] before anything
+//! else, so SIGTERM at any moment of start-up exits cleanly), then the configuration and
+//! the secrets, then the listening socket (a port in use fails before anything is
+//! created), then the data directory's lock, and only then the data itself. Serving is
+//! HTTP/1.1 with header and body timeouts; shutdown stops accepting, lets in-flight
+//! requests finish and makes every acknowledged write durable.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,13 +19,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::accounts::{self, Tenancy};
-use crate::config::{AccountConfig, Config};
+use crate::config::{AccountConfig, Config, StoreKind, resolve_accounts};
 use crate::gateway::envelope::RequestIds;
 use crate::gateway::{AppState, app};
 use crate::limiter::{LocalLimiter, RateLimiter, RedisLimiter};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 
 /// Where the accounts in force came from.
@@ -43,33 +47,50 @@ pub struct Prepared {
     pub source: AccountSource,
 }
 
-/// Validates the configuration, resolves the accounts (creating development credentials on
-/// a first start without any), opens the store and binds the listener.
+/// Validates the configuration and the secrets, binds the listener, takes the data
+/// directory's lock (embedded store), resolves the accounts (creating development
+/// credentials on a first start without any) and opens the store, in that order.
 pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     config.validate()?;
     let listen = config.listen_addr()?;
-    let (accounts, source) = if config.accounts.is_empty() {
-        if !listen.ip().is_loopback() {
-            return Err(format!(
-                "refusing to listen on {listen}: no [[accounts]] are configured, and the generated development \
-                 credentials must not be reachable from other machines. Configure accounts in the config file \
-                 (see README, Configuration) or listen on 127.0.0.1."
-            ));
-        }
+    let configured = resolve_accounts(&config.accounts)?;
+    let bootstrap = configured.is_empty();
+    if bootstrap && !listen.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {listen}: no [[accounts]] are configured, and the generated development \
+             credentials must not be reachable from other machines. Configure accounts in the config file \
+             (see README, Configuration) or listen on 127.0.0.1."
+        ));
+    }
+    // Bind before touching the data directory: a port in use must leave nothing behind.
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another tagcast, or another program, listens there; choose another with --listen)"
+        } else {
+            ""
+        };
+        format!("cannot listen on {listen}: {e}{hint}")
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let lock = match config.store.kind {
+        StoreKind::Embedded => Some(DataDirLock::acquire(&config.data_dir, "serve")?),
+        StoreKind::Postgres => None,
+    };
+    let (accounts, source) = if bootstrap {
         let b = accounts::load_or_create_bootstrap(&config.data_dir)?;
         (
-            b.accounts,
+            resolve_accounts(&b.accounts)?,
             AccountSource::Bootstrap {
                 path: b.path,
                 created: b.created,
             },
         )
     } else {
-        (config.accounts.clone(), AccountSource::Config)
+        (configured, AccountSource::Config)
     };
 
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(config, metrics.clone()).await?;
+    let store = open_store(config, lock, metrics.clone()).await?;
     let tenancy = Tenancy::new(&accounts);
     let limiter: Arc<dyn RateLimiter> = match &config.limits.redis_url {
         None => Arc::new(LocalLimiter::new(&config.limits)),
@@ -80,11 +101,6 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
             metrics.clone(),
         )?),
     };
-
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("binding {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
         store,
         tenancy,
@@ -105,29 +121,42 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     })
 }
 
-async fn open_store(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, String> {
-    if let ("postgres", Some(url)) = (config.store.kind.as_str(), &config.store.url) {
-        let options = PostgresOptions {
-            max_tags_per_user: config.tags.max_per_user,
-            pool_size: config.store.pool_size,
-            committers: config.store.committers,
-            max_batch: config.store.max_batch,
-            timeout: Duration::from_millis(config.store.timeout_ms),
-        };
-        return Ok(Arc::new(PostgresStore::open(url, options, metrics).await?));
-    }
-    let options = EmbeddedOptions {
-        max_tags_per_user: config.tags.max_per_user,
-        read_connections: config.store.read_connections,
-        max_batch: config.store.max_batch,
-        cache_mb: config.store.cache_mb,
-    };
-    let data_dir = config.data_dir.clone();
-    let store =
-        tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir, options, metrics))
+async fn open_store(
+    config: &Config,
+    lock: Option<DataDirLock>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, String> {
+    let s = &config.store;
+    match (s.kind, &s.url, lock) {
+        (StoreKind::Postgres, Some(url), _) => {
+            let options = PostgresOptions {
+                max_tags_per_user: config.tags.max_per_user,
+                pool_size: s.pool_size,
+                committers: s.committers,
+                max_batch: s.max_batch,
+                timeout: Duration::from_millis(s.timeout_ms),
+            };
+            Ok(Arc::new(PostgresStore::open(url, options, metrics).await?))
+        }
+        (StoreKind::Embedded, _, Some(lock)) => {
+            let options = EmbeddedOptions {
+                max_tags_per_user: config.tags.max_per_user,
+                read_connections: s.read_connections,
+                max_batch: s.max_batch,
+                cache_mb: s.cache_mb,
+                wal_limit_bytes: s.wal_limit_mb << 20,
+            };
+            let store = tokio::task::spawn_blocking(move || {
+                EmbeddedStore::open_locked(lock, options, metrics)
+            })
             .await
             .map_err(|e| format!("opening the store: {e}"))??;
-    Ok(Arc::new(store))
+            Ok(Arc::new(store))
+        }
+        _ => {
+            Err("store.kind and store.url disagree (validate() lets no such config through)".into())
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, waits up to the configured grace
@@ -180,13 +209,32 @@ pub async fn serve(
     state.store.close().await;
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+/// SIGTERM and SIGINT, caught from the moment [`Shutdown::install`] returns: the CLI
+/// installs it before reading its configuration, so a signal at any point of start-up or
+/// serving ends the process cleanly (exit 0) instead of killing it.
+pub struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers now (not when first awaited).
+    pub fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let installed =
+            |kind, name| signal(kind).map_err(|e| format!("installing the {name} handler: {e}"));
+        Ok(Shutdown {
+            term: installed(SignalKind::terminate(), "SIGTERM")?,
+            int: installed(SignalKind::interrupt(), "SIGINT")?,
+        })
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+
+    /// Resolves when SIGTERM or SIGINT arrives (or has arrived since installation).
+    pub async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    }
 }

@@ -73,11 +73,12 @@ impl Options {
             levels: vec![0.1, 0.25, 0.5, 0.75, 0.9],
             e2e_users: 100_000,
             scale_users: 1_000_000,
-            chart: Some(PathBuf::from("bench-latency.png")),
+            // Never a file by default: a default path once overwrote a tracked file.
+            chart: None,
         }
     }
 
-    /// Under a minute for both backends: short phases, a small scale set, no chart.
+    /// Under a minute for both backends: short phases, a small scale set.
     pub fn quick() -> Self {
         Options {
             duration: Duration::from_millis(1500),
@@ -272,6 +273,10 @@ async fn bench_backend(
     let config = server::write_config(&work.join(format!("{name}-e2e")), &backend, &account)?;
     let srv = ServerProcess::start(&config)?;
     let addr = srv.addr;
+    let wal = match &backend {
+        Backend::Embedded { data_dir } => Some(server::WalSampler::start(data_dir)),
+        Backend::Postgres { .. } => None,
+    };
     let signer = Arc::new(Signer::new(addr, &account)?);
     println!(
         "[{name}] server on {addr}, {conns} connections, {:.1} s per phase",
@@ -360,6 +365,15 @@ async fn bench_backend(
         name: name.into(),
         points,
     });
+    if let Some(wal) = wal {
+        let largest = wal.stop().await as f64 / (1024.0 * 1024.0);
+        println!(
+            "[{name}] WAL           largest write-ahead log seen in the end-to-end phase: {largest:.1} MiB \
+             (store.wal_limit_mb = {})",
+            crate::config::StoreConfig::default().wal_limit_mb
+        );
+        f.set("wal_max_mb", largest);
+    }
     srv.stop()?;
 
     // The bare database at the same concurrency.
@@ -417,6 +431,23 @@ async fn bench_backend(
     .await?;
     check("RegisterUsers (scale)", &loaded)?;
     let rss_loaded = srv.rss_mb().unwrap_or(f64::NAN);
+    if let Backend::Embedded { data_dir } = &scale {
+        // An online backup of the loaded store, with the server running.
+        let (from, to) = (data_dir.clone(), work.join(format!("{name}-backup.db")));
+        let done = tokio::task::spawn_blocking(move || {
+            crate::store::embedded::backup::backup(&from, &to, true)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let mb = done.bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "[{name}] backup        tagcast backup of {} users while serving: {:.2} s, {mb:.1} MiB",
+            done.users,
+            done.took.as_secs_f64()
+        );
+        f.set("backup_s", done.took.as_secs_f64());
+        f.set("backup_mb", mb);
+    }
     srv.stop()?;
     let size_mb = data_size(&scale).await? as f64 / (1024.0 * 1024.0);
     let srv = ServerProcess::start(&config)?;

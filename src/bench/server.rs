@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::config::{AccountConfig, Config, KeyConfig, StoreKind};
+
 /// The account the bench signs with (generated per run; never printed).
 pub struct BenchAccount {
     pub access_key: String,
@@ -26,31 +28,63 @@ pub fn write_config(
     backend: &Backend,
     account: &BenchAccount,
 ) -> Result<PathBuf, String> {
-    let store = match backend {
-        Backend::Embedded { .. } => "kind = \"embedded\"\n".to_owned(),
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    config.limits.qps = 1_000_000_000;
+    config.accounts = vec![AccountConfig {
+        name: "bench".into(),
+        apps: vec![i64::from(account.app_id)],
+        keys: vec![KeyConfig::inline(&account.access_key, &account.secret_key)],
+    }];
+    match backend {
+        Backend::Embedded { data_dir } => config.data_dir = data_dir.clone(),
         Backend::Postgres { url } => {
-            format!("kind = \"postgres\"\nurl = {url:?}\npool_size = 64\n")
+            config.data_dir = dir.join("unused-data");
+            config.store.kind = StoreKind::Postgres;
+            config.store.url = Some(url.clone());
+            config.store.pool_size = 64;
         }
-    };
-    let data_dir = match backend {
-        Backend::Embedded { data_dir } => data_dir.clone(),
-        Backend::Postgres { .. } => dir.join("unused-data"),
-    };
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-         [limits]\nqps = 1000000000\n\
-         [store]\n{store}\
-         [[accounts]]\nname = \"bench\"\napps = [{}]\n\
-         [[accounts.keys]]\naccess_key = {:?}\nsecret_key = {:?}\n",
-        data_dir.display().to_string(),
-        account.app_id,
-        account.access_key,
-        account.secret_key,
-    );
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join("tagcast-bench.toml");
-    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    std::fs::write(&path, config.to_toml())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// Samples the size of a data directory's write-ahead log every 100 ms and keeps the
+/// largest.
+pub struct WalSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl WalSampler {
+    pub fn start(data_dir: &Path) -> Self {
+        let wal = data_dir.join(crate::store::embedded::WAL_FILE);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut largest = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return largest,
+                    _ = tick.tick() => {
+                        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+                    }
+                }
+            }
+        });
+        WalSampler { stop, task }
+    }
+
+    /// The largest size seen, bytes.
+    pub async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
 }
 
 pub struct ServerProcess {

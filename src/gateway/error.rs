@@ -5,6 +5,7 @@ use http::StatusCode;
 
 use crate::signing::AuthError;
 use crate::store::StoreError;
+use crate::throttle::LogThrottle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -111,11 +112,16 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// While the store is unavailable every request fails the same way; one line per 10 s.
+static STORE_UNAVAILABLE: LogThrottle = LogThrottle::new(std::time::Duration::from_secs(10));
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(why) => {
-                tracing::warn!(cause = %why, "store unavailable");
+                if let Some(held) = STORE_UNAVAILABLE.admit() {
+                    tracing::warn!(cause = %why, repeated = held, "store unavailable; answering 503");
+                }
                 ApiError::new(
                     ErrorCode::ServiceUnavailableTemp,
                     "The storage backend is temporarily unavailable; retry later.",

@@ -18,6 +18,7 @@ use axum::routing::get;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::accounts::{AccountId, Tenancy};
 use crate::actions::{self, Action, Ctx, VERSION};
@@ -81,7 +82,12 @@ async fn api(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let mut meta = Meta::new(state.request_ids.next(), state.regions[0].clone());
     let mut trace = Trace::default();
-    let outcome = handle(&state, req, &mut meta, &mut trace).await;
+    // Every line logged while the request is handled (a store failure's cause, say)
+    // carries its RequestId, the one the client was given.
+    let span = tracing::info_span!("request", request_id = %meta.request_id);
+    let outcome = handle(&state, req, &mut meta, &mut trace)
+        .instrument(span)
+        .await;
     let code = match &outcome {
         Ok(_) => "Success",
         Err(e) => e.code.wire().1,

@@ -6,6 +6,7 @@
 //! Validation of keys and values happens before the store; the store enforces what needs
 //! the stored state: registration and the per-user tag cap.
 
+pub mod check;
 pub mod embedded;
 pub mod postgres;
 

@@ -1,17 +1,21 @@
-//! The embedded store: SQLite (bundled) in WAL mode with `synchronous=FULL`.
+//! The embedded store: SQLite (bundled) in WAL mode with `synchronous=FULL`, one
+//! process per data directory (`lock.rs`).
 //!
-//! Writes go through one writer thread that takes every write waiting in its queue, applies
-//! them all in one transaction and commits once (group commit): one fsync serves many
-//! requests, and each request is answered only after the commit that holds it. Being the
-//! only writer also makes per-user read-then-write (the tag cap) race-free. If a request
-//! fails with an SQL error, the batch is rolled back and its requests run again one
-//! transaction each, so the failing one fails alone. WAL checkpoints run on a thread of
-//! their own, off the writer's path. Reads use a small pool of separate connections; WAL
-//! lets them run while the writer commits, and they see every committed (hence every
-//! acknowledged) write.
+//! Writes go through one writer thread (`writer.rs`: group commit, the bound on the
+//! write-ahead log). Checkpoints, the log's size in `/metrics` and recovery probes run on a
+//! maintenance thread of their own (`maintenance.rs`), off the writer's path. Reads use a
+//! small pool of separate connections; WAL lets them run while the writer commits, and
+//! they see every committed (hence every acknowledged) write. `health.rs` keeps whether
+//! the store can write, for `/readyz`.
 
 mod apply;
+pub mod backup;
+pub mod check;
+mod health;
+pub mod lock;
+mod maintenance;
 pub mod schema;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,8 +29,17 @@ use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
 };
 use crate::metrics::Metrics;
+use crate::throttle::LogThrottle;
+use health::Health;
+pub use lock::DataDirLock;
+use writer::Msg;
 
 pub const DB_FILE: &str = "tagcast.db";
+/// SQLite's write-ahead log beside [`DB_FILE`].
+pub const WAL_FILE: &str = "tagcast.db-wal";
+
+/// How long a statement waits for another connection's lock before failing busy.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
@@ -36,6 +49,8 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// The writer's page cache, MiB (SQLite's default is 2).
     pub cache_mb: usize,
+    /// The write-ahead log is emptied when it passes this many bytes.
+    pub wal_limit_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -45,53 +60,51 @@ impl Default for EmbeddedOptions {
             read_connections: 4,
             max_batch: 512,
             cache_mb: 64,
+            wal_limit_bytes: 64 << 20,
         }
     }
 }
 
 pub struct EmbeddedStore {
-    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer: Mutex<Option<mpsc::Sender<Msg>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Dropping the sender stops the checkpointer.
-    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    /// Dropping the sender stops the maintenance thread.
+    maintenance: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_permits: Arc<Semaphore>,
+    health: Arc<Health>,
     path: PathBuf,
+    /// Released once the writer has stopped.
+    lock: Mutex<Option<DataDirLock>>,
 }
 
-fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+pub(crate) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 
-fn classify(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode as C;
-    match e.sqlite_error_code() {
-        Some(
-            C::DatabaseBusy
-            | C::DatabaseLocked
-            | C::DiskFull
-            | C::SystemIoFailure
-            | C::CannotOpen
-            | C::OutOfMemory,
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Internal(e.to_string()),
-    }
-}
-
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `data_dir`, migrating its schema.
+    /// Takes `data_dir`'s lock, then opens (creating if needed) the store in it, migrating
+    /// its schema.
     pub fn open(
         data_dir: &Path,
         options: EmbeddedOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
-        let path = data_dir.join(DB_FILE);
+        let lock = DataDirLock::acquire(data_dir, "open the embedded store")?;
+        Self::open_locked(lock, options, metrics)
+    }
+
+    /// Opens the store in the directory `lock` holds.
+    pub fn open_locked(
+        lock: DataDirLock,
+        options: EmbeddedOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let path = lock.dir().join(DB_FILE);
         let mut conn = open_connection(&path, OpenFlags::default())
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
         let mode: String = conn
@@ -103,8 +116,14 @@ impl EmbeddedStore {
                 path.display()
             ));
         }
-        let report = schema::migrate_to(&mut conn, schema::CURRENT_VERSION)?;
-        if report.from != report.to {
+        let report = schema::migrate(&mut conn, schema::MIGRATIONS)?;
+        if report.ahead {
+            tracing::warn!(
+                schema = report.from,
+                understood = schema::CURRENT_VERSION,
+                "the data directory's schema is newer than this tagcast, and declares itself usable by it: serving it unchanged"
+            );
+        } else if report.from != report.to {
             tracing::info!(
                 from = report.from,
                 to = report.to,
@@ -117,32 +136,54 @@ impl EmbeddedStore {
             readers
                 .push(open_connection(&path, flags).map_err(|e| format!("opening reader: {e}"))?);
         }
-        // Checkpoints (copying WAL pages into the database file and fsyncing it) run on a
-        // thread of their own: left to SQLite, they run inside the writer's commit, and
-        // every request queued behind it waits (the p99 of docs/benchmarks.md).
+        // Checkpoints are the maintenance thread's and the writer's own business (see
+        // writer.rs): SQLite's automatic ones would run inside commits.
         let cache_kib = -(options.cache_mb.max(1) as i64 * 1024);
         conn.pragma_update(None, "cache_size", cache_kib)
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
+            .and_then(|_| {
+                conn.pragma_update(None, "journal_size_limit", options.wal_limit_bytes as i64)
+            })
             .map_err(|e| format!("configuring {}: {e}", path.display()))?;
-        let checkpoint_conn = open_connection(&path, OpenFlags::default())
-            .map_err(|e| format!("opening the checkpointer's connection: {e}"))?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let checkpointer = std::thread::Builder::new()
-            .name("tagcast-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
-            .map_err(|e| format!("starting checkpoint thread: {e}"))?;
+        let maintenance_conn = open_connection(&path, OpenFlags::default())
+            .map_err(|e| format!("opening the maintenance connection: {e}"))?;
+        let wal_path = lock.dir().join(WAL_FILE);
+        let health = Arc::new(Health::new(metrics.clone()));
         let (tx, rx) = mpsc::channel(options.max_batch * 4);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let maintenance = maintenance::Maintenance {
+            conn: maintenance_conn,
+            wal_path: wal_path.clone(),
+            writer: tx.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+        };
+        let maintenance = std::thread::Builder::new()
+            .name("tagcast-maintenance".into())
+            .spawn(move || maintenance::run(maintenance, stopped))
+            .map_err(|e| format!("starting the maintenance thread: {e}"))?;
+        let writer = writer::Writer {
+            conn,
+            options,
+            metrics,
+            health: health.clone(),
+            wal_path,
+            retry_truncate_at: Instant::now(),
+            over_bound: LogThrottle::new(Duration::from_secs(30)),
+        };
         let writer_thread = std::thread::Builder::new()
             .name("tagcast-writer".into())
-            .spawn(move || writer_loop(conn, rx, options, metrics))
+            .spawn(move || writer::run(writer, rx))
             .map_err(|e| format!("starting writer thread: {e}"))?;
         Ok(EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(writer_thread)),
-            checkpointer: Mutex::new(Some((stop, checkpointer))),
+            maintenance: Mutex::new(Some((stop, maintenance))),
             read_permits: Arc::new(Semaphore::new(readers.len())),
             readers: Arc::new(Mutex::new(readers)),
+            health,
             path,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -151,7 +192,7 @@ impl EmbeddedStore {
         let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
         let (reply, rx) = oneshot::channel();
         sender
-            .send(WriteJob { app_id, op, reply })
+            .send(Msg::Job(WriteJob { app_id, op, reply }))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await
@@ -169,111 +210,20 @@ impl EmbeddedStore {
             .await
             .map_err(|_| StoreError::Unavailable("closed".into()))?;
         let readers = self.readers.clone();
+        let health = self.health.clone();
         tokio::task::spawn_blocking(move || {
             let conn = readers
                 .lock()
                 .expect("reader lock")
                 .pop()
                 .expect("a permit guarantees a connection");
-            let result = f(&conn).map_err(classify);
+            let result = f(&conn).map_err(|e| health.failed(e, false));
             readers.lock().expect("reader lock").push(conn);
             drop(permit);
             result
         })
         .await
         .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
-    }
-}
-
-/// Every 100 ms, a PASSIVE checkpoint: it copies what it can without waiting for, or
-/// blocking, the writer and the readers. Ends when the store drops the stop sender.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        stop.recv_timeout(Duration::from_millis(100))
-    {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed (the WAL stays valid)");
-        }
-    }
-}
-
-fn writer_loop(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<WriteJob>,
-    options: EmbeddedOptions,
-    metrics: Arc<Metrics>,
-) {
-    let mut batch = Vec::with_capacity(options.max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < options.max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let started = Instant::now();
-        let results = commit_batch(&mut conn, &batch, options.max_tags_per_user);
-        metrics.observe_commit(started.elapsed(), batch.len());
-        for (job, result) in batch.drain(..).zip(results) {
-            // The requester may have gone away (client disconnected); the write stands.
-            let _ = job.reply.send(result);
-        }
-    }
-    // Channel closed: every accepted job has been committed and answered. Fold the WAL
-    // back into the main file so the next start opens quickly.
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "final WAL checkpoint failed (the WAL stays valid)");
-    }
-}
-
-fn apply_job(conn: &Connection, job: &WriteJob, cap: usize) -> rusqlite::Result<Vec<Outcome>> {
-    match &job.op {
-        WriteOp::Tags { inbox, op, entries } => {
-            apply::update_tags(conn, job.app_id, *inbox, *op, entries, cap)
-        }
-        WriteOp::Register(users) => apply::register_users(conn, job.app_id, users, cap),
-        WriteOp::Unregister(ids) => apply::unregister_users(conn, job.app_id, ids),
-    }
-}
-
-/// Applies `jobs` in one transaction and commits it; the outcomes, or the first error (then
-/// nothing of the transaction is kept).
-fn commit_all(
-    conn: &mut Connection,
-    jobs: &[WriteJob],
-    cap: usize,
-) -> rusqlite::Result<Vec<Vec<Outcome>>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let outcomes = jobs
-        .iter()
-        .map(|job| apply_job(&tx, job, cap))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    tx.commit()?;
-    Ok(outcomes)
-}
-
-/// Applies every job in one transaction with one commit. If a job fails with an SQL error,
-/// the transaction is rolled back and each job runs again in a transaction of its own, so
-/// the failing one fails alone (a savepoint per job would cost a statement pair each, on
-/// every batch, for a case that needs a bug or a broken disk). If a commit fails, its jobs
-/// report the failure: none of them was acknowledged.
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &[WriteJob],
-    cap: usize,
-) -> Vec<Result<Vec<Outcome>, StoreError>> {
-    match commit_all(conn, batch, cap) {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(e) if batch.len() == 1 => vec![Err(classify(e))],
-        Err(_) => batch
-            .iter()
-            .map(|job| {
-                commit_all(conn, std::slice::from_ref(job), cap)
-                    .map(|mut o| o.remove(0))
-                    .map_err(classify)
-            })
-            .collect(),
     }
 }
 
@@ -320,13 +270,14 @@ impl Store for EmbeddedStore {
         if self.writer.lock().expect("writer lock").is_none() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
+        self.health.check()?;
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
             .await
     }
 
     async fn close(&self) {
-        let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
-        if let Some((stop, handle)) = checkpointer {
+        let maintenance = self.maintenance.lock().expect("maintenance lock").take();
+        if let Some((stop, handle)) = maintenance {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -344,5 +295,7 @@ impl Store for EmbeddedStore {
                 tracing::error!(path = %path.display(), "embedded store writer did not stop cleanly");
             }
         }
+        // Only now may another process open the directory.
+        self.lock.lock().expect("lock lock").take();
     }
 }

@@ -1,63 +1,154 @@
 //! Versioned schema of the embedded store. `PRAGMA user_version` holds the version; each
 //! migration runs in its own transaction, so a crash mid-upgrade leaves the previous
 //! version intact and the next start resumes.
+//!
+//! Upgrades and rollbacks: every migration says from which schema version on a tagcast
+//! can still use the database after it ran ([`Migration::usable_from`]), and the database
+//! records the highest such value in `tagcast_meta` (key `usable_from`). A tagcast that
+//! finds a newer schema than its own serves it unchanged when its own version is at least
+//! that value, and refuses it otherwise. So migrations must stay additive (new tables, new
+//! columns with defaults, new indexes) to keep `usable_from` where it is; a migration that
+//! older code cannot live with (a dropped or renamed column, a changed meaning) raises it.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
+
+/// One step of the schema, from version i to i + 1 (i = its index).
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub sql: &'static str,
+    /// The oldest schema version whose tagcast can still use the database once this step
+    /// has run (1 when the step only adds).
+    pub usable_from: u32,
+}
 
 /// Migrations in order; index i takes the schema from version i to i + 1.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[Migration] = &[
     // v1: users and their tags. Every key starts with app_id so one app's rows are
     // contiguous (and so the same layout distributes by app_id in PostgreSQL/Citus).
-    "CREATE TABLE users (
-         app_id      INTEGER NOT NULL,
-         user_id     INTEGER NOT NULL,
-         nick_name   TEXT    NOT NULL DEFAULT '',
-         portrait    TEXT    NOT NULL DEFAULT '',
-         ext         TEXT    NOT NULL DEFAULT '{}',
-         is_robot    INTEGER NOT NULL DEFAULT 0,
-         create_time INTEGER NOT NULL,
-         modify_time INTEGER NOT NULL,
-         PRIMARY KEY (app_id, user_id)
-     ) WITHOUT ROWID;
-     CREATE TABLE tags (
-         app_id     INTEGER NOT NULL,
-         user_id    INTEGER NOT NULL,
-         inbox_type INTEGER NOT NULL,
-         key        TEXT    NOT NULL,
-         value      TEXT    NOT NULL,
-         PRIMARY KEY (app_id, user_id, inbox_type, key)
-     ) WITHOUT ROWID;",
+    Migration {
+        sql: "CREATE TABLE users (
+                  app_id      INTEGER NOT NULL,
+                  user_id     INTEGER NOT NULL,
+                  nick_name   TEXT    NOT NULL DEFAULT '',
+                  portrait    TEXT    NOT NULL DEFAULT '',
+                  ext         TEXT    NOT NULL DEFAULT '{}',
+                  is_robot    INTEGER NOT NULL DEFAULT 0,
+                  create_time INTEGER NOT NULL,
+                  modify_time INTEGER NOT NULL,
+                  PRIMARY KEY (app_id, user_id)
+              ) WITHOUT ROWID;
+              CREATE TABLE tags (
+                  app_id     INTEGER NOT NULL,
+                  user_id    INTEGER NOT NULL,
+                  inbox_type INTEGER NOT NULL,
+                  key        TEXT    NOT NULL,
+                  value      TEXT    NOT NULL,
+                  PRIMARY KEY (app_id, user_id, inbox_type, key)
+              ) WITHOUT ROWID;",
+        usable_from: 1,
+    },
     // v2: audience lookups (which users of an app carry key=value in an inbox) must not
     // scan every user; broadcasts target segments by tag.
-    "CREATE INDEX tags_audience ON tags (app_id, inbox_type, key, value, user_id);",
+    Migration {
+        sql: "CREATE INDEX tags_audience ON tags (app_id, inbox_type, key, value, user_id);",
+        usable_from: 1,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Small facts about the database itself: `usable_from`, and the `probe` row the store
+/// writes to find out whether it can write again after a failure. Created outside the
+/// versioned migrations because it is additive and every version tolerates it, so a
+/// database stays usable by the release before the one that added the table.
+const META: &str = "CREATE TABLE IF NOT EXISTS tagcast_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID";
 
 pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
 
-/// Brings the database to `target` (at most [`CURRENT_VERSION`]). A database written by a
-/// newer tagcast is refused rather than guessed at.
-pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<MigrationReport, String> {
-    let from = version(conn).map_err(|e| format!("reading schema version: {e}"))?;
-    if from > CURRENT_VERSION {
-        return Err(format!(
-            "the data directory has schema version {from}, newer than this tagcast understands \
-             ({CURRENT_VERSION}); run a newer tagcast or restore a backup"
-        ));
+/// The `usable_from` the database records; a database without the record is usable only
+/// by its own version.
+pub fn usable_from(conn: &Connection) -> rusqlite::Result<u32> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tagcast_meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    let recorded = if has_meta {
+        conn.query_row(
+            "SELECT value FROM tagcast_meta WHERE key = 'usable_from'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok())
+    } else {
+        None
+    };
+    match recorded {
+        Some(v) => Ok(v),
+        None => version(conn),
     }
-    for v in from..target.min(CURRENT_VERSION) {
+}
+
+/// Brings the database to `target` (at most [`CURRENT_VERSION`]) with this binary's
+/// migrations.
+pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<MigrationReport, String> {
+    migrate(conn, &MIGRATIONS[..target.min(CURRENT_VERSION) as usize])
+}
+
+/// Brings the database to the last of `migrations`, or, when it is already newer, checks
+/// that it declares itself usable by a binary that knows only these migrations.
+pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<MigrationReport, String> {
+    let known = migrations.len() as u32;
+    let from = version(conn).map_err(|e| format!("reading schema version: {e}"))?;
+    if from > known {
+        let usable = usable_from(conn).map_err(|e| format!("reading tagcast_meta: {e}"))?;
+        if usable > known {
+            return Err(format!(
+                "the data directory has schema version {from}, newer than this tagcast understands \
+                 ({known}), and it needs a tagcast that understands schema {usable} or newer; \
+                 run a newer tagcast or restore a backup"
+            ));
+        }
+        return Ok(MigrationReport {
+            from,
+            to: from,
+            ahead: true,
+        });
+    }
+    conn.execute_batch(META)
+        .map_err(|e| format!("creating tagcast_meta: {e}"))?;
+    let record_usable = |conn: &Connection, upto: usize| {
+        let usable = migrations[..upto]
+            .iter()
+            .map(|m| m.usable_from)
+            .max()
+            .unwrap_or(1);
+        conn.execute(
+            "INSERT INTO tagcast_meta (key, value) VALUES ('usable_from', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [usable.to_string()],
+        )
+    };
+    for v in from..known {
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        tx.execute_batch(MIGRATIONS[v as usize])
+        tx.execute_batch(migrations[v as usize].sql)
             .and_then(|_| tx.pragma_update(None, "user_version", v + 1))
+            .and_then(|_| record_usable(&tx, v as usize + 1))
             .and_then(|_| tx.commit())
             .map_err(|e| format!("migrating schema to version {}: {e}", v + 1))?;
+    }
+    if from == known && known > 0 {
+        // Written by a release that did not record it yet.
+        record_usable(conn, known as usize)
+            .map_err(|e| format!("recording usable_from in tagcast_meta: {e}"))?;
     }
     Ok(MigrationReport {
         from,
         to: version(conn).map_err(|e| e.to_string())?,
+        ahead: false,
     })
 }
 
@@ -65,4 +156,6 @@ pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<MigrationReport,
 pub struct MigrationReport {
     pub from: u32,
     pub to: u32,
+    /// The database is newer than this binary and declares itself usable by it.
+    pub ahead: bool,
 }

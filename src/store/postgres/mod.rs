@@ -22,6 +22,7 @@
 //! own when the database returns.
 
 mod batch;
+pub mod check;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -131,9 +132,19 @@ impl PostgresStore {
             .get()
             .await
             .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
-        let (from, to) = schema::migrate(&mut client).await?;
-        if from != to {
-            tracing::info!(from, to, "migrated postgres schema");
+        let report = schema::migrate(&mut client).await?;
+        if report.ahead {
+            tracing::warn!(
+                schema = report.from,
+                understood = schema::CURRENT_VERSION,
+                "the database schema is newer than this tagcast, and declares itself usable by it: serving it unchanged"
+            );
+        } else if report.from != report.to {
+            tracing::info!(
+                from = report.from,
+                to = report.to,
+                "migrated postgres schema"
+            );
         }
         drop(client);
         let (tx, rx) = mpsc::channel(options.max_batch * options.committers.max(1) * 2);
@@ -368,5 +379,26 @@ impl Store for PostgresStore {
             let _ = committer.await;
         }
         self.shared.pool.close();
+    }
+}
+
+/// One connection outside the pool, for `tagcast check`.
+pub(crate) async fn connect_one(url: &str) -> Result<tokio_postgres::Client, String> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("connecting to PostgreSQL: {}", describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "check connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A PostgreSQL error with the server's own message (its Display is only "db error").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

@@ -11,34 +11,68 @@ use tokio_postgres::Client;
 /// Arbitrary, fixed: the advisory lock key that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x7461_6763_6173_7401;
 
-const MIGRATIONS: &[&str] = &[
+/// One step of the schema, from version i to i + 1 (i = its index). `usable_from`: as in
+/// the embedded store (`store::embedded::schema`), the oldest schema version whose tagcast
+/// can still use the database once this step has run. Steps stay additive (new tables,
+/// new columns with defaults, new indexes) so that it stays at 1, and a node of the
+/// previous release keeps working during a rolling upgrade.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub sql: &'static str,
+    pub usable_from: i32,
+}
+
+pub const MIGRATIONS: &[Migration] = &[
     // v1. Keys and values use the "C" collation so ordering is byte order, as in the API.
-    "CREATE TABLE users (
-         app_id      integer NOT NULL,
-         user_id     bigint  NOT NULL,
-         nick_name   text    NOT NULL DEFAULT '',
-         portrait    text    NOT NULL DEFAULT '',
-         ext         text    NOT NULL DEFAULT '{}',
-         is_robot    boolean NOT NULL DEFAULT false,
-         create_time bigint  NOT NULL,
-         modify_time bigint  NOT NULL,
-         PRIMARY KEY (app_id, user_id)
-     );
-     CREATE TABLE tags (
-         app_id     integer NOT NULL,
-         user_id    bigint  NOT NULL,
-         inbox_type integer NOT NULL,
-         key        text COLLATE \"C\" NOT NULL,
-         value      text COLLATE \"C\" NOT NULL,
-         PRIMARY KEY (app_id, user_id, inbox_type, key)
-     );
-     CREATE INDEX tags_audience ON tags (app_id, inbox_type, key, value, user_id);",
+    Migration {
+        sql: "CREATE TABLE users (
+                  app_id      integer NOT NULL,
+                  user_id     bigint  NOT NULL,
+                  nick_name   text    NOT NULL DEFAULT '',
+                  portrait    text    NOT NULL DEFAULT '',
+                  ext         text    NOT NULL DEFAULT '{}',
+                  is_robot    boolean NOT NULL DEFAULT false,
+                  create_time bigint  NOT NULL,
+                  modify_time bigint  NOT NULL,
+                  PRIMARY KEY (app_id, user_id)
+              );
+              CREATE TABLE tags (
+                  app_id     integer NOT NULL,
+                  user_id    bigint  NOT NULL,
+                  inbox_type integer NOT NULL,
+                  key        text COLLATE \"C\" NOT NULL,
+                  value      text COLLATE \"C\" NOT NULL,
+                  PRIMARY KEY (app_id, user_id, inbox_type, key)
+              );
+              CREATE INDEX tags_audience ON tags (app_id, inbox_type, key, value, user_id);",
+        usable_from: 1,
+    },
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
 
-/// Migrates to [`CURRENT_VERSION`]; returns (from, to). Refuses a newer schema.
-pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
+/// What a start found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub from: i32,
+    pub to: i32,
+    /// The database is newer than this binary and declares itself usable by it.
+    pub ahead: bool,
+}
+
+/// Migrates to [`CURRENT_VERSION`] with this binary's migrations.
+pub async fn migrate(client: &mut Client) -> Result<MigrationReport, String> {
+    migrate_with(client, MIGRATIONS).await
+}
+
+/// Brings the database to the last of `migrations` under the migration lock, or, when it
+/// is already newer, checks that it declares itself usable by a binary that knows only
+/// these migrations.
+pub async fn migrate_with(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<MigrationReport, String> {
+    let known = migrations.len() as i32;
     let tx = client
         .transaction()
         .await
@@ -46,41 +80,59 @@ pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| format!("taking the migration lock: {e}"))?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS tagcast_schema (version integer NOT NULL)")
-        .await
-        .map_err(|e| format!("creating tagcast_schema: {e}"))?;
-    let from: i32 = match tx
-        .query_opt("SELECT version FROM tagcast_schema", &[])
+    // `usable_from` is additive and every release tolerates it, so it is added outside
+    // the numbered steps (NULL: usable only by its own version).
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tagcast_schema (version integer NOT NULL);
+         ALTER TABLE tagcast_schema ADD COLUMN IF NOT EXISTS usable_from integer",
+    )
+    .await
+    .map_err(|e| format!("creating tagcast_schema: {e}"))?;
+    let (from, usable): (i32, Option<i32>) = match tx
+        .query_opt("SELECT version, usable_from FROM tagcast_schema", &[])
         .await
         .map_err(|e| format!("reading the schema version: {e}"))?
     {
-        Some(row) => row.get(0),
+        Some(row) => (row.get(0), row.get(1)),
         None => {
             tx.execute("INSERT INTO tagcast_schema (version) VALUES (0)", &[])
                 .await
                 .map_err(|e| e.to_string())?;
-            0
+            (0, None)
         }
     };
-    if from > CURRENT_VERSION {
-        return Err(format!(
-            "the database has schema version {from}, newer than this tagcast understands ({CURRENT_VERSION}); \
-             run a newer tagcast"
-        ));
+    if from > known {
+        let usable = usable.unwrap_or(from);
+        if usable > known {
+            return Err(format!(
+                "the database has schema version {from}, newer than this tagcast understands ({known}), \
+                 and it needs a tagcast that understands schema {usable} or newer; run a newer tagcast"
+            ));
+        }
+        return Ok(MigrationReport {
+            from,
+            to: from,
+            ahead: true,
+        });
     }
-    for v in from..CURRENT_VERSION {
-        tx.batch_execute(MIGRATIONS[v as usize])
+    for v in from..known {
+        tx.batch_execute(migrations[v as usize].sql)
             .await
             .map_err(|e| format!("migrating schema to version {}: {e}", v + 1))?;
     }
+    let usable = migrations.iter().map(|m| m.usable_from).max().unwrap_or(1);
     tx.execute(
-        "UPDATE tagcast_schema SET version = $1",
-        &[&CURRENT_VERSION],
+        "UPDATE tagcast_schema SET version = $1, usable_from = $2",
+        &[&known, &usable],
     )
     .await
     .map_err(|e| e.to_string())?;
     tx.commit()
         .await
         .map_err(|e| format!("committing the migration: {e}"))?;
-    Ok((from, CURRENT_VERSION))
+    Ok(MigrationReport {
+        from,
+        to: known,
+        ahead: false,
+    })
 }

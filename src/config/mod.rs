@@ -1,5 +1,12 @@
 //! Configuration: a TOML file (`--config`), overridden by `TAGCAST_*` environment
 //! variables and flags (the CLI applies those), then validated once at start.
+//!
+//! The types serialize back to TOML ([`Config::to_toml`]), so the tests and the bench
+//! write the files they hand to `tagcast serve` from the same types the server reads.
+
+mod secrets;
+
+pub use secrets::{resolve_accounts, weak_secret_reason};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -10,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::actions::Action;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: String,
@@ -41,14 +48,14 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Requests per second per account for every Action without its own entry.
@@ -56,6 +63,7 @@ pub struct Limits {
     /// Per-Action overrides. BatchGetUser is 100 unless listed here.
     pub actions: BTreeMap<String, u32>,
     /// A Redis shared by every node; absent: an in-process limiter.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     /// What a request gets when Redis cannot decide.
     pub on_redis_error: OnLimiterError,
@@ -65,7 +73,7 @@ pub struct Limits {
     pub redis_key_prefix: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnLimiterError {
     /// Serve the request unlimited (availability first).
@@ -110,7 +118,7 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TagLimits {
     pub max_key_bytes: usize,
@@ -128,7 +136,7 @@ impl Default for TagLimits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
@@ -158,17 +166,30 @@ impl HttpLimits {
     }
 }
 
-#[derive(Clone, Deserialize)]
+/// Where the data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// SQLite in `data_dir`, one server per directory.
+    Embedded,
+    /// PostgreSQL at `store.url`, shared by any number of nodes.
+    Postgres,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// "embedded" (SQLite in data_dir) or "postgres".
-    pub kind: String,
+    pub kind: StoreKind,
     /// Most write requests folded into one durable commit (both stores).
     pub max_batch: usize,
     pub read_connections: usize,
     /// Embedded: the writer's SQLite page cache, MiB.
     pub cache_mb: usize,
+    /// Embedded: the write-ahead log is checkpointed and truncated when it passes this
+    /// size, MiB, so it cannot grow without bound under sustained writes.
+    pub wal_limit_mb: u64,
     /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     pub pool_size: usize,
     /// PostgreSQL: transactions committing batches of write requests at once (each holds
@@ -181,10 +202,11 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            kind: "embedded".into(),
+            kind: StoreKind::Embedded,
             max_batch: 512,
             read_connections: 4,
             cache_mb: 64,
+            wal_limit_mb: 64,
             url: None,
             pool_size: 16,
             committers: 4,
@@ -200,6 +222,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("max_batch", &self.max_batch)
             .field("read_connections", &self.read_connections)
             .field("cache_mb", &self.cache_mb)
+            .field("wal_limit_mb", &self.wal_limit_mb)
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .field("pool_size", &self.pool_size)
             .field("committers", &self.committers)
@@ -216,20 +239,44 @@ pub struct AccountConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-#[derive(Clone, Deserialize, Serialize)]
+/// An access key and where its secret comes from: exactly one of `secret_key` (in the
+/// file), `secret_key_env` (an environment variable's name) or `secret_key_file` (a file
+/// holding only the secret). [`resolve_accounts`] reads the secret at start.
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub access_key: String,
-    pub secret_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+}
+
+impl KeyConfig {
+    /// A key whose secret is written in the configuration itself.
+    pub fn inline(access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        KeyConfig {
+            access_key: access_key.into(),
+            secret_key: Some(secret_key.into()),
+            ..KeyConfig::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for KeyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyConfig")
             .field("access_key", &self.access_key)
-            .field("secret_key", &"<redacted>")
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("secret_key_env", &self.secret_key_env)
+            .field("secret_key_file", &self.secret_key_file)
             .field("disabled", &self.disabled)
             .finish()
     }
@@ -240,6 +287,11 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The configuration as a TOML file `tagcast serve --config` reads back unchanged.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration types serialize to TOML")
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -285,14 +337,8 @@ impl Config {
         {
             return Err("http.max_body_bytes, http.header_timeout_secs and http.body_timeout_secs must be at least 1".into());
         }
-        match (self.store.kind.as_str(), &self.store.url) {
-            ("embedded", _) | ("postgres", Some(_)) => {}
-            ("postgres", None) => return Err("store.kind = \"postgres\" needs store.url".into()),
-            (other, _) => {
-                return Err(format!(
-                    "store.kind = {other:?}: use \"embedded\" or \"postgres\""
-                ));
-            }
+        if self.store.kind == StoreKind::Postgres && self.store.url.is_none() {
+            return Err("store.kind = \"postgres\" needs store.url (or --store-url)".into());
         }
         let s = &self.store;
         if s.max_batch == 0
@@ -300,9 +346,11 @@ impl Config {
             || s.pool_size == 0
             || s.committers == 0
             || s.timeout_ms == 0
+            || s.wal_limit_mb == 0
         {
             return Err(
-                "store.max_batch, store.read_connections, store.pool_size and store.timeout_ms must be at least 1"
+                "store.max_batch, store.read_connections, store.pool_size, store.committers, \
+                 store.timeout_ms and store.wal_limit_mb must be at least 1"
                     .into(),
             );
         }
@@ -339,12 +387,7 @@ pub fn validate_accounts(accounts: &[AccountConfig]) -> Result<(), String> {
             }
         }
         for k in &a.keys {
-            if k.access_key.trim().is_empty() || k.secret_key.is_empty() {
-                return Err(format!(
-                    "accounts.{}: every key needs access_key and secret_key",
-                    a.name
-                ));
-            }
+            secrets::check_source(&a.name, k)?;
             if !keys.insert(k.access_key.as_str()) {
                 return Err(format!(
                     "accounts.{}: access key {} is configured twice",

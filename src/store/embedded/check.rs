@@ -1,0 +1,196 @@
+//! `tagcast check` on the embedded store: SQLite's own integrity check (every page, every
+//! index entry against its table), then the schema, then what tagcast's rules say the
+//! rows must be. All of it reads one snapshot (one read transaction), so it can run while
+//! a server writes: WAL readers neither block the writer nor see half a commit.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::schema;
+use crate::config::TagLimits;
+use crate::store::check::{Report, Status, bad_key};
+
+/// Checks the SQLite file at `db`. `Err` only when it cannot be read at all.
+pub fn check_file(db: &Path, limits: &TagLimits) -> Result<Report, String> {
+    if !db.is_file() {
+        return Err(format!("{} does not exist", db.display()));
+    }
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("opening {}: {e}", db.display()))?;
+    conn.busy_timeout(super::BUSY_TIMEOUT)
+        .and_then(|_| conn.pragma_update(None, "query_only", true))
+        .map_err(|e| format!("opening {}: {e}", db.display()))?;
+    let mut report = Report::default();
+    // One snapshot for every check below.
+    conn.execute_batch("BEGIN")
+        .map_err(|e| format!("reading {}: {e}", db.display()))?;
+    if let Err(e) = run_checks(&conn, limits, &mut report) {
+        // A read that fails (a page SQLite cannot decode) is itself a finding.
+        report.fail("read", e.to_string());
+    }
+    let _ = conn.execute_batch("COMMIT");
+    Ok(report)
+}
+
+fn count(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<i64> {
+    conn.query_row(sql, p, |r| r.get(0))
+}
+
+fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rusqlite::Result<()> {
+    let version = schema::version(conn)?;
+    let known = schema::CURRENT_VERSION;
+    match version {
+        0 => {
+            report.fail(
+                "schema",
+                "empty: this is not a tagcast store (schema version 0)",
+            );
+            return Ok(());
+        }
+        v if v <= known => report.ok("schema", format!("version {v} (this tagcast: {known})")),
+        v => {
+            let usable = schema::usable_from(conn)?;
+            let status = if usable <= known {
+                Status::Warning
+            } else {
+                Status::Failed
+            };
+            report.findings.push(crate::store::check::Finding {
+                status,
+                check: "schema",
+                detail: format!(
+                    "version {v}, newer than this tagcast ({known}); usable from version {usable}"
+                ),
+            });
+        }
+    }
+
+    let mut problems = Vec::new();
+    {
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let line: String = row.get(0)?;
+            if line != "ok" {
+                problems.push(line);
+            }
+        }
+    }
+    if problems.is_empty() {
+        report.ok(
+            "integrity",
+            "every page, table and index is sound (PRAGMA integrity_check)",
+        );
+    } else {
+        report.fail(
+            "integrity",
+            format!(
+                "{} problem(s), first: {}; restore from a backup (docs/operations.md)",
+                problems.len(),
+                problems[0]
+            ),
+        );
+        // The rows cannot be trusted to read back; stop here.
+        return Ok(());
+    }
+
+    for (kind, name) in [
+        ("table", "users"),
+        ("table", "tags"),
+        ("index", "tags_audience"),
+    ] {
+        let present = count(
+            conn,
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = ?1 AND name = ?2",
+            params![kind, name],
+        )?;
+        if present == 0 {
+            report.fail("schema", format!("{kind} {name} is missing"));
+        }
+    }
+
+    let users = count(conn, "SELECT COUNT(*) FROM users", [])?;
+    let tags = count(conn, "SELECT COUNT(*) FROM tags", [])?;
+    let apps = count(conn, "SELECT COUNT(DISTINCT app_id) FROM users", [])?;
+    report.ok(
+        "contents",
+        format!("{users} users in {apps} apps, {tags} tags"),
+    );
+
+    let orphans = count(
+        conn,
+        "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
+             (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
+        [],
+    )?;
+    report.expect_none("orphan tags", orphans, Status::Failed, |n| {
+        format!("{n} tags belong to no registered user")
+    });
+
+    let bad_ids = count(
+        conn,
+        "SELECT (SELECT COUNT(*) FROM users WHERE app_id NOT BETWEEN 1 AND 2147483647 OR user_id < 1)
+              + (SELECT COUNT(*) FROM tags WHERE inbox_type NOT BETWEEN 0 AND 2147483647)",
+        [],
+    )?;
+    report.expect_none("ids", bad_ids, Status::Failed, |n| {
+        format!("{n} rows hold an AppId, UserId or InboxType outside the API's range")
+    });
+
+    let bad_ext = count(
+        conn,
+        "SELECT COUNT(*) FROM users WHERE NOT json_valid(ext) OR json_type(ext) <> 'object'",
+        [],
+    )?;
+    report.expect_none("users.ext", bad_ext, Status::Failed, |n| {
+        format!("{n} users hold an Ext that is not a JSON object (BatchGetUser fails on them)")
+    });
+
+    let mut bad_keys = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT DISTINCT key FROM tags")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            if let Some(why) = bad_key(&key, limits) {
+                bad_keys.push(format!("{key:?}: {why}"));
+            }
+        }
+    }
+    report.expect_none("tag keys", bad_keys.len() as i64, Status::Warning, |n| {
+        format!(
+            "{n} distinct keys break today's tag rules (first: {}); the limits may have changed",
+            bad_keys[0]
+        )
+    });
+
+    let long_values = count(
+        conn,
+        "SELECT COUNT(*) FROM tags WHERE length(CAST(value AS BLOB)) > ?1",
+        [limits.max_value_bytes as i64],
+    )?;
+    report.expect_none("tag values", long_values, Status::Warning, |n| {
+        format!(
+            "{n} values are longer than tags.max_value_bytes = {}",
+            limits.max_value_bytes
+        )
+    });
+
+    let over_cap = count(
+        conn,
+        "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
+                               HAVING COUNT(*) > ?1)",
+        [limits.max_per_user as i64],
+    )?;
+    report.expect_none("tag cap", over_cap, Status::Warning, |n| {
+        format!(
+            "{n} user inboxes hold more than tags.max_per_user = {} keys (was the limit lowered?)",
+            limits.max_per_user
+        )
+    });
+    Ok(())
+}

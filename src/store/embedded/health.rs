@@ -1,0 +1,134 @@
+//! Whether the embedded store can write, as its last write (or probe) found it. `/readyz`
+//! answers from this: a store on a full disk or a failing device keeps serving reads but
+//! is not ready, and becomes ready again by itself once a write succeeds (the maintenance
+//! thread has the writer probe every second). Corruption is sticky: it needs an operator
+//! (`tagcast check`, a restore), so it stays until restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+use crate::store::StoreError;
+use crate::throttle::LogThrottle;
+
+#[derive(Debug, Clone)]
+enum Problem {
+    Unwritable(String),
+    Corrupt(String),
+}
+
+pub(super) struct Health {
+    problem: Mutex<Option<Problem>>,
+    metrics: Arc<Metrics>,
+    /// One warning per period while writes keep failing, with a count.
+    failures: LogThrottle,
+}
+
+/// What an SQLite error says about the store, as opposed to about one request.
+enum Kind {
+    Corrupt,
+    /// The device: full, failing, gone, read-only. Retryable once an operator acts.
+    Storage,
+    /// Another connection holds a lock: retryable at once.
+    Busy,
+    Other,
+}
+
+fn kind(e: &rusqlite::Error) -> Kind {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseCorrupt | C::NotADatabase) => Kind::Corrupt,
+        Some(
+            C::DiskFull
+            | C::SystemIoFailure
+            | C::CannotOpen
+            | C::ReadOnly
+            | C::OutOfMemory
+            | C::FileLockingProtocolFailed,
+        ) => Kind::Storage,
+        Some(C::DatabaseBusy | C::DatabaseLocked) => Kind::Busy,
+        _ => Kind::Other,
+    }
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Health {
+            problem: Mutex::new(None),
+            metrics,
+            failures: LogThrottle::new(Duration::from_secs(30)),
+        }
+    }
+
+    /// `Ok` while the store can write; the reason otherwise.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match &*self.problem.lock().expect("health lock") {
+            None => Ok(()),
+            Some(Problem::Unwritable(why)) => Err(StoreError::Unavailable(format!(
+                "the embedded store cannot write: {why}"
+            ))),
+            Some(Problem::Corrupt(why)) => Err(StoreError::Internal(format!(
+                "the embedded store reported corruption: {why}; run `tagcast check` and see \
+                 docs/operations.md (restore from a backup)"
+            ))),
+        }
+    }
+
+    pub fn needs_probe(&self) -> bool {
+        matches!(
+            *self.problem.lock().expect("health lock"),
+            Some(Problem::Unwritable(_))
+        )
+    }
+
+    /// Classifies a failed statement or commit, updates the store's state and returns the
+    /// error for the request. `writing`: a failed read does not make the store unwritable,
+    /// but a corrupt page found by a read is corruption all the same.
+    pub fn failed(&self, e: rusqlite::Error, writing: bool) -> StoreError {
+        let text = e.to_string();
+        match kind(&e) {
+            Kind::Corrupt => {
+                *self.problem.lock().expect("health lock") = Some(Problem::Corrupt(text.clone()));
+                self.metrics.set_store_writable(false);
+                if let Some(held) = self.failures.admit() {
+                    tracing::error!(cause = %text, repeated = held, "embedded store reported corruption; not ready until restart");
+                }
+                StoreError::Internal(text)
+            }
+            Kind::Storage if writing => {
+                {
+                    let mut p = self.problem.lock().expect("health lock");
+                    if !matches!(*p, Some(Problem::Corrupt(_))) {
+                        *p = Some(Problem::Unwritable(text.clone()));
+                    }
+                }
+                self.metrics.set_store_writable(false);
+                if let Some(held) = self.failures.admit() {
+                    tracing::warn!(
+                        cause = %text,
+                        repeated = held,
+                        "embedded store cannot write; answering 503 and probing every second"
+                    );
+                }
+                StoreError::Unavailable(text)
+            }
+            Kind::Storage | Kind::Busy => StoreError::Unavailable(text),
+            Kind::Other => StoreError::Internal(text),
+        }
+    }
+
+    /// A write committed: an unwritable store is writable again (corruption stays).
+    pub fn succeeded(&self) {
+        let mut p = self.problem.lock().expect("health lock");
+        if matches!(*p, Some(Problem::Unwritable(_))) {
+            *p = None;
+            drop(p);
+            self.metrics.set_store_writable(true);
+            let held = self.failures.reset().unwrap_or(0);
+            tracing::info!(
+                failures_not_logged = held,
+                "embedded store writes again; ready"
+            );
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `tagcast check` on PostgreSQL: the schema as tagcast expects it (tables, columns,
+//! keys, the index), the B-tree indexes with `amcheck` when the extension is installed,
+//! then tagcast's rules on every row. Everything reads one REPEATABLE READ snapshot, so it
+//! can run while nodes write.
+
+use tokio_postgres::IsolationLevel;
+
+use super::schema;
+use crate::config::TagLimits;
+use crate::store::check::{Report, Status, bad_key};
+
+/// The columns tagcast reads and writes, with their types.
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("users", "app_id", "integer"),
+    ("users", "user_id", "bigint"),
+    ("users", "nick_name", "text"),
+    ("users", "portrait", "text"),
+    ("users", "ext", "text"),
+    ("users", "is_robot", "boolean"),
+    ("users", "create_time", "bigint"),
+    ("users", "modify_time", "bigint"),
+    ("tags", "app_id", "integer"),
+    ("tags", "user_id", "bigint"),
+    ("tags", "inbox_type", "integer"),
+    ("tags", "key", "text"),
+    ("tags", "value", "text"),
+];
+
+const INDEXES: &[&str] = &["users_pkey", "tags_pkey", "tags_audience"];
+
+/// Checks the database at `url`. `Err` only when it cannot be reached or read at all.
+pub async fn check(url: &str, limits: &TagLimits) -> Result<Report, String> {
+    let mut client = super::connect_one(url).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| format!("starting a read-only transaction: {e}"))?;
+    let mut report = Report::default();
+    if let Err(e) = run_checks(&tx, limits, &mut report).await {
+        report.fail("read", super::describe(&e));
+    }
+    Ok(report)
+}
+
+async fn count(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(tx.query_one(sql, params).await?.get(0))
+}
+
+async fn run_checks(
+    tx: &tokio_postgres::Transaction<'_>,
+    limits: &TagLimits,
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let has_schema = count(
+        tx,
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'tagcast_schema'
+           AND table_schema = current_schema()",
+        &[],
+    )
+    .await?;
+    if has_schema == 0 {
+        report.fail(
+            "schema",
+            "no tagcast_schema table: this database was never opened by tagcast",
+        );
+        return Ok(());
+    }
+    let row = tx
+        .query_one("SELECT version, usable_from FROM tagcast_schema", &[])
+        .await?;
+    let (version, usable): (i32, Option<i32>) = (row.get(0), row.get(1));
+    let known = schema::CURRENT_VERSION;
+    if version <= known {
+        report.ok(
+            "schema",
+            format!("version {version} (this tagcast: {known})"),
+        );
+    } else {
+        let usable = usable.unwrap_or(version);
+        let detail =
+            format!("version {version}, newer than this tagcast ({known}); usable from {usable}");
+        if usable <= known {
+            report.warn("schema", detail);
+        } else {
+            report.fail("schema", detail);
+        }
+    }
+
+    let present = tx
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text
+             FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name IN ('users', 'tags')",
+            &[],
+        )
+        .await?;
+    let mut missing = Vec::new();
+    for (table, column, ty) in COLUMNS {
+        let found = present
+            .iter()
+            .find(|r| r.get::<_, String>(0) == *table && r.get::<_, String>(1) == *column);
+        match found {
+            None => missing.push(format!("{table}.{column} is missing")),
+            Some(r) if r.get::<_, String>(2) != *ty => missing.push(format!(
+                "{table}.{column} is {}, expected {ty}",
+                r.get::<_, String>(2)
+            )),
+            Some(_) => {}
+        }
+    }
+    let indexes: Vec<String> = tx
+        .query(
+            "SELECT indexname::text FROM pg_indexes
+             WHERE schemaname = current_schema() AND tablename IN ('users', 'tags')",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for index in INDEXES {
+        if !indexes.iter().any(|i| i == index) {
+            missing.push(format!("index {index} is missing"));
+        }
+    }
+    if missing.is_empty() {
+        report.ok(
+            "tables",
+            "users, tags, their keys and tags_audience as expected",
+        );
+    } else {
+        report.fail("tables", missing.join("; "));
+        return Ok(());
+    }
+
+    let amcheck = count(
+        tx,
+        "SELECT COUNT(*) FROM pg_extension WHERE extname = 'amcheck'",
+        &[],
+    )
+    .await?;
+    if amcheck > 0 {
+        for index in INDEXES {
+            let checked = tx
+                .execute(
+                    "SELECT bt_index_check(c.oid, true) FROM pg_class c
+                     WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
+                    &[index],
+                )
+                .await;
+            if let Err(e) = checked {
+                report.fail("amcheck", format!("{index}: {}", super::describe(&e)));
+                return Ok(());
+            }
+        }
+        report.ok(
+            "amcheck",
+            "every index matches its table (bt_index_check with heapallindexed)",
+        );
+    } else {
+        report.warn(
+            "amcheck",
+            "extension not installed, index structure not verified \
+             (a superuser can run CREATE EXTENSION amcheck)",
+        );
+    }
+
+    let users = count(tx, "SELECT COUNT(*) FROM users", &[]).await?;
+    let tags = count(tx, "SELECT COUNT(*) FROM tags", &[]).await?;
+    let apps = count(tx, "SELECT COUNT(DISTINCT app_id) FROM users", &[]).await?;
+    report.ok(
+        "contents",
+        format!("{users} users in {apps} apps, {tags} tags"),
+    );
+
+    let orphans = count(
+        tx,
+        "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
+             (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
+        &[],
+    )
+    .await?;
+    report.expect_none("orphan tags", orphans, Status::Failed, |n| {
+        format!("{n} tags belong to no registered user")
+    });
+
+    let bad_ids = count(
+        tx,
+        "SELECT (SELECT COUNT(*) FROM users WHERE app_id < 1 OR user_id < 1)
+              + (SELECT COUNT(*) FROM tags WHERE inbox_type < 0)",
+        &[],
+    )
+    .await?;
+    report.expect_none("ids", bad_ids, Status::Failed, |n| {
+        format!("{n} rows hold an AppId, UserId or InboxType outside the API's range")
+    });
+
+    // PostgreSQL 15 has no pg_input_is_valid: read Ext here, without a cast that would
+    // stop at the first bad row.
+    let rows = tx.query("SELECT ext FROM users", &[]).await?;
+    let bad_ext = rows
+        .iter()
+        .filter(|r| {
+            !matches!(
+                serde_json::from_str::<serde_json::Value>(r.get(0)),
+                Ok(serde_json::Value::Object(_))
+            )
+        })
+        .count();
+    report.expect_none("users.ext", bad_ext as i64, Status::Failed, |n| {
+        format!("{n} users hold an Ext that is not a JSON object (BatchGetUser fails on them)")
+    });
+
+    let keys = tx.query("SELECT DISTINCT key FROM tags", &[]).await?;
+    let bad_keys: Vec<String> = keys
+        .iter()
+        .filter_map(|r| {
+            let key: String = r.get(0);
+            bad_key(&key, limits).map(|why| format!("{key:?}: {why}"))
+        })
+        .collect();
+    report.expect_none("tag keys", bad_keys.len() as i64, Status::Warning, |n| {
+        format!(
+            "{n} distinct keys break today's tag rules (first: {}); the limits may have changed",
+            bad_keys[0]
+        )
+    });
+
+    let max_value = limits.max_value_bytes as i32;
+    let long_values = count(
+        tx,
+        "SELECT COUNT(*) FROM tags WHERE octet_length(value) > $1",
+        &[&max_value],
+    )
+    .await?;
+    report.expect_none("tag values", long_values, Status::Warning, |n| {
+        format!(
+            "{n} values are longer than tags.max_value_bytes = {}",
+            limits.max_value_bytes
+        )
+    });
+
+    let cap = limits.max_per_user as i64;
+    let over_cap = count(
+        tx,
+        "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
+                               HAVING COUNT(*) > $1) t",
+        &[&cap],
+    )
+    .await?;
+    report.expect_none("tag cap", over_cap, Status::Warning, |n| {
+        format!(
+            "{n} user inboxes hold more than tags.max_per_user = {} keys (was the limit lowered?)",
+            limits.max_per_user
+        )
+    });
+    Ok(())
+}
