@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use tagcast::call::{Answer, Client};
-use tagcast::config::{AccountConfig, Config, KeyConfig};
+use tagcast::config::{AccountConfig, Config, KeyConfig, StoreKind};
 use tagcast::gateway::AppState;
 use tagcast::signing::{Credentials, SecretKey};
 use tokio::sync::oneshot;
@@ -29,26 +29,17 @@ pub fn test_accounts() -> Vec<AccountConfig> {
             name: "acme".into(),
             apps: vec![APP, APP2],
             keys: vec![
+                KeyConfig::inline(AK, SK),
                 KeyConfig {
-                    access_key: AK.into(),
-                    secret_key: SK.into(),
-                    disabled: false,
-                },
-                KeyConfig {
-                    access_key: AK_DISABLED.into(),
-                    secret_key: "disabled-secret".into(),
                     disabled: true,
+                    ..KeyConfig::inline(AK_DISABLED, "disabled-secret-0001")
                 },
             ],
         },
         AccountConfig {
             name: "other".into(),
             apps: vec![OTHER_APP],
-            keys: vec![KeyConfig {
-                access_key: AK_OTHER.into(),
-                secret_key: SK_OTHER.into(),
-                disabled: false,
-            }],
+            keys: vec![KeyConfig::inline(AK_OTHER, SK_OTHER)],
         },
     ]
 }
@@ -79,7 +70,7 @@ pub fn test_config(data_dir: &Path) -> Config {
             std::fs::write(&marker, &url).unwrap();
             url
         });
-        c.store.kind = "postgres".into();
+        c.store.kind = StoreKind::Postgres;
         c.store.url = Some(url.clone());
         c.limits.redis_url = Some(crate::infra::shared_redis().url());
         // Tests share the Redis; each server (and its restarts) gets its own key space.
@@ -191,70 +182,59 @@ impl Drop for TestServer {
     }
 }
 
-/// The TOML for the keys the tests set (the binary reads only files).
-pub fn config_toml(c: &Config) -> String {
-    let mut text = format!("listen = {:?}\ndata_dir = {:?}\n", c.listen, c.data_dir);
-    text.push_str(&format!("[limits]\nqps = {}\n", c.limits.qps));
-    if let Some(url) = &c.limits.redis_url {
-        let policy = match c.limits.on_redis_error {
-            tagcast::config::OnLimiterError::Allow => "allow",
-            tagcast::config::OnLimiterError::Deny => "deny",
-        };
-        text.push_str(&format!(
-            "redis_url = {url:?}\nredis_key_prefix = {:?}\non_redis_error = {policy:?}\n",
-            c.limits.redis_key_prefix
-        ));
-    }
-    text.push_str(&format!("[tags]\nmax_per_user = {}\n", c.tags.max_per_user));
-    text.push_str("[limits.actions]\n");
-    for (action, qps) in &c.limits.actions {
-        text.push_str(&format!("{action} = {qps}\n"));
-    }
-    text.push_str(&format!(
-        "[store]\nkind = {:?}\ntimeout_ms = {}\n",
-        c.store.kind, c.store.timeout_ms
-    ));
-    if let Some(url) = &c.store.url {
-        text.push_str(&format!("url = {url:?}\n"));
-    }
-    for a in &c.accounts {
-        text.push_str(&format!(
-            "[[accounts]]\nname = {:?}\napps = {:?}\n",
-            a.name, a.apps
-        ));
-        for k in &a.keys {
-            text.push_str(&format!(
-                "[[accounts.keys]]\naccess_key = {:?}\nsecret_key = {:?}\ndisabled = {}\n",
-                k.access_key, k.secret_key, k.disabled
-            ));
-        }
-    }
-    text
-}
-
-/// A `tagcast serve` child process, for tests that kill it.
+/// A `tagcast serve` child process, for tests that kill it or read its log.
 pub struct ChildServer {
     pub child: Child,
     pub endpoint: String,
+    /// Its stderr (the log), line by line, when started with [`ChildServer::spawn_logged`].
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
     /// Starts the real binary with `config` written to a file in `dir`.
     pub fn spawn_with(dir: &Path, config: &Config) -> Self {
+        Self::spawn(dir, config, "error", false)
+    }
+
+    /// As [`ChildServer::spawn_with`], keeping every log line at `RUST_LOG=filter`.
+    pub fn spawn_logged(dir: &Path, config: &Config, filter: &str) -> Self {
+        Self::spawn(dir, config, filter, true)
+    }
+
+    fn spawn(dir: &Path, config: &Config, filter: &str, keep_log: bool) -> Self {
         let config_path = dir.join("tagcast.toml");
-        let text = config_toml(config);
-        std::fs::write(&config_path, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tagcast"))
+        std::fs::write(&config_path, config.to_toml()).unwrap();
+        let mut child = tagcast_command()
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if keep_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("tagcast binary starts");
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let first = lines.next().expect("a first line").unwrap();
+        let Some(Ok(first)) = lines.next() else {
+            let status = child.wait().unwrap();
+            panic!(
+                "tagcast serve exited during start ({status}); log: {:?}",
+                log.lock().unwrap()
+            );
+        };
         let endpoint = first.rsplit(' ').next().unwrap().to_owned();
         assert!(
             endpoint.starts_with("http://127.0.0.1:"),
@@ -262,7 +242,31 @@ impl ChildServer {
         );
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        ChildServer { child, endpoint }
+        ChildServer {
+            child,
+            endpoint,
+            log,
+        }
+    }
+
+    /// The log lines so far that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// The status of a plain `GET path`.
+    pub async fn status_of(&self, path: &str) -> u16 {
+        reqwest::get(format!("{}{path}", self.endpoint))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     pub fn client(&self) -> Client {
@@ -475,6 +479,43 @@ fn parse_http_answer(buf: &[u8]) -> Option<(u16, Value)> {
             serde_json::from_str(&body[..len]).unwrap_or(Value::Null),
         )
     })
+}
+
+/// The `tagcast` binary under test, with no key taken from the caller's environment.
+pub fn tagcast_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tagcast"));
+    for var in [
+        "TAGCAST_ACCESS_KEY",
+        "TAGCAST_SECRET_KEY",
+        "TAGCAST_DATA_DIR",
+        "TAGCAST_CONFIG",
+        "TAGCAST_STORE_URL",
+        "TAGCAST_ENDPOINT",
+        "TAGCAST_LISTEN",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Runs `tagcast args...` to completion off the async runtime; (exit code, stdout, stderr).
+pub async fn run_tagcast(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let cwd = cwd.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        tagcast_command()
+            .args(&args)
+            .current_dir(cwd)
+            .output()
+            .expect("tagcast runs")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs SQL directly on the database behind `config`, bypassing the server.

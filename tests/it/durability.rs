@@ -1,5 +1,5 @@
 //! Acknowledged writes survive a graceful restart, a SIGKILL of the server process, and a
-//! schema upgrade of an older data directory.
+//! schema upgrade of an older data directory (newer ones: upgrade.rs).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -137,27 +137,4 @@ async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
         )
         .unwrap();
     assert_eq!(index, 1);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_newer_schema_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start_in(dir.path(), |_| {}).await;
-    s.stop().await;
-    if crate::infra::postgres_backend() {
-        run_sql(
-            &test_config(dir.path()),
-            "UPDATE tagcast_schema SET version = version + 1",
-        );
-    } else {
-        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.pragma_update(None, "user_version", schema::CURRENT_VERSION + 1)
-            .unwrap();
-    }
-    let config = test_config(dir.path());
-    let err = tagcast::server::prepare(&config)
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.contains("newer than this tagcast understands"), "{err}");
 }

@@ -2,11 +2,16 @@
 
 mod abuse;
 mod actions;
+mod backup;
+mod cli;
 mod common;
+mod disk_full;
 mod durability;
 mod errors;
 mod hostile;
 mod infra;
+mod lifecycle;
+mod logging;
 mod rate_limit;
 mod scale_out;
 mod sdk_node;
@@ -14,3 +19,5 @@ mod sdk_python;
 mod signing_vectors;
 mod startup;
 mod store_conformance;
+mod upgrade;
+mod wal;

@@ -19,7 +19,7 @@ fn node_config(dir: &std::path::Path, db_url: &str, prefix: &str) -> Config {
     let mut c = base_config(dir);
     c.limits.redis_url = Some(shared_redis().url());
     c.limits.redis_key_prefix = prefix.to_owned();
-    c.store.kind = "postgres".into();
+    c.store.kind = tagcast::config::StoreKind::Postgres;
     c.store.url = Some(db_url.to_owned());
     c.store.timeout_ms = 1000;
     c

@@ -89,11 +89,18 @@ async fn first_start_creates_private_credentials_that_tagcast_call_uses() {
     ])
     .await
     .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "an error answer exits 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("InvalidParam"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr
+            .lines()
+            .any(|l| l.starts_with("InvalidParam (HTTP 400)")),
+        "{stderr}"
+    );
+    // It says which key it signed with, and from which file.
+    assert!(
+        stderr.contains("signing with AKLT") && stderr.contains("credentials.toml"),
+        "{stderr}"
     );
     let out = run(vec![
         "call".into(),
@@ -109,11 +116,9 @@ async fn first_start_creates_private_credentials_that_tagcast_call_uses() {
     ])
     .await
     .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("InvalidAccessKey"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("InvalidAccessKey"), "{stderr}");
+    assert!(!stderr.contains("signing with"), "{stderr}");
     tx.send(()).unwrap();
     task.await.unwrap();
     // A second start reuses the same credentials.
@@ -169,12 +174,13 @@ shutdown_grace_secs = 3
 kind = "embedded"
 max_batch = 128
 read_connections = 2
+wal_limit_mb = 16
 [[accounts]]
 name = "acme"
 apps = [666675]
 [[accounts.keys]]
 access_key = "AKLTa"
-secret_key = "s"
+secret_key = "a-long-enough-secret-0001"
 "#,
     )
     .unwrap();
@@ -195,7 +201,7 @@ secret_key = "s"
     );
     assert_eq!(c.tags.max_per_user, 10);
     assert!(
-        !format!("{:?}", c.accounts).contains("\"s\""),
+        !format!("{:?}", c.accounts).contains("a-long-enough-secret-0001"),
         "secret in Debug output"
     );
 
