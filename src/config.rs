@@ -176,6 +176,9 @@ pub struct StoreConfig {
     pub committers: usize,
     /// Longest a request waits for PostgreSQL (a connection, or one transaction).
     pub timeout_ms: u64,
+    /// PostgreSQL: PEM CA certificates for sslmode=verify-ca/verify-full (and require,
+    /// as in libpq); the URL's `sslrootcert` wins over it.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -189,6 +192,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             committers: 4,
             timeout_ms: 5000,
+            ca_file: None,
         }
     }
 }
@@ -203,6 +207,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .field("pool_size", &self.pool_size)
             .field("committers", &self.committers)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -308,6 +313,9 @@ impl Config {
         }
         if self.limits.redis_timeout_ms == 0 {
             return Err("limits.redis_timeout_ms must be at least 1".into());
+        }
+        if let Some(path) = &self.store.ca_file {
+            crate::tls::read_ca_file("store.ca_file", path)?;
         }
         validate_accounts(&self.accounts)
     }

@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod tls;

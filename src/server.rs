@@ -113,6 +113,7 @@ async fn open_store(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn St
             committers: config.store.committers,
             max_batch: config.store.max_batch,
             timeout: Duration::from_millis(config.store.timeout_ms),
+            ca_file: config.store.ca_file.clone(),
         };
         return Ok(Arc::new(PostgresStore::open(url, options, metrics).await?));
     }

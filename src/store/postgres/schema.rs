@@ -8,6 +8,8 @@
 
 use tokio_postgres::Client;
 
+use super::connect::chain;
+
 /// Arbitrary, fixed: the advisory lock key that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x7461_6763_6173_7401;
 
@@ -42,23 +44,23 @@ pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
     let tx = client
         .transaction()
         .await
-        .map_err(|e| format!("starting migration: {e}"))?;
+        .map_err(|e| format!("starting migration: {}", chain(&e)))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(|e| format!("taking the migration lock: {e}"))?;
+        .map_err(|e| format!("taking the migration lock: {}", chain(&e)))?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS tagcast_schema (version integer NOT NULL)")
         .await
-        .map_err(|e| format!("creating tagcast_schema: {e}"))?;
+        .map_err(|e| format!("creating tagcast_schema: {}", chain(&e)))?;
     let from: i32 = match tx
         .query_opt("SELECT version FROM tagcast_schema", &[])
         .await
-        .map_err(|e| format!("reading the schema version: {e}"))?
+        .map_err(|e| format!("reading the schema version: {}", chain(&e)))?
     {
         Some(row) => row.get(0),
         None => {
             tx.execute("INSERT INTO tagcast_schema (version) VALUES (0)", &[])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| chain(&e))?;
             0
         }
     };
@@ -71,16 +73,16 @@ pub async fn migrate(client: &mut Client) -> Result<(i32, i32), String> {
     for v in from..CURRENT_VERSION {
         tx.batch_execute(MIGRATIONS[v as usize])
             .await
-            .map_err(|e| format!("migrating schema to version {}: {e}", v + 1))?;
+            .map_err(|e| format!("migrating schema to version {}: {}", v + 1, chain(&e)))?;
     }
     tx.execute(
         "UPDATE tagcast_schema SET version = $1",
         &[&CURRENT_VERSION],
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| chain(&e))?;
     tx.commit()
         .await
-        .map_err(|e| format!("committing the migration: {e}"))?;
+        .map_err(|e| format!("committing the migration: {}", chain(&e)))?;
     Ok((from, CURRENT_VERSION))
 }
