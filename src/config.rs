@@ -63,6 +63,8 @@ pub struct Limits {
     pub redis_timeout_ms: u64,
     /// Prefix of the limiter's Redis keys: deployments sharing one Redis use different ones.
     pub redis_key_prefix: String,
+    /// PEM CA certificates that verify a `rediss://` Redis instead of the system's.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -83,6 +85,7 @@ impl Default for Limits {
             on_redis_error: OnLimiterError::Allow,
             redis_timeout_ms: 250,
             redis_key_prefix: "tagcast".into(),
+            redis_ca_file: None,
         }
     }
 }
@@ -94,6 +97,7 @@ impl std::fmt::Debug for Limits {
             .field("actions", &self.actions)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("on_redis_error", &self.on_redis_error)
+            .field("redis_ca_file", &self.redis_ca_file)
             .finish()
     }
 }
@@ -316,6 +320,21 @@ impl Config {
         }
         if let Some(path) = &self.store.ca_file {
             crate::tls::read_ca_file("store.ca_file", path)?;
+        }
+        if let Some(path) = &self.limits.redis_ca_file {
+            // A CA without TLS would leave the operator believing the link is verified.
+            let tls = self
+                .limits
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://") || u.starts_with("valkeys://"));
+            if !tls {
+                return Err(
+                    "limits.redis_ca_file is set, but limits.redis_url is not a rediss:// URL"
+                        .into(),
+                );
+            }
+            crate::tls::read_ca_file("limits.redis_ca_file", path)?;
         }
         validate_accounts(&self.accounts)
     }
