@@ -205,6 +205,9 @@ pub fn config_toml(c: &Config) -> String {
             c.limits.redis_key_prefix
         ));
     }
+    if let Some(path) = &c.limits.redis_ca_file {
+        text.push_str(&format!("redis_ca_file = {path:?}\n"));
+    }
     text.push_str(&format!("[tags]\nmax_per_user = {}\n", c.tags.max_per_user));
     text.push_str("[limits.actions]\n");
     for (action, qps) in &c.limits.actions {
@@ -216,6 +219,9 @@ pub fn config_toml(c: &Config) -> String {
     ));
     if let Some(url) = &c.store.url {
         text.push_str(&format!("url = {url:?}\n"));
+    }
+    if let Some(path) = &c.store.ca_file {
+        text.push_str(&format!("ca_file = {path:?}\n"));
     }
     for a in &c.accounts {
         text.push_str(&format!(
