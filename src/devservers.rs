@@ -148,6 +148,35 @@ fn wait_for_port(port: u16, what: &str, wrapper: &mut Wrapped) -> Result<(), Str
     Ok(())
 }
 
+/// What a [`Postgres`] cluster gets beyond the defaults, e.g. TLS.
+#[derive(Debug, Clone, Default)]
+pub struct PgSetup {
+    /// `-c name=value` server settings (plain words: they go on a shell command line).
+    pub settings: Vec<(String, String)>,
+    /// Files written into the data directory, owned by the server's user, mode 0600
+    /// (PostgreSQL refuses a key file others can read), e.g. `server.key`.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Replaces `pg_hba.conf`.
+    pub hba: Option<String>,
+}
+
+impl PgSetup {
+    /// TLS with this certificate chain and key (PEM), and TCP sessions on 127.0.0.1 only
+    /// over TLS (`hostssl`): a plain connection is refused by PostgreSQL itself. The Unix
+    /// socket stays open for administration ([`Postgres::admin_url`]).
+    pub fn tls_only(cert_pem: &str, key_pem: &str) -> Self {
+        PgSetup {
+            settings: vec![("ssl".into(), "on".into())],
+            // The default ssl_cert_file and ssl_key_file, relative to the data directory.
+            files: vec![
+                ("server.crt".into(), cert_pem.as_bytes().to_vec()),
+                ("server.key".into(), key_pem.as_bytes().to_vec()),
+            ],
+            hba: Some("local all all trust\nhostssl all all 127.0.0.1/32 trust\n".into()),
+        }
+    }
+}
+
 /// A temporary PostgreSQL cluster (trust auth on 127.0.0.1, superuser `tagcast`,
 /// `fsync=on`: commits are as durable as a production server's).
 pub struct Postgres {
@@ -157,12 +186,18 @@ pub struct Postgres {
     server: Option<Wrapped>,
     /// The wrapper removes the directory when the server stops.
     remove_on_exit: bool,
+    settings: Vec<(String, String)>,
 }
 
 impl Postgres {
     /// `remove_on_exit`: the wrapper removes the files when the server stops, for a
     /// cluster that is never dropped. Dropping a `Postgres` stops it and removes its files.
     pub fn start(remove_on_exit: bool) -> Result<Self, String> {
+        Self::start_with(remove_on_exit, PgSetup::default())
+    }
+
+    /// [`Postgres::start`] with extra settings, files and `pg_hba.conf`.
+    pub fn start_with(remove_on_exit: bool, setup: PgSetup) -> Result<Self, String> {
         let bin = pg_bindir()?;
         let dir = tempfile::Builder::new()
             .prefix("tagcast-pg-")
@@ -209,12 +244,35 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        let data = dir.join("data");
+        let mut files = setup.files.clone();
+        if let Some(hba) = &setup.hba {
+            files.push(("pg_hba.conf".into(), hba.clone().into_bytes()));
+        }
+        for (name, content) in &files {
+            let path = data.join(name);
+            std::fs::write(&path, content)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| format!("chmod 600 {}: {e}", path.display()))?;
+            if let Some(u) = user {
+                let ok = Command::new("chown")
+                    .arg(u)
+                    .arg(&path)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    return Err(format!("chown {u} {} failed", path.display()));
+                }
+            }
+        }
         let mut pg = Postgres {
             port: free_port()?,
             dir,
             user,
             server: None,
             remove_on_exit,
+            settings: setup.settings,
         };
         pg.resume()?;
         Ok(pg)
@@ -223,13 +281,16 @@ impl Postgres {
     /// (Re)starts the server on the same data and port.
     pub fn resume(&mut self) -> Result<(), String> {
         let bin = pg_bindir()?;
-        let cmd = format!(
+        let mut cmd = format!(
             "exec {} -D {} -p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=on",
             bin.join("postgres").display(),
             self.dir.join("data").display(),
             self.port,
             self.dir.display()
         );
+        for (name, value) in &self.settings {
+            cmd.push_str(&format!(" -c '{name}={value}'"));
+        }
         let cleanup = if self.remove_on_exit {
             format!("rm -rf {}", self.dir.display())
         } else {
@@ -238,7 +299,8 @@ impl Postgres {
         let mut server = Wrapped::spawn(&format!("({cmd})"), "INT", &cleanup, self.user)?;
         wait_for_port(self.port, "postgres", &mut server)?;
         // Listening is not accepting: wait until a session can start (not "starting up").
-        let url = self.url("postgres");
+        // Over the Unix socket, which pg_hba.conf keeps open whatever it asks of TCP.
+        let url = self.admin_url("postgres");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !block_on({
             let url = url.clone();
@@ -271,9 +333,22 @@ impl Postgres {
         format!("postgres://tagcast@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// A connection string for database `db` over the Unix socket (never TLS, always
+    /// allowed), for administration whatever `pg_hba.conf` asks of TCP sessions.
+    pub fn admin_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=tagcast dbname={db}",
+            self.dir.display(),
+            self.port
+        )
+    }
+
     /// Creates database `name` and returns its URL.
     pub fn create_database(&self, name: &str) -> Result<String, String> {
-        execute(&self.url("postgres"), &format!("CREATE DATABASE {name}"))?;
+        execute(
+            &self.admin_url("postgres"),
+            &format!("CREATE DATABASE {name}"),
+        )?;
         Ok(self.url(name))
     }
 }
@@ -288,25 +363,45 @@ impl Drop for Postgres {
 /// A temporary Redis without persistence.
 pub struct Redis {
     pub port: u16,
+    tls: bool,
     server: Option<Wrapped>,
 }
 
 impl Redis {
     pub fn start() -> Result<Self, String> {
+        Self::spawn("--port {port}", false)
+    }
+
+    /// Redis over TLS only (`--port 0`: no plain listener), with these PEM files; clients
+    /// need no certificate of their own.
+    pub fn start_tls(cert_file: &Path, key_file: &Path, ca_file: &Path) -> Result<Self, String> {
+        let args = format!(
+            "--port 0 --tls-port {{port}} --tls-cert-file {} --tls-key-file {} --tls-ca-cert-file {} --tls-auth-clients no",
+            cert_file.display(),
+            key_file.display(),
+            ca_file.display()
+        );
+        Self::spawn(&args, true)
+    }
+
+    fn spawn(listen: &str, tls: bool) -> Result<Self, String> {
         let port = free_port()?;
+        let listen = listen.replace("{port}", &port.to_string());
         let cmd = format!(
-            "exec redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize no"
+            "exec redis-server {listen} --bind 127.0.0.1 --save '' --appendonly no --daemonize no"
         );
         let mut server = Wrapped::spawn(&format!("({cmd})"), "TERM", "true", None)?;
         wait_for_port(port, "redis-server", &mut server)?;
         Ok(Redis {
             port,
+            tls,
             server: Some(server),
         })
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub fn stop(&mut self) {

@@ -19,3 +19,4 @@ pub mod server;
 pub mod signing;
 pub mod store;
 pub mod throttle;
+pub mod tls;

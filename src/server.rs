@@ -135,6 +135,7 @@ async fn open_store(
                 committers: s.committers,
                 max_batch: s.max_batch,
                 timeout: Duration::from_millis(s.timeout_ms),
+                ca_file: s.ca_file.clone(),
             };
             Ok(Arc::new(PostgresStore::open(url, options, metrics).await?))
         }

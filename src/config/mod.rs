@@ -71,6 +71,9 @@ pub struct Limits {
     pub redis_timeout_ms: u64,
     /// Prefix of the limiter's Redis keys: deployments sharing one Redis use different ones.
     pub redis_key_prefix: String,
+    /// PEM CA certificates that verify a `rediss://` Redis instead of the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -91,6 +94,7 @@ impl Default for Limits {
             on_redis_error: OnLimiterError::Allow,
             redis_timeout_ms: 250,
             redis_key_prefix: "tagcast".into(),
+            redis_ca_file: None,
         }
     }
 }
@@ -102,6 +106,7 @@ impl std::fmt::Debug for Limits {
             .field("actions", &self.actions)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("on_redis_error", &self.on_redis_error)
+            .field("redis_ca_file", &self.redis_ca_file)
             .finish()
     }
 }
@@ -197,6 +202,10 @@ pub struct StoreConfig {
     pub committers: usize,
     /// Longest a request waits for PostgreSQL (a connection, or one transaction).
     pub timeout_ms: u64,
+    /// PostgreSQL: PEM CA certificates for sslmode=verify-ca/verify-full (and require,
+    /// as in libpq); the URL's `sslrootcert` wins over it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -211,6 +220,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             committers: 4,
             timeout_ms: 5000,
+            ca_file: None,
         }
     }
 }
@@ -226,6 +236,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .field("pool_size", &self.pool_size)
             .field("committers", &self.committers)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -356,6 +367,24 @@ impl Config {
         }
         if self.limits.redis_timeout_ms == 0 {
             return Err("limits.redis_timeout_ms must be at least 1".into());
+        }
+        if let Some(path) = &self.store.ca_file {
+            crate::tls::read_ca_file("store.ca_file", path)?;
+        }
+        if let Some(path) = &self.limits.redis_ca_file {
+            // A CA without TLS would leave the operator believing the link is verified.
+            let tls = self
+                .limits
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://") || u.starts_with("valkeys://"));
+            if !tls {
+                return Err(
+                    "limits.redis_ca_file is set, but limits.redis_url is not a rediss:// URL"
+                        .into(),
+                );
+            }
+            crate::tls::read_ca_file("limits.redis_ca_file", path)?;
         }
         validate_accounts(&self.accounts)
     }

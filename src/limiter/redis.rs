@@ -1,7 +1,7 @@
 //! A limiter shared by every node: GCRA (the redis-cell algorithm) in one atomic Lua script
 //! per decision, keyed by account and Action, on Redis's own clock so nodes' clocks do not
 //! matter. When Redis cannot answer in time the configured policy decides, and the failure
-//! is counted in `/metrics`.
+//! is counted in `/metrics`. `rediss://` URLs use TLS (rustls, `limits.redis_ca_file`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,23 @@ impl RedisLimiter {
         tenancy: &Tenancy,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
+        // rediss:// verifies Redis against the system's CA certificates, or against
+        // limits.redis_ca_file; the client takes rustls's process default provider.
+        crate::tls::provider();
+        let client = match &limits.redis_ca_file {
+            None => redis::Client::open(url),
+            Some(path) => {
+                let root_cert = Some(crate::tls::read_ca_file("limits.redis_ca_file", path)?);
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert,
+                    },
+                )
+            }
+        }
+        .map_err(|e| format!("limits.redis_url: {e}"))?;
         let timeout = Duration::from_millis(limits.redis_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))

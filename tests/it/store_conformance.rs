@@ -32,6 +32,7 @@ async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempD
         committers: 2,
         max_batch: 64,
         timeout: Duration::from_secs(5),
+        ca_file: None,
     };
     let postgres = PostgresStore::open(&fresh_database(shared_postgres()), options, metrics)
         .await

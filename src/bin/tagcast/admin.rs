@@ -88,7 +88,8 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, String> {
         (None, StoreKind::Postgres) => {
             println!("tagcast check: PostgreSQL store (store.url)");
             let url = config.store.url.as_deref().expect("validated");
-            tagcast::store::postgres::check::check(url, &config.tags).await?
+            let ca_file = config.store.ca_file.as_deref();
+            tagcast::store::postgres::check::check(url, ca_file, &config.tags).await?
         }
     };
     print!("{}", report.render());

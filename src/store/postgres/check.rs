@@ -29,8 +29,12 @@ const COLUMNS: &[(&str, &str, &str)] = &[
 const INDEXES: &[&str] = &["users_pkey", "tags_pkey", "tags_audience"];
 
 /// Checks the database at `url`. `Err` only when it cannot be reached or read at all.
-pub async fn check(url: &str, limits: &TagLimits) -> Result<Report, String> {
-    let mut client = super::connect_one(url).await?;
+pub async fn check(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    limits: &TagLimits,
+) -> Result<Report, String> {
+    let mut client = super::connect_one(url, ca_file).await?;
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -40,7 +44,7 @@ pub async fn check(url: &str, limits: &TagLimits) -> Result<Report, String> {
         .map_err(|e| format!("starting a read-only transaction: {e}"))?;
     let mut report = Report::default();
     if let Err(e) = run_checks(&tx, limits, &mut report).await {
-        report.fail("read", super::describe(&e));
+        report.fail("read", super::connect::chain(&e));
     }
     Ok(report)
 }
@@ -156,7 +160,7 @@ async fn run_checks(
                 )
                 .await;
             if let Err(e) = checked {
-                report.fail("amcheck", format!("{index}: {}", super::describe(&e)));
+                report.fail("amcheck", format!("{index}: {}", super::connect::chain(&e)));
                 return Ok(());
             }
         }

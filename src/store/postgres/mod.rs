@@ -19,20 +19,22 @@
 //!
 //! Failures to reach the database answer quickly (pool, connect and operation timeouts) as
 //! `Unavailable`; broken connections are replaced by the pool, so service resumes on its
-//! own when the database returns.
+//! own when the database returns. Every error names the server and database (never the
+//! URL) and its real cause; TLS and `sslmode` are in `connect.rs`.
 
 mod batch;
 pub mod check;
+pub mod connect;
 pub mod schema;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use super::{
@@ -50,6 +52,8 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// Longest a request waits for a connection, a new connection, or one operation.
     pub timeout: Duration,
+    /// `store.ca_file`: the CA for sslmode=verify-* (the URL's `sslrootcert` wins).
+    pub ca_file: Option<PathBuf>,
 }
 
 pub struct PostgresStore {
@@ -63,9 +67,11 @@ struct Shared {
     pool: Pool,
     options: PostgresOptions,
     metrics: Arc<Metrics>,
+    /// Host, port and database, for error texts.
+    target: Arc<str>,
 }
 
-fn classify(e: tokio_postgres::Error) -> StoreError {
+fn classify(target: &str, e: tokio_postgres::Error) -> StoreError {
     let retryable = match e.code() {
         // No SQLSTATE: the connection broke or could not be made.
         None => true,
@@ -78,16 +84,8 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
                 || c == "40P01"
         }
     };
-    // Display of a server error is only "db error"; the detail is in the DbError.
-    let detail = match e.as_db_error() {
-        Some(db) => format!(
-            "postgres: {} ({}): {}",
-            db.severity(),
-            db.code().code(),
-            db.message()
-        ),
-        None => format!("postgres: {e}"),
-    };
+    // Display of a server error is only "db error": `chain` gives the server's message.
+    let detail = format!("PostgreSQL at {target}: {}", connect::chain(&e));
     if retryable || e.is_closed() {
         StoreError::Unavailable(detail)
     } else {
@@ -95,8 +93,22 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("postgres pool: {e}"))
+fn pool_error(target: &str, e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL at {target}: {}",
+        describe_pool_error(&e)
+    ))
+}
+
+/// A pool error's cause: deadpool's own text wraps the connection error as "Error
+/// occurred while creating a new object: db error", which names no cause.
+fn describe_pool_error(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => connect::chain(e),
+        PoolError::Timeout(_) => "no connection within store.timeout_ms".into(),
+        other => other.to_string(),
+    }
 }
 
 impl PostgresStore {
@@ -106,16 +118,19 @@ impl PostgresStore {
         options: PostgresOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
+        let connect::Connector {
+            mut config,
+            tls,
+            target,
+            ..
+        } = connect::Connector::new(url, options.ca_file.as_deref())?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.timeout);
         }
         config.application_name("tagcast");
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            config,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -128,11 +143,15 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| format!("building the PostgreSQL pool: {e}"))?;
-        let mut client = pool
-            .get()
+        let mut client = pool.get().await.map_err(|e| {
+            format!(
+                "connecting to PostgreSQL at {target}: {}",
+                describe_pool_error(&e)
+            )
+        })?;
+        let report = schema::migrate(&mut client)
             .await
-            .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
-        let report = schema::migrate(&mut client).await?;
+            .map_err(|e| format!("PostgreSQL at {target}: {e}"))?;
         if report.ahead {
             tracing::warn!(
                 schema = report.from,
@@ -153,6 +172,7 @@ impl PostgresStore {
             pool,
             options,
             metrics,
+            target: target.into(),
         });
         let committers = (0..shared.options.committers.max(1))
             .map(|_| tokio::spawn(committer(shared.clone(), rx.clone())))
@@ -243,7 +263,12 @@ impl Shared {
     /// timeout.
     async fn run(&self, jobs: &[WriteJob]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         let work = async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let classify = |e| classify(&self.target, e);
+            let mut client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(&self.target, e))?;
             let tx = client.transaction().await.map_err(classify)?;
             let outcomes = batch::apply(&tx, jobs, self.options.max_tags_per_user)
                 .await
@@ -301,8 +326,15 @@ impl Store for PostgresStore {
         user_ids: Vec<i64>,
     ) -> Result<Vec<Option<StoredUser>>, StoreError> {
         let (app, inbox) = (app_id as i32, inbox as i32);
+        let target = &self.shared.target;
+        let classify = |e| classify(target, e);
         let work = async {
-            let client = self.shared.pool.get().await.map_err(pool_error)?;
+            let client = self
+                .shared
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(target, e))?;
             let (users_st, tags_st) = tokio::try_join!(
                 client.prepare_cached(
                     "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
@@ -363,9 +395,18 @@ impl Store for PostgresStore {
         if self.queue.lock().expect("queue lock").is_none() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
+        let target = &self.shared.target;
         let work = async {
-            let client = self.shared.pool.get().await.map_err(pool_error)?;
-            client.simple_query("SELECT 1").await.map_err(classify)?;
+            let client = self
+                .shared
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(target, e))?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| classify(target, e))?;
             Ok(())
         };
         within(self.shared.options.timeout, work).await
@@ -382,23 +423,29 @@ impl Store for PostgresStore {
     }
 }
 
-/// One connection outside the pool, for `tagcast check`.
-pub(crate) async fn connect_one(url: &str) -> Result<tokio_postgres::Client, String> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| format!("connecting to PostgreSQL: {}", describe(&e)))?;
+/// One connection outside the pool (TLS and `sslmode` as for the pool), for `tagcast
+/// check`.
+pub(crate) async fn connect_one(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres::Client, String> {
+    let connect::Connector {
+        mut config,
+        tls,
+        target,
+        ..
+    } = connect::Connector::new(url, ca_file)?;
+    config.application_name("tagcast check");
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        format!(
+            "connecting to PostgreSQL at {target}: {}",
+            connect::chain(&e)
+        )
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "check connection ended");
         }
     });
     Ok(client)
-}
-
-/// A PostgreSQL error with the server's own message (its Display is only "db error").
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
 }

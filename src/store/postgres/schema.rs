@@ -8,6 +8,8 @@
 
 use tokio_postgres::Client;
 
+use super::connect::chain;
+
 /// Arbitrary, fixed: the advisory lock key that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x7461_6763_6173_7401;
 
@@ -76,10 +78,10 @@ pub async fn migrate_with(
     let tx = client
         .transaction()
         .await
-        .map_err(|e| format!("starting migration: {e}"))?;
+        .map_err(|e| format!("starting migration: {}", chain(&e)))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(|e| format!("taking the migration lock: {e}"))?;
+        .map_err(|e| format!("taking the migration lock: {}", chain(&e)))?;
     // `usable_from` is additive and every release tolerates it, so it is added outside
     // the numbered steps (NULL: usable only by its own version).
     tx.batch_execute(
@@ -87,17 +89,17 @@ pub async fn migrate_with(
          ALTER TABLE tagcast_schema ADD COLUMN IF NOT EXISTS usable_from integer",
     )
     .await
-    .map_err(|e| format!("creating tagcast_schema: {e}"))?;
+    .map_err(|e| format!("creating tagcast_schema: {}", chain(&e)))?;
     let (from, usable): (i32, Option<i32>) = match tx
         .query_opt("SELECT version, usable_from FROM tagcast_schema", &[])
         .await
-        .map_err(|e| format!("reading the schema version: {e}"))?
+        .map_err(|e| format!("reading the schema version: {}", chain(&e)))?
     {
         Some(row) => (row.get(0), row.get(1)),
         None => {
             tx.execute("INSERT INTO tagcast_schema (version) VALUES (0)", &[])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| chain(&e))?;
             (0, None)
         }
     };
@@ -118,7 +120,7 @@ pub async fn migrate_with(
     for v in from..known {
         tx.batch_execute(migrations[v as usize].sql)
             .await
-            .map_err(|e| format!("migrating schema to version {}: {e}", v + 1))?;
+            .map_err(|e| format!("migrating schema to version {}: {}", v + 1, chain(&e)))?;
     }
     let usable = migrations.iter().map(|m| m.usable_from).max().unwrap_or(1);
     tx.execute(
@@ -126,10 +128,10 @@ pub async fn migrate_with(
         &[&known, &usable],
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| chain(&e))?;
     tx.commit()
         .await
-        .map_err(|e| format!("committing the migration: {e}"))?;
+        .map_err(|e| format!("committing the migration: {}", chain(&e)))?;
     Ok(MigrationReport {
         from,
         to: known,
