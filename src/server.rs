@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -210,16 +211,32 @@ pub async fn serve(
     state.store.close().await;
 }
 
-/// SIGTERM and SIGINT, caught from the moment [`Shutdown::install`] returns: the CLI
-/// installs it before reading its configuration, so a signal at any point of start-up or
-/// serving ends the process cleanly (exit 0) instead of killing it.
+/// Set by the handlers [`catch_signals_early`] installs; read by [`Shutdown`].
+static EARLY_SIGNAL: AtomicBool = AtomicBool::new(false);
+
+/// Catches SIGTERM and SIGINT from the first instructions of `tagcast serve` on, before
+/// the async runtime (which [`Shutdown`] needs) exists: a signal that arrives while the
+/// runtime starts is remembered, not fatal. Only the server installs it: other commands
+/// keep the default action, so Ctrl-C stops them.
+pub fn catch_signals_early() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for (signal, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+        signal_hook::flag::register(signal, &EARLY_SIGNAL)
+            .map_err(|e| format!("installing the {name} handler: {e}"))?;
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT as a future. With [`catch_signals_early`] before it, a signal at
+/// any moment of start-up or serving ends the process cleanly (exit 0) instead of
+/// killing it.
 pub struct Shutdown {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
-    /// Installs the handlers now (not when first awaited).
+    /// Installs the runtime's handlers now (not when first awaited).
     pub fn install() -> Result<Self, String> {
         use tokio::signal::unix::{SignalKind, signal};
         let installed =
@@ -230,11 +247,14 @@ impl Shutdown {
         })
     }
 
-    /// Resolves when SIGTERM or SIGINT arrives (or has arrived since installation).
+    /// Resolves when SIGTERM or SIGINT arrives, or arrived since [`catch_signals_early`].
     pub async fn requested(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {},
-            _ = self.int.recv() => {},
+        // After `install`, a new signal reaches the streams; one before it, only the flag.
+        if !EARLY_SIGNAL.load(Ordering::SeqCst) {
+            tokio::select! {
+                _ = self.term.recv() => {},
+                _ = self.int.recv() => {},
+            }
         }
         tracing::info!("shutdown requested; finishing in-flight requests");
     }

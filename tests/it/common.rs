@@ -249,6 +249,19 @@ impl ChildServer {
         }
     }
 
+    /// The log lines that contain `needle`, once there is one (the log is read on a
+    /// thread of its own, so a line can arrive after the answer); empty after 10 s.
+    pub async fn wait_for_log(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let lines = self.log_lines_with(needle);
+            if !lines.is_empty() || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The log lines so far that contain `needle`.
     pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
         self.log

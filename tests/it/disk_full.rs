@@ -125,7 +125,8 @@ async fn a_full_disk_answers_503_is_not_ready_and_recovers_once_space_is_freed()
     let checkpoint_warnings = server.log_lines_with("WAL checkpoint failed").len();
     assert!(
         (1..=2).contains(&warnings) && checkpoint_warnings <= 2,
-        "{refused} refused writes logged {warnings} + {checkpoint_warnings} warnings"
+        "{refused} refused writes logged {warnings} + {checkpoint_warnings} warnings: {:?}",
+        server.log_lines_with("WARN")
     );
 
     // Free a little space (2 MiB of 32): the store comes back by itself.
@@ -142,7 +143,7 @@ async fn a_full_disk_answers_503_is_not_ready_and_recovers_once_space_is_freed()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(update(&c, 1, 999_999).await, 200);
-    assert!(!server.log_lines_with("writes again; ready").is_empty());
+    assert!(!server.wait_for_log("writes again; ready").await.is_empty());
     for (user, round) in acknowledged.iter().rev().take(20) {
         let tags = tags_of(&c, APP, 0, *user).await.unwrap();
         assert!(tags.iter().any(|t| t.starts_with(&format!("r{round}k0:"))));
@@ -236,7 +237,7 @@ async fn a_corrupt_store_is_not_ready_its_500_is_traceable_and_check_finds_it() 
     let a = get_users(&c, &[1, 2, 3]).await;
     let v = assert_error(&a, 500, "InternalError");
     let request_id = v["ResponseMetadata"]["RequestId"].as_str().unwrap();
-    let cause = server.log_lines_with("store failure");
+    let cause = server.wait_for_log(request_id).await;
     assert!(
         cause
             .iter()

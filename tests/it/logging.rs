@@ -22,8 +22,9 @@ async fn the_cause_of_a_500_is_logged_with_the_request_id_the_client_got() {
         a.headers.get("x-request-id").unwrap().to_str().unwrap(),
         request_id
     );
-    let lines = server.log_lines_with(request_id);
     // The request line and the cause: both carry the id.
+    server.wait_for_log("code=\"InternalError\"").await;
+    let lines = server.log_lines_with(request_id);
     assert!(
         lines
             .iter()

@@ -11,7 +11,8 @@ use tagcast::server::{self, AccountSource, Prepared, Shutdown};
 use crate::ServeArgs;
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
-    // Before anything else: from here on SIGTERM/SIGINT end the process cleanly.
+    // Before anything else (main caught the signals already; this hands them to the
+    // runtime): from here on SIGTERM/SIGINT end the process cleanly.
     let mut shutdown = Shutdown::install()?;
     let config = load_config(args)?;
     init_logging(config.log_format);

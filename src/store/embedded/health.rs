@@ -20,8 +20,11 @@ enum Problem {
 pub(super) struct Health {
     problem: Mutex<Option<Problem>>,
     metrics: Arc<Metrics>,
-    /// One warning per period while writes keep failing, with a count.
+    /// One warning per period while writes keep failing, with a count. Not reset by a
+    /// recovery: on a nearly full disk writes can succeed and fail in turn, and that must
+    /// not log a pair of lines every second.
     failures: LogThrottle,
+    recoveries: LogThrottle,
 }
 
 /// What an SQLite error says about the store, as opposed to about one request.
@@ -57,6 +60,7 @@ impl Health {
             problem: Mutex::new(None),
             metrics,
             failures: LogThrottle::new(Duration::from_secs(30)),
+            recoveries: LogThrottle::new(Duration::from_secs(30)),
         }
     }
 
@@ -124,11 +128,9 @@ impl Health {
             *p = None;
             drop(p);
             self.metrics.set_store_writable(true);
-            let held = self.failures.reset().unwrap_or(0);
-            tracing::info!(
-                failures_not_logged = held,
-                "embedded store writes again; ready"
-            );
+            if let Some(held) = self.recoveries.admit() {
+                tracing::info!(repeated = held, "embedded store writes again; ready");
+            }
         }
     }
 }

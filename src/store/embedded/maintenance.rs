@@ -31,6 +31,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub(super) struct Maintenance {
     pub conn: Connection,
     pub wal_path: PathBuf,
+    /// Over this the writer truncates the log itself; a checkpoint here would only hold
+    /// the checkpoint lock it needs.
+    pub wal_limit_bytes: u64,
     pub writer: mpsc::Sender<Msg>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -43,7 +46,8 @@ pub(super) fn run(m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
     let mut quiet_ticks = 0u32;
     let mut last_probe = Instant::now();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
-        let backfilled = match passive_checkpoint(&m.conn) {
+        let over_bound = wal_size(&m.wal_path) > m.wal_limit_bytes;
+        let backfilled = match passive_checkpoint(&m.conn, over_bound) {
             Ok(done) => {
                 if let Some(held) = failures.reset() {
                     tracing::info!(failures_not_logged = held, "WAL checkpoints succeed again");
@@ -84,8 +88,11 @@ pub(super) fn run(m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// Whether every page of the log is now in the database.
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+/// Whether every page of the log is now in the database (`skip`: only find out).
+fn passive_checkpoint(conn: &Connection, skip: bool) -> rusqlite::Result<bool> {
+    if skip {
+        return Ok(false);
+    }
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         let log: i64 = r.get(1)?;
         let copied: i64 = r.get(2)?;

@@ -154,6 +154,7 @@ impl EmbeddedStore {
         let maintenance = maintenance::Maintenance {
             conn: maintenance_conn,
             wal_path: wal_path.clone(),
+            wal_limit_bytes: options.wal_limit_bytes,
             writer: tx.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
@@ -169,6 +170,7 @@ impl EmbeddedStore {
             health: health.clone(),
             wal_path,
             retry_truncate_at: Instant::now(),
+            truncate_failed: false,
             over_bound: LogThrottle::new(Duration::from_secs(30)),
         };
         let writer_thread = std::thread::Builder::new()

@@ -35,10 +35,12 @@ pub(super) enum Msg {
     Probe,
 }
 
-/// Longest the writer waits for readers to let go of the log when it truncates it; a
-/// reader that holds on longer (a long `tagcast check` or backup) makes the writer go on
-/// and retry a second later, rather than stall every request.
+/// Longest one truncation waits for readers to let go of the log.
 const TRUNCATE_WAIT: Duration = Duration::from_millis(200);
+/// Longest the writer holds writes back for the log to be emptied. A reader that holds
+/// on longer (a long `tagcast check` or backup) makes the writer go on over the bound and
+/// try again later, once per attempt without waiting, rather than stall every request.
+const YIELD_LIMIT: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     pub conn: Connection,
@@ -48,6 +50,8 @@ pub(super) struct Writer {
     pub wal_path: PathBuf,
     /// No truncation attempt before this (after one failed).
     pub retry_truncate_at: Instant,
+    /// The last truncation attempt failed: the next does not wait.
+    pub truncate_failed: bool,
     pub over_bound: LogThrottle,
 }
 
@@ -134,19 +138,24 @@ impl Writer {
         }
     }
 
-    /// Empties the log if it can, then makes one small durable write.
+    /// Empties the log if it can, then commits 1 MiB (then frees it again): on a full
+    /// disk a small write often still fits where a request's does not, and a probe that
+    /// succeeds on less would report the store ready while writes keep failing.
     fn probe(&mut self) {
         let _ = truncate_wal(&self.conn, TRUNCATE_WAIT);
-        let write = |conn: &mut Connection| -> rusqlite::Result<()> {
+        let set = |conn: &mut Connection, value: &str| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
-                "INSERT INTO tagcast_meta (key, value) VALUES ('probe', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [now_ms().to_string()],
+                &format!(
+                    "INSERT INTO tagcast_meta (key, value) VALUES ('probe', {value})
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ),
+                [],
             )?;
             tx.commit()
         };
-        match write(&mut self.conn) {
+        let now = format!("'{}'", now_ms());
+        match set(&mut self.conn, "zeroblob(1048576)").and_then(|_| set(&mut self.conn, &now)) {
             Ok(()) => self.health.succeeded(),
             Err(e) => {
                 self.health.failed(e, true);
@@ -161,13 +170,31 @@ impl Writer {
         if size <= limit || Instant::now() < self.retry_truncate_at {
             return;
         }
-        match truncate_wal(&self.conn, TRUNCATE_WAIT) {
+        // Yield: no write until the log is emptied. Another checkpoint in progress (the
+        // maintenance thread's) makes an attempt fail at once, so try again shortly.
+        let deadline = Instant::now()
+            + if self.truncate_failed {
+                Duration::ZERO
+            } else {
+                YIELD_LIMIT
+            };
+        let outcome = loop {
+            match truncate_wal(&self.conn, TRUNCATE_WAIT) {
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(true) => {
+                self.truncate_failed = false;
                 self.metrics.observe_wal_truncation();
                 self.metrics.set_wal_bytes(wal_size(&self.wal_path));
                 self.over_bound.reset();
             }
             outcome => {
+                self.truncate_failed = true;
                 self.retry_truncate_at = Instant::now() + Duration::from_secs(1);
                 if let Some(held) = self.over_bound.admit() {
                     let why = match outcome {
