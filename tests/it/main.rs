@@ -14,6 +14,7 @@ mod lifecycle;
 mod logging;
 mod pg_errors;
 mod rate_limit;
+mod readme;
 mod scale_out;
 mod sdk_node;
 mod sdk_python;
