@@ -3,6 +3,7 @@
 mod abuse;
 mod actions;
 mod backup;
+mod check;
 mod cli;
 mod common;
 mod disk_full;

@@ -1,0 +1,75 @@
+//! `tagcast check` on either backend, while the server runs: clean on a store written
+//! through the API, and each problem named once rows break tagcast's rules.
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::infra::postgres_backend;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_passes_a_served_store_and_names_rows_that_break_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir.path().join("data"));
+    let server = ChildServer::spawn_with(dir.path(), &config);
+    let c = server.client();
+    register(&c, APP, &[1, 2]).await;
+    let a = call(
+        &c,
+        "BatchUpdateUserTags",
+        json!({"AppId": APP, "UserTags": [{"UserId": 1, "Tags": {"level": "gold"}}]}),
+    )
+    .await;
+    assert!(failed_infos(&a).is_empty());
+    let target: Vec<String> = match &config.store.url {
+        Some(url) => vec!["--store-url".into(), url.clone()],
+        None => vec!["--data-dir".into(), config.data_dir.display().to_string()],
+    };
+    let check = || {
+        let mut args = vec!["check".to_owned()];
+        args.extend(target.iter().cloned());
+        let dir = dir.path().to_owned();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tagcast(&refs, &dir).await
+        }
+    };
+    if postgres_backend() {
+        // Debian's PostgreSQL ships amcheck; with it the indexes are verified too.
+        run_sql(&config, "CREATE EXTENSION IF NOT EXISTS amcheck");
+    }
+    let (code, stdout, stderr) = check().await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("0 problem(s), 0 warning(s)"), "{stdout}");
+    assert!(stdout.contains("2 users in 1 apps, 1 tags"), "{stdout}");
+    if postgres_backend() {
+        assert!(stdout.contains("ok      amcheck"), "{stdout}");
+    } else {
+        let pid = server.child.id();
+        assert!(
+            stdout.contains(&format!("online: served by pid {pid}")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("ok      integrity"), "{stdout}");
+    }
+
+    // Rows the API could never have written.
+    run_sql(
+        &config,
+        &format!(
+            "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES ({APP}, 424242, 0, 'k', 'v');
+             INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES ({APP}, 2, 0, 'a:b', 'v');
+             UPDATE users SET ext = '[1]' WHERE app_id = {APP} AND user_id = 2;"
+        ),
+    );
+    let (code, stdout, _) = check().await;
+    assert_eq!(code, 1, "{stdout}");
+    for expected in [
+        "FAILED  orphan tags    1 tags belong to no registered user",
+        "FAILED  users.ext      1 users hold an Ext that is not a JSON object",
+        "warning tag keys       1 distinct keys break today's tag rules (first: \"a:b\": contains ':')",
+        "tagcast check: 2 problem(s), 1 warning(s)",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} not in:\n{stdout}");
+    }
+    assert!(server.terminate().success());
+}
