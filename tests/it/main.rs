@@ -12,6 +12,7 @@ mod hostile;
 mod infra;
 mod lifecycle;
 mod logging;
+mod packaging;
 mod pg_errors;
 mod rate_limit;
 mod scale_out;
