@@ -13,6 +13,7 @@ mod hostile;
 mod infra;
 mod lifecycle;
 mod logging;
+mod packaging;
 mod pg_errors;
 mod rate_limit;
 mod readme;
