@@ -30,7 +30,7 @@ pub struct Metrics {
     commit_batch: Histogram,
     limiter_errors: Counter,
     wal_bytes: Gauge,
-    wal_truncations: Counter,
+    wal_restarts: Counter,
     store_writable: Gauge,
 }
 
@@ -87,11 +87,11 @@ impl Metrics {
             "Size of the embedded store's write-ahead log file (bounded by store.wal_limit_mb)",
             wal_bytes.clone(),
         );
-        let wal_truncations = Counter::default();
+        let wal_restarts = Counter::default();
         registry.register(
-            "store_wal_truncations",
-            "Checkpoints that emptied the write-ahead log because it passed store.wal_limit_mb or the store was idle",
-            wal_truncations.clone(),
+            "store_wal_restarts",
+            "Times the writer held writes back to restart the write-ahead log because it passed store.wal_limit_mb",
+            wal_restarts.clone(),
         );
         let store_writable = Gauge::default();
         store_writable.set(1);
@@ -109,7 +109,7 @@ impl Metrics {
             commit_batch,
             limiter_errors,
             wal_bytes,
-            wal_truncations,
+            wal_restarts,
             store_writable,
         }
     }
@@ -144,8 +144,8 @@ impl Metrics {
         self.wal_bytes.set(bytes as i64);
     }
 
-    pub fn observe_wal_truncation(&self) {
-        self.wal_truncations.inc();
+    pub fn observe_wal_restart(&self) {
+        self.wal_restarts.inc();
     }
 
     pub fn set_store_writable(&self, writable: bool) {

@@ -198,6 +198,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    tracing::info!("stopped accepting; finishing in-flight requests");
     let grace = Duration::from_secs(state.http.shutdown_grace_secs);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -214,25 +215,28 @@ pub async fn serve(
 /// Set by the handlers [`catch_signals_early`] installs; read by [`Shutdown`].
 static EARLY_SIGNAL: AtomicBool = AtomicBool::new(false);
 
-/// Catches SIGTERM and SIGINT from the first instructions of `tagcast serve` on, before
-/// the async runtime (which [`Shutdown`] needs) exists: a signal that arrives while the
-/// runtime starts is remembered, not fatal. Only the server installs it: other commands
-/// keep the default action, so Ctrl-C stops them.
+/// Catches SIGTERM, SIGINT and SIGHUP from the first instructions of `tagcast serve` on,
+/// before the async runtime (which [`Shutdown`] needs) exists: a signal that arrives while
+/// the runtime starts is remembered, not fatal. Only the server installs it: other
+/// commands keep the default action, so Ctrl-C stops them. SIGHUP (a closed terminal, or
+/// an operator expecting a reload, which tagcast does not do) stops the server the same
+/// graceful way rather than killing it mid-request.
 pub fn catch_signals_early() -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    for (signal, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for (signal, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP")] {
         signal_hook::flag::register(signal, &EARLY_SIGNAL)
             .map_err(|e| format!("installing the {name} handler: {e}"))?;
     }
     Ok(())
 }
 
-/// SIGTERM and SIGINT as a future. With [`catch_signals_early`] before it, a signal at
-/// any moment of start-up or serving ends the process cleanly (exit 0) instead of
-/// killing it.
+/// SIGTERM, SIGINT and SIGHUP as a future. With [`catch_signals_early`] before it, a
+/// signal at any moment of start-up or serving ends the process cleanly (exit 0) instead
+/// of killing it.
 pub struct Shutdown {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
@@ -244,18 +248,20 @@ impl Shutdown {
         Ok(Shutdown {
             term: installed(SignalKind::terminate(), "SIGTERM")?,
             int: installed(SignalKind::interrupt(), "SIGINT")?,
+            hup: installed(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 
-    /// Resolves when SIGTERM or SIGINT arrives, or arrived since [`catch_signals_early`].
+    /// Resolves when a signal arrives, or arrived since [`catch_signals_early`].
     pub async fn requested(&mut self) {
         // After `install`, a new signal reaches the streams; one before it, only the flag.
         if !EARLY_SIGNAL.load(Ordering::SeqCst) {
             tokio::select! {
                 _ = self.term.recv() => {},
                 _ = self.int.recv() => {},
+                _ = self.hup.recv() => {},
             }
         }
-        tracing::info!("shutdown requested; finishing in-flight requests");
+        tracing::info!("shutdown requested");
     }
 }

@@ -78,14 +78,12 @@ pub fn resolve_accounts(accounts: &[AccountConfig]) -> Result<Vec<AccountConfig>
     for a in &mut resolved {
         for k in &mut a.keys {
             let secret = read_secret(&a.name, k)?;
-            if !k.disabled {
-                if let Some(why) = weak_secret_reason(&secret) {
-                    return Err(format!(
-                        "accounts.{}: the secret of key {} is refused: {why}. \
-                         `tagcast keys new` prints a fresh key pair",
-                        a.name, k.access_key
-                    ));
-                }
+            if let Some(why) = weak_secret_reason(&secret).filter(|_| !k.disabled) {
+                return Err(format!(
+                    "accounts.{}: the secret of key {} is refused: {why}. \
+                     `tagcast keys new` prints a fresh key pair",
+                    a.name, k.access_key
+                ));
             }
             k.secret_key = Some(secret);
             k.secret_key_env = None;
@@ -125,13 +123,18 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("reading secret_key_file {}: {e}", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                "secret_key_file is readable by other users; chmod 600 it"
-            );
-        }
+    // systemd's credentials (LoadCredential=) are shared with the service through an ACL,
+    // which shows in the mode's group bits: not a leak.
+    let systemd_credential =
+        std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|dir| path.starts_with(dir));
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+        && !systemd_credential
+    {
+        tracing::warn!(
+            file = %path.display(),
+            "secret_key_file is readable by other users; chmod 600 it"
+        );
     }
     let secret = text.strip_suffix('\n').unwrap_or(&text);
     let secret = secret.strip_suffix('\r').unwrap_or(secret);

@@ -137,6 +137,29 @@ async fn a_backup_under_writes_holds_every_earlier_acknowledged_write_and_restor
     let (code, out, err) = run_tagcast(&forced, dir.path()).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("tagcast.db.replaced-"), "{out}");
+    // Even over a store SQLite cannot open (often the reason to restore), and the copy
+    // belongs to whoever owns the directory (root restoring for a service user).
+    let db = restored.join(tagcast::store::embedded::DB_FILE);
+    std::fs::write(&db, vec![0x42; 8192]).unwrap();
+    let as_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if as_root {
+        std::os::unix::fs::chown(&restored, Some(65534), Some(65534)).unwrap();
+    }
+    let (code, out, err) = run_tagcast(&forced, dir.path()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    if as_root {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
+    }
+    let (code, out, _) = run_tagcast(
+        &["check", "--data-dir", restored.to_str().unwrap()],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
     println!(
         "backup: taken while 4 writers ran; {} writes acknowledged before it began, all in the copy; {stdout}",
         before.len()

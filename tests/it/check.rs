@@ -43,6 +43,25 @@ async fn check_passes_a_served_store_and_names_rows_that_break_the_rules() {
     assert!(stdout.contains("2 users in 1 apps, 1 tags"), "{stdout}");
     if postgres_backend() {
         assert!(stdout.contains("ok      amcheck"), "{stdout}");
+        // A role that may read the tables but not run amcheck: a warning, and every
+        // other check still runs.
+        let url = config.store.url.clone().unwrap();
+        let role = format!("checker_{}", url.rsplit('/').next().unwrap());
+        run_sql(
+            &config,
+            &format!(
+                "CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
+            ),
+        );
+        let as_role = url.replacen("tagcast@", &format!("{role}@"), 1);
+        let dir = dir.path().to_owned();
+        let (code, stdout, stderr) = run_tagcast(&["check", "--store-url", &as_role], &dir).await;
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(
+            stdout.contains("warning amcheck        installed, but this role may not run it")
+                && stdout.contains("ok      tag cap"),
+            "{stdout}"
+        );
     } else {
         let pid = server.child.id();
         assert!(

@@ -15,7 +15,7 @@ fn serve_with_env(
     dir: &std::path::Path,
     config: &tagcast::config::Config,
     env: &[(&str, &str)],
-) -> (std::process::Child, String, Vec<String>) {
+) -> (KillOnDrop, String, Vec<String>) {
     let path = dir.join("tagcast.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
     let mut cmd = tagcast_command();
@@ -41,7 +41,7 @@ fn serve_with_env(
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (child, endpoint, banner)
+    (KillOnDrop::new(child), endpoint, banner)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -62,14 +62,12 @@ async fn secrets_come_from_the_environment_or_a_file_and_sign_requests() {
     }];
     let text = config.to_toml();
     assert!(!text.contains(SK) && !text.contains(SK_OTHER), "{text}");
-    let (mut child, endpoint, _) =
-        serve_with_env(dir.path(), &config, &[("ACME_SECRET_FOR_TEST", SK)]);
+    let (child, endpoint, _) = serve_with_env(dir.path(), &config, &[("ACME_SECRET_FOR_TEST", SK)]);
     let acme = tagcast::call::Client::new(&endpoint, creds(AK, SK));
     register(&acme, APP, &[1]).await;
     let other = tagcast::call::Client::new(&endpoint, creds(AK_OTHER, SK_OTHER));
     register(&other, OTHER_APP, &[1]).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     // Unset, the variable stops the start with a message naming it.
     let path = dir.path().join("tagcast.toml");
@@ -140,7 +138,7 @@ async fn the_banner_try_line_runs_as_printed_with_a_non_default_data_directory()
     let dir = tempfile::tempdir().unwrap();
     let mut config = base_config(&dir.path().join("my data"));
     config.accounts.clear();
-    let (mut child, _, banner) = serve_with_env(dir.path(), &config, &[]);
+    let (_child, _, banner) = serve_with_env(dir.path(), &config, &[]);
     let try_line = banner
         .iter()
         .find_map(|l| l.trim_start().strip_prefix("try:"))
@@ -159,8 +157,6 @@ async fn the_banner_try_line_runs_as_printed_with_a_non_default_data_directory()
         "{try_line}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -494,6 +494,34 @@ fn parse_http_answer(buf: &[u8]) -> Option<(u16, Value)> {
     })
 }
 
+/// A child process that is killed when dropped (a failing test must not leave a server
+/// running).
+pub struct KillOnDrop(pub Option<Child>);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        KillOnDrop(Some(child))
+    }
+
+    /// The child, to wait on; no longer killed on drop.
+    pub fn take(mut self) -> Child {
+        self.0.take().unwrap()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The `tagcast` binary under test, with no key taken from the caller's environment.
 pub fn tagcast_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tagcast"));

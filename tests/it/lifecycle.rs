@@ -34,14 +34,16 @@ fn sigterm_at_a_random_moment_of_the_first_300_ms_exits_zero_every_time() {
         std::fs::write(&config_path, config.to_toml()).unwrap();
         let delay = Duration::from_micros(rand::random_range(0..300_000));
         let spawned = Instant::now();
-        let child = tagcast_command()
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = KillOnDrop::new(
+            tagcast_command()
+                .args(["serve", "--config"])
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let pid = child.id();
         let marker = data.join("tagcast.lock");
         let mut handler = None;
@@ -74,7 +76,7 @@ fn sigterm_at_a_random_moment_of_the_first_300_ms_exits_zero_every_time() {
             .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = child.take().wait_with_output().unwrap();
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -166,4 +168,20 @@ async fn a_second_server_on_the_same_data_directory_is_refused_naming_the_first(
     assert!(first.terminate().success());
     let again = ChildServer::spawn_with(dir.path(), &config);
     assert_eq!(tags_of(&again.client(), APP, 0, 1).await, Some(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_and_sigint_stop_the_server_as_gracefully_as_sigterm() {
+    for signal in ["-HUP", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(&dir.path().join("data"));
+        let mut server = ChildServer::spawn_with(dir.path(), &config);
+        register(&server.client(), APP, &[1]).await;
+        std::process::Command::new("kill")
+            .args([signal, &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = server.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{signal}: {status}");
+    }
 }

@@ -69,6 +69,16 @@ struct Session {
     skipped: Vec<String>,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A failed block must not leave the session's server running.
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
 impl Session {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -233,6 +243,7 @@ fn assert_banner_matches(documented: &str, real: &[String]) {
 /// A server on the TOML of a block, with what it cannot have here (addresses of other
 /// machines, secrets named by environment variables) supplied from outside the file.
 fn serve_toml(s: &Session, block: &Block, n: usize) {
+    // (The server is killed if a check below fails; terminated cleanly otherwise.)
     let path = s.write(&format!("block-{n}.toml"), &block.text);
     let data = s.path().join(format!("block-{n}-data"));
     let mut script = format!("export TAGCAST_DATA_DIR='{}'\n", data.display());

@@ -70,6 +70,9 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, String> {
     config.validate()?;
     let report = match (&args.file, config.store.kind) {
         (Some(file), _) => {
+            if !file.is_file() {
+                return Err(format!("{} does not exist", file.display()));
+            }
             println!("tagcast check: SQLite file {}", file.display());
             check_file(file.clone(), &config).await?
         }

@@ -91,10 +91,10 @@ pub async fn run(args: CallArgs) -> Result<ExitCode, String> {
     }
     if let Some((code, message)) = answer.error() {
         eprintln!("{code} (HTTP {}): {message}", answer.status);
-        if code == "InvalidActionOrVersion" {
-            if let Some(name) = client::closest_action(&args.action) {
-                eprintln!("tagcast call: did you mean {name}?");
-            }
+        if code == "InvalidActionOrVersion"
+            && let Some(name) = client::closest_action(&args.action)
+        {
+            eprintln!("tagcast call: did you mean {name}?");
         }
         return Ok(ExitCode::from(EXIT_API_ERROR));
     }

@@ -114,11 +114,11 @@ fn main() -> ExitCode {
     // First, even before the arguments are parsed (building the parser is most of the
     // time a start takes): a SIGTERM while the server starts must stop it cleanly, not
     // kill it. Only for `serve`; the other commands keep Ctrl-C's default.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
-        if let Err(e) = tagcast::server::catch_signals_early() {
-            eprintln!("tagcast: {e}");
-            return ExitCode::from(EXIT_LOCAL);
-        }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve")
+        && let Err(e) = tagcast::server::catch_signals_early()
+    {
+        eprintln!("tagcast: {e}");
+        return ExitCode::from(EXIT_LOCAL);
     }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -87,17 +87,25 @@ pub fn restore(from: &Path, data_dir: &Path, replace: bool) -> Result<Copied, St
                 DB_FILE
             ));
         }
-        // Fold the old store's log into it first, so the file kept aside is complete.
-        let conn = open_connection(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| format!("opening {}: {e}", db.display()))?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| format!("checkpointing {}: {e}", db.display()))?;
-        drop(conn);
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let aside = data_dir.join(format!("{DB_FILE}.replaced-{secs}"));
+        // Fold the old store's log into it, so the file kept aside is complete. A store
+        // SQLite cannot open (damaged: often why one restores) keeps its log beside it
+        // under the same suffix instead.
+        let folded = open_connection(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .and_then(|conn| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
+        if let Err(e) = &folded {
+            tracing::warn!(error = %e, "the replaced store could not be checkpointed; keeping its log beside it");
+        }
         std::fs::rename(&db, &aside).map_err(|e| format!("moving {} aside: {e}", db.display()))?;
+        let wal = data_dir.join(format!("{DB_FILE}-wal"));
+        if folded.is_err() && wal.exists() {
+            let wal_aside = data_dir.join(format!("{DB_FILE}-wal.replaced-{secs}"));
+            std::fs::rename(&wal, &wal_aside)
+                .map_err(|e| format!("moving {} aside: {e}", wal.display()))?;
+        }
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(data_dir.join(format!("{DB_FILE}{suffix}")));
         }
@@ -106,6 +114,7 @@ pub fn restore(from: &Path, data_dir: &Path, replace: bool) -> Result<Copied, St
     let partial = partial_name(&db);
     std::fs::copy(from, &partial)
         .map_err(|e| format!("copying {} to {}: {e}", from.display(), partial.display()))?;
+    own_like_directory(&partial, data_dir)?;
     sync_file(&partial)?;
     std::fs::rename(&partial, &db)
         .map_err(|e| format!("renaming {} to {}: {e}", partial.display(), db.display()))?;
@@ -150,6 +159,25 @@ fn verify_copy(path: &Path) -> Result<(i64, u32), String> {
         .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
         .map_err(bad)?;
     Ok((users, version))
+}
+
+/// The restored file belongs to whoever owns the data directory: restored by root for a
+/// server that runs as its own user, a root-owned store would be read-only to it.
+fn own_like_directory(file: &Path, dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    let this = std::fs::metadata(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    if (this.uid(), this.gid()) == (owner.uid(), owner.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(file, Some(owner.uid()), Some(owner.gid())).map_err(|e| {
+        format!(
+            "giving {} to the owner of {} (uid {}): {e}",
+            file.display(),
+            dir.display(),
+            owner.uid()
+        )
+    })
 }
 
 fn partial_name(path: &Path) -> PathBuf {

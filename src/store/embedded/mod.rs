@@ -145,6 +145,13 @@ impl EmbeddedStore {
                 conn.pragma_update(None, "journal_size_limit", options.wal_limit_bytes as i64)
             })
             .map_err(|e| format!("configuring {}: {e}", path.display()))?;
+        // After the pragma, which would replace it.
+        let wal_frames = writer::count_wal_frames(&mut conn)
+            .map_err(|e| format!("configuring {}: {e}", path.display()))?;
+        let page_size: u64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| format!("reading the page size of {}: {e}", path.display()))?
+            as u64;
         let maintenance_conn = open_connection(&path, OpenFlags::default())
             .map_err(|e| format!("opening the maintenance connection: {e}"))?;
         let wal_path = lock.dir().join(WAL_FILE);
@@ -154,6 +161,8 @@ impl EmbeddedStore {
         let maintenance = maintenance::Maintenance {
             conn: maintenance_conn,
             wal_path: wal_path.clone(),
+            wal_frames: wal_frames.clone(),
+            frame_bytes: page_size + 24,
             wal_limit_bytes: options.wal_limit_bytes,
             writer: tx.clone(),
             health: health.clone(),
@@ -165,12 +174,13 @@ impl EmbeddedStore {
             .map_err(|e| format!("starting the maintenance thread: {e}"))?;
         let writer = writer::Writer {
             conn,
+            wal_frames,
+            frame_bytes: page_size + 24,
             options,
             metrics,
             health: health.clone(),
-            wal_path,
-            retry_truncate_at: Instant::now(),
-            truncate_failed: false,
+            retry_checkpoint_at: Instant::now(),
+            checkpoint_failed: false,
             over_bound: LogThrottle::new(Duration::from_secs(30)),
         };
         let writer_thread = std::thread::Builder::new()

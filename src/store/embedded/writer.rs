@@ -8,13 +8,15 @@
 //! The WAL bound: PASSIVE checkpoints (the maintenance thread's) copy pages back into the
 //! database but never move the log's write position back to its start while commits keep
 //! coming, so under sustained writes the log grows for as long as the load lasts. So after
-//! every commit the writer looks at the log's size, and once it passes
-//! `store.wal_limit_mb` it yields to a TRUNCATE checkpoint itself: no write runs while the
-//! checkpoint copies what is left and empties the file. The log can therefore pass the
-//! bound by at most one batch's pages.
+//! every commit the writer looks at how much the log holds (SQLite's WAL hook reports its
+//! frames), and once that passes `store.wal_limit_mb` it yields to a RESTART checkpoint
+//! itself: no write runs while the checkpoint copies what is left, and the next commit
+//! writes from the start of the file again. The file keeps its blocks (appending to a
+//! file that had been truncated costs every commit a metadata update), so it stays at the
+//! bound plus at most one batch's pages; the maintenance thread empties it when idle.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -35,8 +37,8 @@ pub(super) enum Msg {
     Probe,
 }
 
-/// Longest one truncation waits for readers to let go of the log.
-const TRUNCATE_WAIT: Duration = Duration::from_millis(200);
+/// Longest one checkpoint waits for readers to let go of the log.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
 /// Longest the writer holds writes back for the log to be emptied. A reader that holds
 /// on longer (a long `tagcast check` or backup) makes the writer go on over the bound and
 /// try again later, once per attempt without waiting, rather than stall every request.
@@ -44,14 +46,17 @@ const YIELD_LIMIT: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     pub conn: Connection,
+    /// Frames in the log after the last commit (set by the WAL hook).
+    pub wal_frames: Arc<AtomicU64>,
+    /// Bytes one frame takes in the log: a page and its 24-byte header.
+    pub frame_bytes: u64,
     pub options: EmbeddedOptions,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub wal_path: PathBuf,
-    /// No truncation attempt before this (after one failed).
-    pub retry_truncate_at: Instant,
-    /// The last truncation attempt failed: the next does not wait.
-    pub truncate_failed: bool,
+    /// No checkpoint attempt before this (after one failed).
+    pub retry_checkpoint_at: Instant,
+    /// The last checkpoint attempt failed: the next does not wait.
+    pub checkpoint_failed: bool,
     pub over_bound: LogThrottle,
 }
 
@@ -61,14 +66,33 @@ pub(super) fn wal_size(path: &std::path::Path) -> u64 {
 }
 
 /// `PRAGMA wal_checkpoint(TRUNCATE)` waiting at most `wait` for readers: `Ok(true)` when
-/// the log was emptied, `Ok(false)` when a reader kept it from completing.
+/// the log was emptied (and the file cut to nothing), `Ok(false)` when a reader or
+/// another checkpoint kept it from completing.
 pub(super) fn truncate_wal(conn: &Connection, wait: Duration) -> rusqlite::Result<bool> {
+    checkpoint(conn, "TRUNCATE", wait)
+}
+
+/// `PRAGMA wal_checkpoint(mode)` waiting at most `wait` for readers; `Ok(true)` when it
+/// completed.
+fn checkpoint(conn: &Connection, mode: &str, wait: Duration) -> rusqlite::Result<bool> {
     conn.busy_timeout(wait)?;
-    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+    let result = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         r.get::<_, i64>(0)
     });
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(result? == 0)
+}
+
+/// Has `conn` report the frames in the log after each of its commits into the returned
+/// counter. Replaces SQLite's automatic checkpoints, which the same hook drives.
+pub(super) fn count_wal_frames(conn: &mut Connection) -> rusqlite::Result<Arc<AtomicU64>> {
+    let frames = Arc::new(AtomicU64::new(0));
+    let hook = frames.clone();
+    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+        hook.store(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }))?;
+    Ok(frames)
 }
 
 pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
@@ -142,7 +166,7 @@ impl Writer {
     /// disk a small write often still fits where a request's does not, and a probe that
     /// succeeds on less would report the store ready while writes keep failing.
     fn probe(&mut self) {
-        let _ = truncate_wal(&self.conn, TRUNCATE_WAIT);
+        let _ = truncate_wal(&self.conn, CHECKPOINT_WAIT);
         let set = |conn: &mut Connection, value: &str| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
@@ -163,23 +187,23 @@ impl Writer {
         }
     }
 
-    /// Truncates the log once it is over the bound (see the module documentation).
+    /// Restarts the log once it holds more than the bound (see the module documentation).
     fn bound_wal(&mut self) {
         let limit = self.options.wal_limit_bytes;
-        let size = wal_size(&self.wal_path);
-        if size <= limit || Instant::now() < self.retry_truncate_at {
+        let held = self.wal_frames.load(Ordering::Relaxed) * self.frame_bytes;
+        if held <= limit || Instant::now() < self.retry_checkpoint_at {
             return;
         }
-        // Yield: no write until the log is emptied. Another checkpoint in progress (the
+        // Yield: no write until the log starts over. Another checkpoint in progress (the
         // maintenance thread's) makes an attempt fail at once, so try again shortly.
         let deadline = Instant::now()
-            + if self.truncate_failed {
+            + if self.checkpoint_failed {
                 Duration::ZERO
             } else {
                 YIELD_LIMIT
             };
         let outcome = loop {
-            match truncate_wal(&self.conn, TRUNCATE_WAIT) {
+            match checkpoint(&self.conn, "RESTART", CHECKPOINT_WAIT) {
                 Ok(false) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -188,25 +212,25 @@ impl Writer {
         };
         match outcome {
             Ok(true) => {
-                self.truncate_failed = false;
-                self.metrics.observe_wal_truncation();
-                self.metrics.set_wal_bytes(wal_size(&self.wal_path));
+                self.checkpoint_failed = false;
+                self.wal_frames.store(0, Ordering::Relaxed);
+                self.metrics.observe_wal_restart();
                 self.over_bound.reset();
             }
             outcome => {
-                self.truncate_failed = true;
-                self.retry_truncate_at = Instant::now() + Duration::from_secs(1);
-                if let Some(held) = self.over_bound.admit() {
+                self.checkpoint_failed = true;
+                self.retry_checkpoint_at = Instant::now() + Duration::from_secs(1);
+                if let Some(repeated) = self.over_bound.admit() {
                     let why = match outcome {
                         Ok(_) => "a reader holds it (a long `tagcast check` or backup?)".to_owned(),
                         Err(e) => e.to_string(),
                     };
                     tracing::warn!(
-                        wal_mb = size / (1 << 20),
+                        wal_mb = held / (1 << 20),
                         limit_mb = limit / (1 << 20),
                         cause = %why,
-                        repeated = held,
-                        "the write-ahead log is over store.wal_limit_mb and could not be truncated; retrying every second"
+                        repeated,
+                        "the write-ahead log is over store.wal_limit_mb and could not be restarted; retrying every second"
                     );
                 }
             }

@@ -35,7 +35,7 @@ pub async fn check(
     limits: &TagLimits,
 ) -> Result<Report, String> {
     let mut client = super::connect_one(url, ca_file).await?;
-    let tx = client
+    let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
@@ -43,7 +43,7 @@ pub async fn check(
         .await
         .map_err(|e| format!("starting a read-only transaction: {e}"))?;
     let mut report = Report::default();
-    if let Err(e) = run_checks(&tx, limits, &mut report).await {
+    if let Err(e) = run_checks(&mut tx, limits, &mut report).await {
         report.fail("read", super::connect::chain(&e));
     }
     Ok(report)
@@ -58,7 +58,7 @@ async fn count(
 }
 
 async fn run_checks(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &mut tokio_postgres::Transaction<'_>,
     limits: &TagLimits,
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
@@ -151,23 +151,45 @@ async fn run_checks(
     )
     .await?;
     if amcheck > 0 {
+        // In a savepoint: a refusal (no EXECUTE on bt_index_check) must not abort the
+        // transaction the other checks read in.
+        let mut failure = None;
         for index in INDEXES {
-            let checked = tx
+            let sp = tx.savepoint("amcheck").await?;
+            let checked = sp
                 .execute(
                     "SELECT bt_index_check(c.oid, true) FROM pg_class c
                      WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
                     &[index],
                 )
                 .await;
-            if let Err(e) = checked {
-                report.fail("amcheck", format!("{index}: {}", super::connect::chain(&e)));
-                return Ok(());
+            match checked {
+                Ok(_) => sp.commit().await?,
+                Err(e) => {
+                    sp.rollback().await?;
+                    failure = Some((*index, e));
+                    break;
+                }
             }
         }
-        report.ok(
-            "amcheck",
-            "every index matches its table (bt_index_check with heapallindexed)",
-        );
+        match failure {
+            None => report.ok(
+                "amcheck",
+                "every index matches its table (bt_index_check with heapallindexed)",
+            ),
+            Some((_, e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                report.warn(
+                    "amcheck",
+                    "installed, but this role may not run it: indexes not verified \
+                     (GRANT EXECUTE ON FUNCTION bt_index_check(regclass, boolean) TO it)",
+                )
+            }
+            Some((index, e)) => {
+                report.fail("amcheck", format!("{index}: {}", super::connect::chain(&e)))
+            }
+        }
     } else {
         report.warn(
             "amcheck",

@@ -79,6 +79,10 @@ pub async fn migrate_with(
         .transaction()
         .await
         .map_err(|e| format!("starting migration: {}", chain(&e)))?;
+    // IF NOT EXISTS below would log a NOTICE at every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(|e| format!("starting migration: {}", chain(&e)))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| format!("taking the migration lock: {}", chain(&e)))?;
