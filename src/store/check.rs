@@ -88,6 +88,77 @@ impl Report {
     }
 }
 
+/// What a backend counted for the rules every store is held to; [`Report::rows`] judges
+/// them the same way for both.
+#[derive(Debug, Clone, Default)]
+pub struct RowCounts {
+    pub users: i64,
+    pub apps: i64,
+    pub tags: i64,
+    /// Tags whose user is not registered.
+    pub orphans: i64,
+    /// Rows with an AppId, UserId or InboxType outside the API's range.
+    pub bad_ids: i64,
+    /// Users whose Ext is not a JSON object.
+    pub bad_ext: i64,
+    /// Distinct keys that break the tag rules, each with why.
+    pub bad_keys: Vec<String>,
+    /// Values longer than `tags.max_value_bytes`.
+    pub long_values: i64,
+    /// User inboxes with more keys than `tags.max_per_user`.
+    pub over_cap: i64,
+}
+
+impl Report {
+    /// The findings for `c`: broken references and unreadable rows are failures; rows
+    /// that break today's limits are warnings (the limits may have been lowered since).
+    pub fn rows(&mut self, c: &RowCounts, limits: &TagLimits) {
+        self.ok(
+            "contents",
+            format!("{} users in {} apps, {} tags", c.users, c.apps, c.tags),
+        );
+        self.expect_none("orphan tags", c.orphans, Status::Failed, |n| {
+            format!("{n} tags belong to no registered user")
+        });
+        self.expect_none("ids", c.bad_ids, Status::Failed, |n| {
+            format!("{n} rows hold an AppId, UserId or InboxType outside the API's range")
+        });
+        self.expect_none("users.ext", c.bad_ext, Status::Failed, |n| {
+            format!("{n} users hold an Ext that is not a JSON object (BatchGetUser fails on them)")
+        });
+        self.expect_none(
+            "tag keys",
+            c.bad_keys.len() as i64,
+            Status::Warning,
+            |n| {
+                format!(
+                    "{n} distinct keys break today's tag rules (first: {}); the limits may have changed",
+                    c.bad_keys[0]
+                )
+            },
+        );
+        self.expect_none("tag values", c.long_values, Status::Warning, |n| {
+            format!(
+                "{n} values are longer than tags.max_value_bytes = {}",
+                limits.max_value_bytes
+            )
+        });
+        self.expect_none("tag cap", c.over_cap, Status::Warning, |n| {
+            format!(
+                "{n} user inboxes hold more than tags.max_per_user = {} keys (was the limit lowered?)",
+                limits.max_per_user
+            )
+        });
+    }
+}
+
+/// The distinct keys in `keys` that break the tag rules, each with why.
+pub fn bad_keys(keys: impl IntoIterator<Item = String>, limits: &TagLimits) -> Vec<String> {
+    keys.into_iter()
+        .filter_map(|key| bad_key(&key, limits).map(|why| format!("{key:?}: {why}")))
+        .collect()
+}
+
 /// Whether a stored tag key could have been written through the API (the same rules the
 /// decoder applies); `None` when it could.
 pub fn bad_key(key: &str, limits: &TagLimits) -> Option<String> {

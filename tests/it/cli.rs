@@ -29,17 +29,14 @@ fn serve_with_env(
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("a banner").unwrap();
-    let endpoint = first.rsplit(' ').next().unwrap().to_owned();
-    let mut banner = vec![first];
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let last = line.starts_with("  (call reads") || line.starts_with("  accounts:");
-        banner.push(line);
-        if last {
-            break;
-        }
-    }
+    let banner = read_banner(&mut lines);
+    let endpoint = banner
+        .first()
+        .expect("a banner")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
     std::thread::spawn(move || for _ in lines {});
     (KillOnDrop::new(child), endpoint, banner)
 }

@@ -522,6 +522,20 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The banner `tagcast serve` prints on stdout, read up to its last line (or the end).
+pub fn read_banner(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
+    let mut banner = Vec::new();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        let last = line.starts_with("  (call reads") || line.starts_with("  accounts:");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    banner
+}
+
 /// The `tagcast` binary under test, with no key taken from the caller's environment.
 pub fn tagcast_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tagcast"));

@@ -181,15 +181,7 @@ impl Session {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let last = line.starts_with("  (call reads") || line.starts_with("  accounts:");
-            banner.push(line);
-            if last {
-                break;
-            }
-        }
+        let banner = read_banner(&mut lines);
         if !banner.first().is_some_and(|l| l.contains("listening on")) {
             let out = child.wait_with_output().unwrap();
             panic!(

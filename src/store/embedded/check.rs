@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::schema;
 use crate::config::TagLimits;
-use crate::store::check::{Report, Status, bad_key};
+use crate::store::check::{Report, RowCounts, Status, bad_keys};
 
 /// Checks the SQLite file at `db`. `Err` only when it cannot be read at all.
 pub fn check_file(db: &Path, limits: &TagLimits) -> Result<Report, String> {
@@ -113,84 +113,48 @@ fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rus
         }
     }
 
-    let users = count(conn, "SELECT COUNT(*) FROM users", [])?;
-    let tags = count(conn, "SELECT COUNT(*) FROM tags", [])?;
-    let apps = count(conn, "SELECT COUNT(DISTINCT app_id) FROM users", [])?;
-    report.ok(
-        "contents",
-        format!("{users} users in {apps} apps, {tags} tags"),
-    );
-
-    let orphans = count(
-        conn,
-        "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
-             (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
-        [],
-    )?;
-    report.expect_none("orphan tags", orphans, Status::Failed, |n| {
-        format!("{n} tags belong to no registered user")
-    });
-
-    let bad_ids = count(
-        conn,
-        "SELECT (SELECT COUNT(*) FROM users WHERE app_id NOT BETWEEN 1 AND 2147483647 OR user_id < 1)
-              + (SELECT COUNT(*) FROM tags WHERE inbox_type NOT BETWEEN 0 AND 2147483647)",
-        [],
-    )?;
-    report.expect_none("ids", bad_ids, Status::Failed, |n| {
-        format!("{n} rows hold an AppId, UserId or InboxType outside the API's range")
-    });
-
-    let bad_ext = count(
-        conn,
-        "SELECT COUNT(*) FROM users WHERE NOT json_valid(ext) OR json_type(ext) <> 'object'",
-        [],
-    )?;
-    report.expect_none("users.ext", bad_ext, Status::Failed, |n| {
-        format!("{n} users hold an Ext that is not a JSON object (BatchGetUser fails on them)")
-    });
-
-    let mut bad_keys = Vec::new();
+    let mut keys = Vec::new();
     {
         let mut stmt = conn.prepare("SELECT DISTINCT key FROM tags")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let key: String = row.get(0)?;
-            if let Some(why) = bad_key(&key, limits) {
-                bad_keys.push(format!("{key:?}: {why}"));
-            }
+            keys.push(row.get::<_, String>(0)?);
         }
     }
-    report.expect_none("tag keys", bad_keys.len() as i64, Status::Warning, |n| {
-        format!(
-            "{n} distinct keys break today's tag rules (first: {}); the limits may have changed",
-            bad_keys[0]
-        )
-    });
-
-    let long_values = count(
-        conn,
-        "SELECT COUNT(*) FROM tags WHERE length(CAST(value AS BLOB)) > ?1",
-        [limits.max_value_bytes as i64],
-    )?;
-    report.expect_none("tag values", long_values, Status::Warning, |n| {
-        format!(
-            "{n} values are longer than tags.max_value_bytes = {}",
-            limits.max_value_bytes
-        )
-    });
-
-    let over_cap = count(
-        conn,
-        "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
-                               HAVING COUNT(*) > ?1)",
-        [limits.max_per_user as i64],
-    )?;
-    report.expect_none("tag cap", over_cap, Status::Warning, |n| {
-        format!(
-            "{n} user inboxes hold more than tags.max_per_user = {} keys (was the limit lowered?)",
-            limits.max_per_user
-        )
-    });
+    let counts = RowCounts {
+        users: count(conn, "SELECT COUNT(*) FROM users", [])?,
+        apps: count(conn, "SELECT COUNT(DISTINCT app_id) FROM users", [])?,
+        tags: count(conn, "SELECT COUNT(*) FROM tags", [])?,
+        orphans: count(
+            conn,
+            "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
+                 (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
+            [],
+        )?,
+        bad_ids: count(
+            conn,
+            "SELECT (SELECT COUNT(*) FROM users WHERE app_id NOT BETWEEN 1 AND 2147483647 OR user_id < 1)
+                  + (SELECT COUNT(*) FROM tags WHERE inbox_type NOT BETWEEN 0 AND 2147483647)",
+            [],
+        )?,
+        bad_ext: count(
+            conn,
+            "SELECT COUNT(*) FROM users WHERE NOT json_valid(ext) OR json_type(ext) <> 'object'",
+            [],
+        )?,
+        bad_keys: bad_keys(keys, limits),
+        long_values: count(
+            conn,
+            "SELECT COUNT(*) FROM tags WHERE length(CAST(value AS BLOB)) > ?1",
+            [limits.max_value_bytes as i64],
+        )?,
+        over_cap: count(
+            conn,
+            "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
+                                   HAVING COUNT(*) > ?1)",
+            [limits.max_per_user as i64],
+        )?,
+    };
+    report.rows(&counts, limits);
     Ok(())
 }

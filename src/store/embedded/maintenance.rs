@@ -32,12 +32,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub(super) struct Maintenance {
     pub conn: Connection,
     pub wal_path: PathBuf,
-    /// Frames in the log after the writer's last commit, and a frame's size.
+    /// Frames in the log after the writer's last commit (reset when idle truncation
+    /// empties it).
     pub wal_frames: Arc<AtomicU64>,
-    pub frame_bytes: u64,
-    /// Over this the writer restarts the log itself; a checkpoint here would only hold
-    /// the checkpoint lock it needs.
-    pub wal_limit_bytes: u64,
     pub writer: mpsc::Sender<Msg>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -50,8 +47,9 @@ pub(super) fn run(m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
     let mut quiet_ticks = 0u32;
     let mut last_probe = Instant::now();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
-        let over_bound = m.wal_frames.load(Ordering::Relaxed) * m.frame_bytes > m.wal_limit_bytes;
-        match passive_checkpoint(&m.conn, over_bound) {
+        // Copying continuously keeps what the writer's restart must still copy (with
+        // writes held back) down to about one tick's worth of commits.
+        match passive_checkpoint(&m.conn) {
             Ok(()) => {
                 if let Some(held) = failures.reset() {
                     tracing::info!(failures_not_logged = held, "WAL checkpoints succeed again");
@@ -93,10 +91,7 @@ pub(super) fn run(m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// Copies what it can of the log into the database, unless `skip`.
-fn passive_checkpoint(conn: &Connection, skip: bool) -> rusqlite::Result<()> {
-    if skip {
-        return Ok(());
-    }
+/// Copies what it can of the log into the database.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }

@@ -162,8 +162,6 @@ impl EmbeddedStore {
             conn: maintenance_conn,
             wal_path: wal_path.clone(),
             wal_frames: wal_frames.clone(),
-            frame_bytes: page_size + 24,
-            wal_limit_bytes: options.wal_limit_bytes,
             writer: tx.clone(),
             health: health.clone(),
             metrics: metrics.clone(),

@@ -7,7 +7,7 @@ use tokio_postgres::IsolationLevel;
 
 use super::schema;
 use crate::config::TagLimits;
-use crate::store::check::{Report, Status, bad_key};
+use crate::store::check::{Report, RowCounts, bad_keys};
 
 /// The columns tagcast reads and writes, with their types.
 const COLUMNS: &[(&str, &str, &str)] = &[
@@ -198,40 +198,11 @@ async fn run_checks(
         );
     }
 
-    let users = count(tx, "SELECT COUNT(*) FROM users", &[]).await?;
-    let tags = count(tx, "SELECT COUNT(*) FROM tags", &[]).await?;
-    let apps = count(tx, "SELECT COUNT(DISTINCT app_id) FROM users", &[]).await?;
-    report.ok(
-        "contents",
-        format!("{users} users in {apps} apps, {tags} tags"),
-    );
-
-    let orphans = count(
-        tx,
-        "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
-             (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
-        &[],
-    )
-    .await?;
-    report.expect_none("orphan tags", orphans, Status::Failed, |n| {
-        format!("{n} tags belong to no registered user")
-    });
-
-    let bad_ids = count(
-        tx,
-        "SELECT (SELECT COUNT(*) FROM users WHERE app_id < 1 OR user_id < 1)
-              + (SELECT COUNT(*) FROM tags WHERE inbox_type < 0)",
-        &[],
-    )
-    .await?;
-    report.expect_none("ids", bad_ids, Status::Failed, |n| {
-        format!("{n} rows hold an AppId, UserId or InboxType outside the API's range")
-    });
-
-    // PostgreSQL 15 has no pg_input_is_valid: read Ext here, without a cast that would
-    // stop at the first bad row.
-    let rows = tx.query("SELECT ext FROM users", &[]).await?;
-    let bad_ext = rows
+    // PostgreSQL 15 has no pg_input_is_valid: Ext is judged here, without a cast that
+    // would stop at the first bad row.
+    let bad_ext = tx
+        .query("SELECT ext FROM users", &[])
+        .await?
         .iter()
         .filter(|r| {
             !matches!(
@@ -239,53 +210,48 @@ async fn run_checks(
                 Ok(serde_json::Value::Object(_))
             )
         })
-        .count();
-    report.expect_none("users.ext", bad_ext as i64, Status::Failed, |n| {
-        format!("{n} users hold an Ext that is not a JSON object (BatchGetUser fails on them)")
-    });
-
-    let keys = tx.query("SELECT DISTINCT key FROM tags", &[]).await?;
-    let bad_keys: Vec<String> = keys
+        .count() as i64;
+    let keys = tx
+        .query("SELECT DISTINCT key FROM tags", &[])
+        .await?
         .iter()
-        .filter_map(|r| {
-            let key: String = r.get(0);
-            bad_key(&key, limits).map(|why| format!("{key:?}: {why}"))
-        })
-        .collect();
-    report.expect_none("tag keys", bad_keys.len() as i64, Status::Warning, |n| {
-        format!(
-            "{n} distinct keys break today's tag rules (first: {}); the limits may have changed",
-            bad_keys[0]
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>();
+    let (max_value, cap) = (limits.max_value_bytes as i32, limits.max_per_user as i64);
+    let counts = RowCounts {
+        users: count(tx, "SELECT COUNT(*) FROM users", &[]).await?,
+        apps: count(tx, "SELECT COUNT(DISTINCT app_id) FROM users", &[]).await?,
+        tags: count(tx, "SELECT COUNT(*) FROM tags", &[]).await?,
+        orphans: count(
+            tx,
+            "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
+                 (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
+            &[],
         )
-    });
-
-    let max_value = limits.max_value_bytes as i32;
-    let long_values = count(
-        tx,
-        "SELECT COUNT(*) FROM tags WHERE octet_length(value) > $1",
-        &[&max_value],
-    )
-    .await?;
-    report.expect_none("tag values", long_values, Status::Warning, |n| {
-        format!(
-            "{n} values are longer than tags.max_value_bytes = {}",
-            limits.max_value_bytes
+        .await?,
+        bad_ids: count(
+            tx,
+            "SELECT (SELECT COUNT(*) FROM users WHERE app_id < 1 OR user_id < 1)
+                  + (SELECT COUNT(*) FROM tags WHERE inbox_type < 0)",
+            &[],
         )
-    });
-
-    let cap = limits.max_per_user as i64;
-    let over_cap = count(
-        tx,
-        "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
-                               HAVING COUNT(*) > $1) t",
-        &[&cap],
-    )
-    .await?;
-    report.expect_none("tag cap", over_cap, Status::Warning, |n| {
-        format!(
-            "{n} user inboxes hold more than tags.max_per_user = {} keys (was the limit lowered?)",
-            limits.max_per_user
+        .await?,
+        bad_ext,
+        bad_keys: bad_keys(keys, limits),
+        long_values: count(
+            tx,
+            "SELECT COUNT(*) FROM tags WHERE octet_length(value) > $1",
+            &[&max_value],
         )
-    });
+        .await?,
+        over_cap: count(
+            tx,
+            "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
+                                   HAVING COUNT(*) > $1) t",
+            &[&cap],
+        )
+        .await?,
+    };
+    report.rows(&counts, limits);
     Ok(())
 }

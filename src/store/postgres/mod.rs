@@ -259,16 +259,20 @@ impl Shared {
         }
     }
 
+    /// A pooled connection, or why there is none.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| pool_error(&self.target, e))
+    }
+
     /// Applies `jobs` in order in one transaction on a pooled connection, bounded by the
     /// timeout.
     async fn run(&self, jobs: &[WriteJob]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         let work = async {
             let classify = |e| classify(&self.target, e);
-            let mut client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(&self.target, e))?;
+            let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
             let outcomes = batch::apply(&tx, jobs, self.options.max_tags_per_user)
                 .await
@@ -329,12 +333,7 @@ impl Store for PostgresStore {
         let target = &self.shared.target;
         let classify = |e| classify(target, e);
         let work = async {
-            let client = self
-                .shared
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(target, e))?;
+            let client = self.shared.client().await?;
             let (users_st, tags_st) = tokio::try_join!(
                 client.prepare_cached(
                     "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
@@ -397,12 +396,7 @@ impl Store for PostgresStore {
         }
         let target = &self.shared.target;
         let work = async {
-            let client = self
-                .shared
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(target, e))?;
+            let client = self.shared.client().await?;
             client
                 .simple_query("SELECT 1")
                 .await
