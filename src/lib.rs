@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod actions;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod call;
 pub mod config;

@@ -45,9 +45,11 @@ enum Command {
     /// container health checks.
     Ready(admin::ReadyArgs),
     /// Measure tagcast and its baselines on servers of its own (see docs/benchmarks.md).
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args)]
 struct BenchArgs {
     /// A short run (under a minute) that checks the bench works; its figures are rough.
@@ -133,6 +135,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => admin::restore(args),
         Command::Keys { command } => admin::keys(command),
         Command::Ready(args) => runtime.block_on(admin::ready(args)),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => runtime.block_on(bench(args)),
     };
     match result {
@@ -162,6 +165,7 @@ impl StoreArgs {
     }
 }
 
+#[cfg(feature = "bench")]
 async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     use tagcast::bench::Options;
     let mut options = if args.quick {
