@@ -1,6 +1,6 @@
 //! Start-up and the connection loop. Start-up runs in the order that keeps every failure
-//! harmless: the signal handlers first (the CLI installs [`Shutdown`] before anything
-//! else, so SIGTERM at any moment of start-up exits cleanly), then the configuration and
+//! harmless: the signal handlers first (the CLI calls [`catch_signals_early`] before it
+//! even parses its arguments, so SIGTERM during start-up exits cleanly), then the configuration and
 //! the secrets, then the listening socket (a port in use fails before anything is
 //! created), then the data directory's lock, and only then the data itself. Serving is
 //! HTTP/1.1 with header and body timeouts; shutdown stops accepting, lets in-flight

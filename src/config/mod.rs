@@ -190,8 +190,9 @@ pub struct StoreConfig {
     pub read_connections: usize,
     /// Embedded: the writer's SQLite page cache, MiB.
     pub cache_mb: usize,
-    /// Embedded: the write-ahead log is checkpointed and truncated when it passes this
-    /// size, MiB, so it cannot grow without bound under sustained writes.
+    /// Embedded: once the write-ahead log holds this many MiB, the writer waits for a
+    /// checkpoint and starts it over, so it cannot grow without bound under sustained
+    /// writes.
     pub wal_limit_mb: u64,
     /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -49,7 +49,7 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// The writer's page cache, MiB (SQLite's default is 2).
     pub cache_mb: usize,
-    /// The write-ahead log is emptied when it passes this many bytes.
+    /// The write-ahead log is restarted from its beginning when it holds more than this.
     pub wal_limit_bytes: u64,
 }
 

@@ -32,14 +32,14 @@ use crate::throttle::LogThrottle;
 /// What the writer's queue carries.
 pub(super) enum Msg {
     Job(WriteJob),
-    /// After a failed write: try a small durable write, to find out whether the store can
+    /// After a failed write: try a 1 MiB durable write, to find out whether the store can
     /// write again (sent by the maintenance thread).
     Probe,
 }
 
 /// Longest one checkpoint waits for readers to let go of the log.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
-/// Longest the writer holds writes back for the log to be emptied. A reader that holds
+/// Longest the writer holds writes back for the log to be restarted. A reader that holds
 /// on longer (a long `tagcast check` or backup) makes the writer go on over the bound and
 /// try again later, once per attempt without waiting, rather than stall every request.
 const YIELD_LIMIT: Duration = Duration::from_secs(1);
