@@ -38,6 +38,26 @@ impl Report {
         self.push(Status::Failed, check, detail);
     }
 
+    /// The schema `version` against the `known` steps of this binary: newer is a warning
+    /// when it declares itself usable by it (`usable`), a failure otherwise.
+    pub fn schema(&mut self, version: u32, usable: u32, known: u32) {
+        if version <= known {
+            self.ok(
+                "schema",
+                format!("version {version} (this tagcast: {known})"),
+            );
+            return;
+        }
+        let detail = format!(
+            "version {version}, newer than this tagcast ({known}); usable from version {usable}"
+        );
+        if usable <= known {
+            self.warn("schema", detail);
+        } else {
+            self.fail("schema", detail);
+        }
+    }
+
     /// Ok when `count` is 0, the given status with `what` otherwise.
     pub fn expect_none(
         &mut self,

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod embedded;
 pub mod postgres;
+pub mod schema;
 
 use std::collections::BTreeMap;
 

@@ -17,7 +17,7 @@ async fn migrate_one_step_ahead(config: &tagcast::config::Config, usable_from: u
             sql: "ALTER TABLE users ADD COLUMN locale text NOT NULL DEFAULT '';
                   CREATE TABLE next_release (app_id integer NOT NULL, id bigint NOT NULL,
                                              PRIMARY KEY (app_id, id));",
-            usable_from: usable_from as i32,
+            usable_from,
         });
         let url = config.store.url.clone().unwrap();
         let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -25,7 +25,7 @@ async fn migrate_one_step_ahead(config: &tagcast::config::Config, usable_from: u
             .unwrap();
         tokio::spawn(conn);
         let r = migrate_with(&mut client, &steps).await.unwrap();
-        assert_eq!(r.to, MIGRATIONS.len() as i32 + 1);
+        assert_eq!(r.to, MIGRATIONS.len() as u32 + 1);
     } else {
         use tagcast::store::embedded::schema::{MIGRATIONS, Migration, migrate};
         let mut steps = MIGRATIONS.to_vec();
@@ -44,7 +44,7 @@ async fn migrate_one_step_ahead(config: &tagcast::config::Config, usable_from: u
 
 fn current() -> u32 {
     if postgres_backend() {
-        tagcast::store::postgres::schema::CURRENT_VERSION as u32
+        tagcast::store::postgres::schema::CURRENT_VERSION
     } else {
         tagcast::store::embedded::schema::CURRENT_VERSION
     }

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::schema;
 use crate::config::TagLimits;
-use crate::store::check::{Report, RowCounts, Status, bad_keys};
+use crate::store::check::{Report, RowCounts, bad_keys};
 
 /// Checks the SQLite file at `db`. `Err` only when it cannot be read at all.
 pub fn check_file(db: &Path, limits: &TagLimits) -> Result<Report, String> {
@@ -42,32 +42,14 @@ fn count(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Re
 
 fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rusqlite::Result<()> {
     let version = schema::version(conn)?;
-    let known = schema::CURRENT_VERSION;
-    match version {
-        0 => {
-            report.fail(
-                "schema",
-                "empty: this is not a tagcast store (schema version 0)",
-            );
-            return Ok(());
-        }
-        v if v <= known => report.ok("schema", format!("version {v} (this tagcast: {known})")),
-        v => {
-            let usable = schema::usable_from(conn)?;
-            let status = if usable <= known {
-                Status::Warning
-            } else {
-                Status::Failed
-            };
-            report.findings.push(crate::store::check::Finding {
-                status,
-                check: "schema",
-                detail: format!(
-                    "version {v}, newer than this tagcast ({known}); usable from version {usable}"
-                ),
-            });
-        }
+    if version == 0 {
+        report.fail(
+            "schema",
+            "empty: this is not a tagcast store (schema version 0)",
+        );
+        return Ok(());
     }
+    report.schema(version, schema::usable_from(conn)?, schema::CURRENT_VERSION);
 
     let mut problems = Vec::new();
     {

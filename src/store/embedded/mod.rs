@@ -116,20 +116,8 @@ impl EmbeddedStore {
                 path.display()
             ));
         }
-        let report = schema::migrate(&mut conn, schema::MIGRATIONS)?;
-        if report.ahead {
-            tracing::warn!(
-                schema = report.from,
-                understood = schema::CURRENT_VERSION,
-                "the data directory's schema is newer than this tagcast, and declares itself usable by it: serving it unchanged"
-            );
-        } else if report.from != report.to {
-            tracing::info!(
-                from = report.from,
-                to = report.to,
-                "migrated embedded store schema"
-            );
-        }
+        schema::migrate(&mut conn, schema::MIGRATIONS)?
+            .log("embedded store", schema::CURRENT_VERSION);
         let mut readers = Vec::with_capacity(options.read_connections);
         for _ in 0..options.read_connections.max(1) {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -12,14 +12,9 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-/// One step of the schema, from version i to i + 1 (i = its index).
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    pub sql: &'static str,
-    /// The oldest schema version whose tagcast can still use the database once this step
-    /// has run (1 when the step only adds).
-    pub usable_from: u32,
-}
+use crate::store::schema::{serve_newer, usable_from as recorded_usable_from};
+
+pub use crate::store::schema::{Migration, MigrationReport};
 
 /// Migrations in order; index i takes the schema from version i to i + 1.
 pub const MIGRATIONS: &[Migration] = &[
@@ -105,27 +100,18 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<Migrat
     let from = version(conn).map_err(|e| format!("reading schema version: {e}"))?;
     if from > known {
         let usable = usable_from(conn).map_err(|e| format!("reading tagcast_meta: {e}"))?;
-        if usable > known {
-            return Err(format!(
-                "the data directory has schema version {from}, newer than this tagcast understands \
-                 ({known}), and it needs a tagcast that understands schema {usable} or newer; \
-                 run a newer tagcast or restore a backup"
-            ));
-        }
-        return Ok(MigrationReport {
+        return serve_newer(
+            "the data directory",
             from,
-            to: from,
-            ahead: true,
-        });
+            Some(usable),
+            known,
+            "run a newer tagcast or restore a backup",
+        );
     }
     conn.execute_batch(META)
         .map_err(|e| format!("creating tagcast_meta: {e}"))?;
     let record_usable = |conn: &Connection, upto: usize| {
-        let usable = migrations[..upto]
-            .iter()
-            .map(|m| m.usable_from)
-            .max()
-            .unwrap_or(1);
+        let usable = recorded_usable_from(&migrations[..upto]);
         conn.execute(
             "INSERT INTO tagcast_meta (key, value) VALUES ('usable_from', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -150,12 +136,4 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<Migrat
         to: version(conn).map_err(|e| e.to_string())?,
         ahead: false,
     })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationReport {
-    pub from: u32,
-    pub to: u32,
-    /// The database is newer than this binary and declares itself usable by it.
-    pub ahead: bool,
 }

@@ -80,22 +80,9 @@ async fn run_checks(
         .query_one("SELECT version, usable_from FROM tagcast_schema", &[])
         .await?;
     let (version, usable): (i32, Option<i32>) = (row.get(0), row.get(1));
-    let known = schema::CURRENT_VERSION;
-    if version <= known {
-        report.ok(
-            "schema",
-            format!("version {version} (this tagcast: {known})"),
-        );
-    } else {
-        let usable = usable.unwrap_or(version);
-        let detail =
-            format!("version {version}, newer than this tagcast ({known}); usable from {usable}");
-        if usable <= known {
-            report.warn("schema", detail);
-        } else {
-            report.fail("schema", detail);
-        }
-    }
+    let version = version.max(0) as u32;
+    let usable = usable.map_or(version, |u| u.max(0) as u32);
+    report.schema(version, usable, schema::CURRENT_VERSION);
 
     let present = tx
         .query(

@@ -149,22 +149,10 @@ impl PostgresStore {
                 describe_pool_error(&e)
             )
         })?;
-        let report = schema::migrate(&mut client)
+        schema::migrate(&mut client)
             .await
-            .map_err(|e| format!("PostgreSQL at {target}: {e}"))?;
-        if report.ahead {
-            tracing::warn!(
-                schema = report.from,
-                understood = schema::CURRENT_VERSION,
-                "the database schema is newer than this tagcast, and declares itself usable by it: serving it unchanged"
-            );
-        } else if report.from != report.to {
-            tracing::info!(
-                from = report.from,
-                to = report.to,
-                "migrated postgres schema"
-            );
-        }
+            .map_err(|e| format!("PostgreSQL at {target}: {e}"))?
+            .log("PostgreSQL store", schema::CURRENT_VERSION);
         drop(client);
         let (tx, rx) = mpsc::channel(options.max_batch * options.committers.max(1) * 2);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));

@@ -8,22 +8,18 @@
 
 use tokio_postgres::Client;
 
+use crate::store::schema::{serve_newer, usable_from};
+
 use super::connect::chain;
 
 /// Arbitrary, fixed: the advisory lock key that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x7461_6763_6173_7401;
 
-/// One step of the schema, from version i to i + 1 (i = its index). `usable_from`: as in
-/// the embedded store (`store::embedded::schema`), the oldest schema version whose tagcast
-/// can still use the database once this step has run. Steps stay additive (new tables,
-/// new columns with defaults, new indexes) so that it stays at 1, and a node of the
-/// previous release keeps working during a rolling upgrade.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    pub sql: &'static str,
-    pub usable_from: i32,
-}
+pub use crate::store::schema::{Migration, MigrationReport};
 
+/// Steps stay additive (new tables, new columns with defaults, new indexes) so that
+/// `usable_from` stays at 1 and a node of the previous release keeps working during a
+/// rolling upgrade.
 pub const MIGRATIONS: &[Migration] = &[
     // v1. Keys and values use the "C" collation so ordering is byte order, as in the API.
     Migration {
@@ -51,16 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
-
-/// What a start found and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationReport {
-    pub from: i32,
-    pub to: i32,
-    /// The database is newer than this binary and declares itself usable by it.
-    pub ahead: bool,
-}
+pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migrates to [`CURRENT_VERSION`] with this binary's migrations.
 pub async fn migrate(client: &mut Client) -> Result<MigrationReport, String> {
@@ -74,7 +61,7 @@ pub async fn migrate_with(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<MigrationReport, String> {
-    let known = migrations.len() as i32;
+    let known = migrations.len() as u32;
     let tx = client
         .transaction()
         .await
@@ -107,29 +94,20 @@ pub async fn migrate_with(
             (0, None)
         }
     };
+    // Versions are small; the column is a PostgreSQL integer.
+    let (from, usable) = (from.max(0) as u32, usable.map(|u| u.max(0) as u32));
     if from > known {
-        let usable = usable.unwrap_or(from);
-        if usable > known {
-            return Err(format!(
-                "the database has schema version {from}, newer than this tagcast understands ({known}), \
-                 and it needs a tagcast that understands schema {usable} or newer; run a newer tagcast"
-            ));
-        }
-        return Ok(MigrationReport {
-            from,
-            to: from,
-            ahead: true,
-        });
+        return serve_newer("the database", from, usable, known, "run a newer tagcast");
     }
     for v in from..known {
         tx.batch_execute(migrations[v as usize].sql)
             .await
             .map_err(|e| format!("migrating schema to version {}: {}", v + 1, chain(&e)))?;
     }
-    let usable = migrations.iter().map(|m| m.usable_from).max().unwrap_or(1);
+    let (version, usable) = (known as i32, usable_from(migrations) as i32);
     tx.execute(
         "UPDATE tagcast_schema SET version = $1, usable_from = $2",
-        &[&known, &usable],
+        &[&version, &usable],
     )
     .await
     .map_err(|e| chain(&e))?;
