@@ -11,7 +11,7 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AccountConfig, KeyConfig, validate_accounts};
-use crate::gateway::error::{ApiError, ErrorCode};
+use crate::api::{ApiError, ErrorCode};
 use crate::signing::SecretKey;
 
 /// Index of an account in [`Tenancy`]; cheap to copy into a request's context.

@@ -20,14 +20,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::accounts::{self, Tenancy};
-use crate::config::{AccountConfig, Config, StoreKind, resolve_accounts};
+use crate::config::{AccountConfig, Config, resolve_accounts};
 use crate::gateway::envelope::RequestIds;
 use crate::gateway::{AppState, app};
 use crate::limiter::{LocalLimiter, RateLimiter, RedisLimiter};
 use crate::metrics::Metrics;
-use crate::store::Store;
-use crate::store::embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
-use crate::store::postgres::{PostgresOptions, PostgresStore};
 
 /// Where the accounts in force came from.
 pub enum AccountSource {
@@ -73,10 +70,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         format!("cannot listen on {listen}: {e}{hint}")
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let lock = match config.store.kind {
-        StoreKind::Embedded => Some(DataDirLock::acquire(&config.data_dir, "serve")?),
-        StoreKind::Postgres => None,
-    };
+    let lock = crate::store::lock_data_dir(config, "serve")?;
     let (accounts, source) = if bootstrap {
         let b = accounts::load_or_create_bootstrap(&config.data_dir)?;
         (
@@ -91,7 +85,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     };
 
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(config, lock, metrics.clone()).await?;
+    let store = crate::store::open(config, lock, metrics.clone()).await?;
     let tenancy = Tenancy::new(&accounts);
     let limiter: Arc<dyn RateLimiter> = match &config.limits.redis_url {
         None => Arc::new(LocalLimiter::new(&config.limits)),
@@ -120,45 +114,6 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         accounts,
         source,
     })
-}
-
-async fn open_store(
-    config: &Config,
-    lock: Option<DataDirLock>,
-    metrics: Arc<Metrics>,
-) -> Result<Arc<dyn Store>, String> {
-    let s = &config.store;
-    match (s.kind, &s.url, lock) {
-        (StoreKind::Postgres, Some(url), _) => {
-            let options = PostgresOptions {
-                max_tags_per_user: config.tags.max_per_user,
-                pool_size: s.pool_size,
-                committers: s.committers,
-                max_batch: s.max_batch,
-                timeout: Duration::from_millis(s.timeout_ms),
-                ca_file: s.ca_file.clone(),
-            };
-            Ok(Arc::new(PostgresStore::open(url, options, metrics).await?))
-        }
-        (StoreKind::Embedded, _, Some(lock)) => {
-            let options = EmbeddedOptions {
-                max_tags_per_user: config.tags.max_per_user,
-                read_connections: s.read_connections,
-                max_batch: s.max_batch,
-                cache_mb: s.cache_mb,
-                wal_limit_bytes: s.wal_limit_mb << 20,
-            };
-            let store = tokio::task::spawn_blocking(move || {
-                EmbeddedStore::open_locked(lock, options, metrics)
-            })
-            .await
-            .map_err(|e| format!("opening the store: {e}"))??;
-            Ok(Arc::new(store))
-        }
-        _ => {
-            Err("store.kind and store.url disagree (validate() lets no such config through)".into())
-        }
-    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, waits up to the configured grace

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::decode;
 use super::{Ctx, to_raw};
-use crate::gateway::error::ApiError;
+use crate::api::ApiError;
 
 pub const MAX_USERS: usize = 50;
 

@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::TagLimits;
-use crate::gateway::error::{ApiError, ErrorCode};
+use crate::api::{ApiError, ErrorCode};
 use crate::signing::truncate;
 use crate::store::{Tag, TagOp};
 

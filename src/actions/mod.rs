@@ -12,47 +12,9 @@ use serde_json::value::RawValue;
 
 use crate::accounts::{AccountId, Tenancy};
 use crate::config::TagLimits;
-use crate::gateway::error::ApiError;
+use crate::api::ApiError;
+pub use crate::api::{Action, VERSION};
 use crate::store::{Outcome, Store};
-
-/// The only API version there is.
-pub const VERSION: &str = "2020-12-01";
-
-/// The table of Actions. A name that is not here is answered by the gateway with
-/// `InvalidActionOrVersion` ([`Action::from_name`] returns `None`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    BatchUpdateUserTags,
-    RegisterUsers,
-    UnRegisterUsers,
-    BatchGetUser,
-}
-
-impl Action {
-    pub const ALL: [Action; 4] = [
-        Action::BatchUpdateUserTags,
-        Action::RegisterUsers,
-        Action::UnRegisterUsers,
-        Action::BatchGetUser,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::BatchUpdateUserTags => "BatchUpdateUserTags",
-            Action::RegisterUsers => "RegisterUsers",
-            Action::UnRegisterUsers => "UnRegisterUsers",
-            Action::BatchGetUser => "BatchGetUser",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    pub fn names() -> Vec<&'static str> {
-        Self::ALL.iter().map(|a| a.name()).collect()
-    }
-}
 
 /// What a handler may use: the store, tenancy for the caller's account, and tag limits.
 pub struct Ctx<'a> {
@@ -177,7 +139,7 @@ where
             "store returned the wrong number of outcomes"
         );
         return Err(ApiError::new(
-            crate::gateway::error::ErrorCode::InternalError,
+            crate::api::ErrorCode::InternalError,
             "the store answered inconsistently",
         ));
     }
@@ -198,7 +160,7 @@ pub fn to_raw<T: Serialize>(value: &T) -> Result<Box<RawValue>, ApiError> {
     serde_json::value::to_raw_value(value).map_err(|e| {
         tracing::error!(error = %e, "serializing a result failed");
         ApiError::new(
-            crate::gateway::error::ErrorCode::InternalError,
+            crate::api::ErrorCode::InternalError,
             "serializing the result failed",
         )
     })

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::decode::{self, StringMap};
 use super::{Ctx, apply_valid};
 use crate::config::TagLimits;
-use crate::gateway::error::ApiError;
+use crate::api::ApiError;
 use crate::signing::truncate;
 use crate::store::{DEFAULT_INBOX, TagOp, UserRegistration};
 

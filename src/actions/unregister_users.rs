@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 
 use super::decode;
 use super::{Ctx, apply_valid};
-use crate::gateway::error::ApiError;
+use crate::api::ApiError;
 use crate::store::DEFAULT_INBOX;
 
 pub const MAX_USERS: usize = 10;

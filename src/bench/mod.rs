@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use crate::actions::VERSION;
+use crate::api::VERSION;
 use crate::devservers::Postgres;
 use crate::signing::{self, Credentials, SecretKey};
 use load::{Expect, Generator, Pace, Request, RunResult};

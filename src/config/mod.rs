@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actions::Action;
+use crate::api::Action;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -116,10 +116,7 @@ impl Limits {
         self.actions
             .get(action.name())
             .copied()
-            .unwrap_or(match action {
-                Action::BatchGetUser => 100,
-                _ => self.qps,
-            })
+            .unwrap_or_else(|| action.default_qps(self.qps))
     }
 }
 

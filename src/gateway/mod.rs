@@ -4,7 +4,7 @@
 //! envelope with a fresh RequestId. Also the three plain GETs outside the signed API.
 
 pub mod envelope;
-pub mod error;
+
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,14 +21,15 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::accounts::{AccountId, Tenancy};
-use crate::actions::{self, Action, Ctx, VERSION};
+use crate::actions::{self, Ctx};
+use crate::api::{Action, VERSION};
 use crate::config::{HttpLimits, Limits, TagLimits};
 use crate::limiter::{Decision, RateLimiter};
 use crate::metrics::Metrics;
 use crate::signing::{ParsedAuth, VerifyPolicy, truncate};
 use crate::store::Store;
 use envelope::{Meta, RequestIds};
-use error::{ApiError, ErrorCode};
+use crate::api::{ApiError, ErrorCode};
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {

@@ -11,7 +11,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::accounts::AccountId;
-use crate::actions::Action;
+use crate::api::Action;
 use crate::config::Limits;
 
 mod redis;

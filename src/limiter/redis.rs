@@ -11,7 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Decision, RateLimiter};
 use crate::accounts::{AccountId, Tenancy};
-use crate::actions::Action;
+use crate::api::Action;
 use crate::config::{Limits, OnLimiterError};
 use crate::metrics::Metrics;
 

@@ -13,7 +13,15 @@ pub mod schema;
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
+
+use crate::config::{Config, StoreKind};
+use crate::metrics::Metrics;
+use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
+use postgres::{PostgresOptions, PostgresStore};
 
 /// A tag: (key, value). Values are ignored for deletes.
 pub type Tag = (String, String);
@@ -126,6 +134,55 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything acknowledged durable and stops; later calls answer `Unavailable`.
     async fn close(&self);
+}
+
+/// Takes the data directory's lock when the configured store lives there (the embedded
+/// one): one server, restore or import per directory.
+pub fn lock_data_dir(config: &Config, holder: &str) -> Result<Option<DataDirLock>, String> {
+    Ok(match config.store.kind {
+        StoreKind::Embedded => Some(DataDirLock::acquire(&config.data_dir, holder)?),
+        StoreKind::Postgres => None,
+    })
+}
+
+/// Opens the configured store (the embedded one under the lock [`lock_data_dir`] took).
+pub async fn open(
+    config: &Config,
+    lock: Option<DataDirLock>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, String> {
+    let s = &config.store;
+    match (s.kind, &s.url, lock) {
+        (StoreKind::Postgres, Some(url), _) => {
+            let options = PostgresOptions {
+                max_tags_per_user: config.tags.max_per_user,
+                pool_size: s.pool_size,
+                committers: s.committers,
+                max_batch: s.max_batch,
+                timeout: Duration::from_millis(s.timeout_ms),
+                ca_file: s.ca_file.clone(),
+            };
+            Ok(Arc::new(PostgresStore::open(url, options, metrics).await?))
+        }
+        (StoreKind::Embedded, _, Some(lock)) => {
+            let options = EmbeddedOptions {
+                max_tags_per_user: config.tags.max_per_user,
+                read_connections: s.read_connections,
+                max_batch: s.max_batch,
+                cache_mb: s.cache_mb,
+                wal_limit_bytes: s.wal_limit_mb << 20,
+            };
+            let store = tokio::task::spawn_blocking(move || {
+                EmbeddedStore::open_locked(lock, options, metrics)
+            })
+            .await
+            .map_err(|e| format!("opening the store: {e}"))??;
+            Ok(Arc::new(store))
+        }
+        _ => {
+            Err("store.kind and store.url disagree (validate() lets no such config through)".into())
+        }
+    }
 }
 
 /// One write request as both stores queue it for the code that commits it in batches.

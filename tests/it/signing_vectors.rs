@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use tagcast::gateway::error::ApiError;
+use tagcast::api::ApiError;
 use tagcast::signing::{self, ParsedAuth, SecretKey, VerifyPolicy};
 
 /// Vector files: the project's copy, plus ../shared/vectors when it is present (it is kept

@@ -1,0 +1,9 @@
+//! The bottom layer every other one points to: the table of errors (code, HTTP status,
+//! CodeN) and the table of Actions (name, Version, default QPS, read or write). It depends
+//! on nothing of tagcast but the types its conversions name.
+
+mod action;
+pub mod error;
+
+pub use action::{Action, VERSION};
+pub use error::{ApiError, ErrorCode};
