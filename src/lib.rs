@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod audience;
 pub mod actions;
 #[cfg(feature = "bench")]
 pub mod bench;
