@@ -10,8 +10,8 @@ use rand::RngExt;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AccountConfig, KeyConfig, validate_accounts};
 use crate::api::{ApiError, ErrorCode};
+use crate::config::{AccountConfig, KeyConfig, validate_accounts};
 use crate::signing::SecretKey;
 
 /// Index of an account in [`Tenancy`]; cheap to copy into a request's context.

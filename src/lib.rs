@@ -1,5 +1,6 @@
 //! tagcast: a self-hostable server for the Volcengine IM "broadcast user" OpenAPI
-//! (BatchUpdateUserTags, RegisterUsers, UnRegisterUsers, BatchGetUser).
+//! (BatchUpdateUserTags, RegisterUsers, UnRegisterUsers, BatchGetUser), and the audiences
+//! tag filters select (CountAudience, ListAudience).
 //!
 //! A request flows one way: bytes -> [`gateway`] (routing, signature V4, tenancy, rate
 //! limit) -> [`actions`] (one module per Action) -> [`store`] (trait + backends) -> the
@@ -7,15 +8,16 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod actions;
 pub mod api;
 pub mod audience;
-pub mod actions;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod call;
 pub mod config;
 pub mod devservers;
 pub mod gateway;
+pub mod import;
 pub mod limiter;
 pub mod metrics;
 pub mod server;

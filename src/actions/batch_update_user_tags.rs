@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
 use super::{Ctx, apply_valid};
-use crate::config::TagLimits;
 use crate::api::ApiError;
+use crate::config::TagLimits;
 use crate::store::{TagEntry, TagOp};
 
 /// Most entries (seed shape) or users (SDK shape) in one call.

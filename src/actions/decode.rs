@@ -8,8 +8,8 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::config::TagLimits;
 use crate::api::{ApiError, ErrorCode};
+use crate::config::TagLimits;
 use crate::signing::truncate;
 use crate::store::{Tag, TagOp};
 

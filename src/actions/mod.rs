@@ -1,6 +1,7 @@
 //! The Actions of the API: one module each with its request and response types,
 //! validation and handler, and the one table of Actions that routes to them.
 
+pub mod audience;
 pub mod batch_get_user;
 pub mod batch_update_user_tags;
 pub mod decode;
@@ -11,9 +12,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::accounts::{AccountId, Tenancy};
-use crate::config::TagLimits;
 use crate::api::ApiError;
 pub use crate::api::{Action, VERSION};
+use crate::config::TagLimits;
 use crate::store::{Outcome, Store};
 
 /// What a handler may use: the store, tenancy for the caller's account, and tag limits.
@@ -45,6 +46,8 @@ pub async fn dispatch(
         Action::RegisterUsers => register_users::handle(body, ctx).await,
         Action::UnRegisterUsers => unregister_users::handle(body, ctx).await,
         Action::BatchGetUser => batch_get_user::handle(body, ctx).await,
+        Action::CountAudience => audience::count(body, ctx).await,
+        Action::ListAudience => audience::list(body, ctx).await,
     }
 }
 
@@ -56,6 +59,7 @@ pub fn parse_only(action: Action, body: &[u8], limits: &TagLimits) -> Result<(),
         Action::RegisterUsers => register_users::parse(body, limits).map(drop),
         Action::UnRegisterUsers => unregister_users::parse(body).map(drop),
         Action::BatchGetUser => batch_get_user::parse(body).map(drop),
+        Action::CountAudience | Action::ListAudience => audience::parse(body, limits).map(drop),
     }
 }
 

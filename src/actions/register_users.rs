@@ -8,8 +8,8 @@ use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
 use super::{Ctx, apply_valid};
-use crate::config::TagLimits;
 use crate::api::ApiError;
+use crate::config::TagLimits;
 use crate::signing::truncate;
 use crate::store::{DEFAULT_INBOX, TagOp, UserRegistration};
 
@@ -98,19 +98,40 @@ pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
     decode::count("Users", body.users.len(), MAX_USERS)?;
     let mut users = Vec::with_capacity(body.users.len());
     for (i, u) in body.users.into_iter().enumerate() {
-        let reg = UserRegistration {
-            user_id: decode::user_id(&format!("Users[{i}].UserId"), u.user_id)?,
-            nick_name: u.nick_name,
-            portrait: u.portrait,
-            ext: u.ext.map(|m| m.0.into_iter().collect::<BTreeMap<_, _>>()),
-            is_robot: u.is_robot,
-            tags: decode::tag_strings(&format!("Users[{i}].Tags"), u.tags.unwrap_or_default())?,
-        };
-        let verdict =
-            check_profile(&reg).and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, limits));
-        users.push((reg.user_id, verdict.map(|()| reg)));
+        users.push(user(&format!("Users[{i}]"), u, limits)?);
     }
     Ok(Parsed { app_id, users })
+}
+
+/// One user: a structural problem fails (`Err`), a bad field is kept for its FailedInfo.
+fn user(
+    path: &str,
+    u: User,
+    limits: &TagLimits,
+) -> Result<(i64, Result<UserRegistration, String>), ApiError> {
+    let field = |f: &str| match path {
+        "" => f.to_owned(),
+        _ => format!("{path}.{f}"),
+    };
+    let reg = UserRegistration {
+        user_id: decode::user_id(&field("UserId"), u.user_id)?,
+        nick_name: u.nick_name,
+        portrait: u.portrait,
+        ext: u.ext.map(|m| m.0.into_iter().collect::<BTreeMap<_, _>>()),
+        is_robot: u.is_robot,
+        tags: decode::tag_strings(&field("Tags"), u.tags.unwrap_or_default())?,
+    };
+    let verdict =
+        check_profile(&reg).and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, limits));
+    Ok((reg.user_id, verdict.map(|()| reg)))
+}
+
+/// One RegisterUsers-style user object (a line of `tagcast import`), with the same
+/// validation as the Action; the message names the field and the limit.
+pub fn parse_user(line: &[u8], limits: &TagLimits) -> Result<UserRegistration, String> {
+    let u: User = decode::decode(line).map_err(|e| e.message)?;
+    let (user_id, verdict) = user("", u, limits).map_err(|e| e.message)?;
+    verdict.map_err(|m| format!("user {user_id}: {m}"))
 }
 
 pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {

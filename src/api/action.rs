@@ -12,14 +12,18 @@ pub enum Action {
     RegisterUsers,
     UnRegisterUsers,
     BatchGetUser,
+    CountAudience,
+    ListAudience,
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [
+    pub const ALL: [Action; 6] = [
         Action::BatchUpdateUserTags,
         Action::RegisterUsers,
         Action::UnRegisterUsers,
         Action::BatchGetUser,
+        Action::CountAudience,
+        Action::ListAudience,
     ];
 
     pub fn name(self) -> &'static str {
@@ -28,6 +32,8 @@ impl Action {
             Action::RegisterUsers => "RegisterUsers",
             Action::UnRegisterUsers => "UnRegisterUsers",
             Action::BatchGetUser => "BatchGetUser",
+            Action::CountAudience => "CountAudience",
+            Action::ListAudience => "ListAudience",
         }
     }
 
@@ -41,7 +47,10 @@ impl Action {
 
     /// Reads change nothing; their default QPS is the vendor's read limit.
     pub fn is_read(self) -> bool {
-        matches!(self, Action::BatchGetUser)
+        matches!(
+            self,
+            Action::BatchGetUser | Action::CountAudience | Action::ListAudience
+        )
     }
 
     /// The default requests per second of this Action when `limits.actions` does not name

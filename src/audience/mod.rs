@@ -4,3 +4,6 @@
 //! ordinals.
 
 pub mod filter;
+pub mod index;
+
+pub use index::{AudienceIndex, Page};

@@ -96,8 +96,18 @@ async fn connect(addr: SocketAddr) -> Result<Conn, String> {
     Ok(Conn { sender })
 }
 
-/// Sends one request; `Err` describes a bad or missing answer.
-async fn send(conn: &mut Conn, host: &str, req: Request, expect: &Expect) -> Result<(), String> {
+/// Sends one request on a connection of its own; the body of a 200 answer.
+pub async fn fetch(addr: SocketAddr, req: Request) -> Result<Bytes, String> {
+    let mut conn = connect(addr).await?;
+    let expect = Expect {
+        status: 200,
+        body_contains: None,
+    };
+    send(&mut conn, &addr.to_string(), req, &expect).await
+}
+
+/// Sends one request; the answer's body, or what was wrong with the answer.
+async fn send(conn: &mut Conn, host: &str, req: Request, expect: &Expect) -> Result<Bytes, String> {
     let mut builder = hyper::Request::builder()
         .method(req.method)
         .uri(req.path_and_query);
@@ -138,7 +148,7 @@ async fn send(conn: &mut Conn, host: &str, req: Request, expect: &Expect) -> Res
             String::from_utf8_lossy(&body[..body.len().min(300)])
         ));
     }
-    Ok(())
+    Ok(body)
 }
 
 struct Tally {
@@ -218,7 +228,7 @@ pub async fn run(
                 };
                 k += 1;
                 match send(&mut conn, &host, generator(n), &expect).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         let us = due.elapsed().as_micros().max(1) as u64;
                         tally.latency_us.saturating_record(us);
                         tally.ok += 1;

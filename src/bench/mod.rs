@@ -2,6 +2,7 @@
 //! PostgreSQL), measures them and their baselines in the same run, and prints the figures,
 //! ending with one `BENCH {json}` line. See docs/benchmarks.md for the method.
 
+pub mod audience;
 pub mod baseline;
 pub mod chart;
 pub mod load;
@@ -22,6 +23,8 @@ use crate::signing::{self, Credentials, SecretKey};
 use load::{Expect, Generator, Pace, Request, RunResult};
 use server::{Backend, BenchAccount, ServerProcess};
 
+/// The bench account's app (every phase on a store of its own).
+const BENCH_APP: u32 = 1_000_001;
 /// Users per BatchUpdateUserTags request (and per baseline transaction).
 pub const USERS_PER_REQUEST: usize = 10;
 /// RegisterUsers' limit per request.
@@ -61,6 +64,8 @@ pub struct Options {
     pub e2e_users: u64,
     /// Users (5 tags each) loaded for the scale figures.
     pub scale_users: u64,
+    /// Users of the audience phase's generated app (0: no audience phase).
+    pub audience_users: u64,
     pub chart: Option<PathBuf>,
 }
 
@@ -73,6 +78,7 @@ impl Options {
             levels: vec![0.1, 0.25, 0.5, 0.75, 0.9],
             e2e_users: 100_000,
             scale_users: 1_000_000,
+            audience_users: 10_000_000,
             // Never a file by default: a default path once overwrote a tracked file.
             chart: None,
         }
@@ -85,6 +91,7 @@ impl Options {
             levels: vec![0.25, 0.5, 0.75],
             e2e_users: 2_000,
             scale_users: 20_000,
+            audience_users: 200_000,
             chart: None,
             ..Options::full()
         }
@@ -255,13 +262,14 @@ async fn bench_backend(
     work: &Path,
     fresh: &dyn Fn(&str) -> Result<Backend, String>,
     series: &mut Vec<chart::Series>,
+    data: Option<&audience::DataSet>,
 ) -> Result<Figures, String> {
     let name = kind.name();
     let mut f = Figures::default();
     let account = BenchAccount {
         access_key: format!("AKLTbench{}", crate::accounts::random_string(24)),
         secret_key: crate::accounts::random_string(40),
-        app_id: 1_000_001,
+        app_id: BENCH_APP,
     };
     let conns = options.connections;
     let d = options.duration;
@@ -470,7 +478,162 @@ async fn bench_backend(
     f.set(&format!("rss_mb_after_restart_{label}"), rss_idle);
     f.set(&format!("data_mb_{label}"), size_mb);
     f.set(&format!("start_to_listen_ms_{label}"), start_ms);
+    if let Some(data) = data {
+        audience_phase(name, work, fresh, &account, data, &mut f).await?;
+    }
     Ok(f)
+}
+
+/// `GET /readyz` until it answers 200; the time it took.
+async fn wait_ready(addr: std::net::SocketAddr, limit: Duration) -> Result<Duration, String> {
+    let started = std::time::Instant::now();
+    loop {
+        let request = load::Request {
+            method: Method::GET,
+            path_and_query: "/readyz".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        if load::fetch(addr, request).await.is_ok() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "the server at {addr} was not ready within {limit:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The audience phase (see `audience.rs`) on one backend.
+async fn audience_phase(
+    name: &str,
+    work: &Path,
+    fresh: &dyn Fn(&str) -> Result<Backend, String>,
+    account: &BenchAccount,
+    data: &audience::DataSet,
+    f: &mut Figures,
+) -> Result<(), String> {
+    let n = data.users;
+    // A server on an empty store: the memory the index adds is measured against it.
+    let empty = fresh("audience_empty")?;
+    let config = server::write_config(
+        &work.join(format!("{name}-audience-empty")),
+        &empty,
+        account,
+    )?;
+    let srv = ServerProcess::start(&config)?;
+    wait_ready(srv.addr, Duration::from_secs(60)).await?;
+    let rss_empty = srv.rss_mb().unwrap_or(f64::NAN);
+    srv.stop()?;
+
+    let backend = fresh("audience")?;
+    let config = server::write_config(&work.join(format!("{name}-audience")), &backend, account)?;
+    let exe = std::env::current_exe().map_err(|e| format!("locating tagcast: {e}"))?;
+    let started = std::time::Instant::now();
+    let (config_arg, file) = (config.clone(), data.file.clone());
+    let app = account.app_id.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args(["import", "--config"])
+            .arg(config_arg)
+            .args(["--app", &app])
+            .arg(file)
+            .env("RUST_LOG", "warn")
+            .output()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("running tagcast import: {e}"))?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "tagcast import failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let import_rate = n as f64 / took.as_secs_f64();
+    println!(
+        "[{name}] audience      {n} users x ~5 tags imported with tagcast import in {:.1} s: {import_rate:.0} users/s",
+        took.as_secs_f64()
+    );
+
+    let spawned = std::time::Instant::now();
+    let srv = ServerProcess::start(&config)?;
+    wait_ready(srv.addr, Duration::from_secs(600)).await?;
+    let build_ms = spawned.elapsed().as_secs_f64() * 1000.0;
+    let index_mb = srv.rss_mb().unwrap_or(f64::NAN) - rss_empty;
+    println!(
+        "[{name}] audience      start to ready (index built) {build_ms:.0} ms; index memory (RSS growth) {index_mb:.1} MiB"
+    );
+    let signer = Signer::new(srv.addr, account)?;
+    let runs: u64 = if n >= 1_000_000 { 200 } else { 50 };
+    let queries = data.queries()?;
+    for q in &queries {
+        let (count, p50, p99) =
+            audience::http_count(srv.addr, &signer, account.app_id, q, runs).await?;
+        let (engine, e50, e99) = audience::engine_count(data, q, runs as usize);
+        if count != engine {
+            return Err(format!(
+                "{}: the server counted {count}, the engine alone {engine}",
+                q.name
+            ));
+        }
+        println!(
+            "[{name}] audience      {} {}: {count} users; CountAudience p50 {p50:.3} ms p99 {p99:.3} ms; engine alone p50 {e50:.3} ms p99 {e99:.3} ms",
+            q.name, q.what
+        );
+        f.set(&format!("count_{}_p50_ms", q.name), p50);
+        f.set(&format!("count_{}_p99_ms", q.name), p99);
+        if q.name == "q2" {
+            f.set("engine_q2_p50_ms", e50);
+            f.set("engine_q2_p99_ms", e99);
+        }
+    }
+    let (half, share) = data.queries_half();
+    let (ids, took) =
+        audience::http_list_all(srv.addr, &signer, account.app_id, json!({"Tag": half})).await?;
+    let ids_per_s = ids as f64 / took.as_secs_f64();
+    println!(
+        "[{name}] audience      ListAudience of {half} ({:.0} %), Limit 1000: {ids} ids in {:.2} s = {ids_per_s:.0} ids/s",
+        share * 100.0,
+        took.as_secs_f64()
+    );
+    srv.stop()?;
+    if let Backend::Postgres { url } = &backend {
+        let q2 = &queries[1];
+        let tags = q2.body["Tags"].as_array().cloned().unwrap_or_default();
+        let split = |v: &Value| {
+            let s = v.as_str().unwrap_or_default().to_owned();
+            let (k, v) = s.split_once(':').unwrap_or((&s, ""));
+            (k.to_owned(), v.to_owned())
+        };
+        let (a, b) = (split(&tags[0]), split(&tags[1]));
+        let expected = audience::engine_count(data, q2, 1).0;
+        let (join_p99, gin_p99) = audience::postgres_q2(
+            url,
+            account.app_id,
+            (&a.0, &a.1),
+            (&b.0, &b.1),
+            expected,
+            runs as usize / 2,
+        )
+        .await?;
+        println!(
+            "[{name}] audience      PostgreSQL on the same data, q2: btree join p99 {join_p99:.1} ms, GIN @> on text[] p99 {gin_p99:.1} ms"
+        );
+        f.set("pg_btree_q2_p99_ms", join_p99);
+        f.set("pg_gin_q2_p99_ms", gin_p99);
+        f.set("pg_best_q2_p99_ms", join_p99.min(gin_p99));
+    }
+    f.set("audience_users", n as f64);
+    f.set("import_users_per_s", import_rate);
+    f.set("index_build_ms", build_ms);
+    f.set("index_rss_mb", index_mb);
+    f.set("list_ids_per_s", ids_per_s);
+    Ok(())
 }
 
 async fn migrate_postgres(url: &str) -> Result<(), String> {
@@ -512,6 +675,20 @@ pub async fn run(options: Options) -> Result<(), String> {
     );
     let mut all = Map::new();
     let mut series = Vec::new();
+    let data = if options.audience_users > 0 {
+        let (dir, n) = (work.path().to_owned(), options.audience_users);
+        let started = std::time::Instant::now();
+        let data = tokio::task::spawn_blocking(move || audience::generate(&dir, n, BENCH_APP))
+            .await
+            .map_err(|e| e.to_string())??;
+        println!(
+            "audience data: {n} users generated (seeded) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Some(data)
+    } else {
+        None
+    };
     for &kind in &options.backends {
         let result = match kind {
             BackendKind::Embedded => {
@@ -521,30 +698,46 @@ pub async fn run(options: Options) -> Result<(), String> {
                         data_dir: root.join(format!("embedded-{what}-data")),
                     })
                 };
-                bench_backend(kind, &options, work.path(), &fresh, &mut series).await
-            }
-            BackendKind::Postgres => match tokio::task::spawn_blocking(|| Postgres::start(true))
+                bench_backend(
+                    kind,
+                    &options,
+                    work.path(),
+                    &fresh,
+                    &mut series,
+                    data.as_ref(),
+                )
                 .await
-            {
-                Ok(Ok(pg)) => {
-                    let pg = Arc::new(pg);
-                    let pg2 = pg.clone();
-                    let fresh = move |what: &str| -> Result<Backend, String> {
-                        Ok(Backend::Postgres {
-                            url: pg2.create_database(&format!("bench_{what}"))?,
-                        })
-                    };
-                    println!(
-                        "[postgres] temporary PostgreSQL on 127.0.0.1:{} (fsync=on)",
-                        pg.port
-                    );
-                    let r = bench_backend(kind, &options, work.path(), &fresh, &mut series).await;
-                    drop(fresh);
-                    r
+            }
+            BackendKind::Postgres => {
+                match tokio::task::spawn_blocking(|| Postgres::start(true)).await {
+                    Ok(Ok(pg)) => {
+                        let pg = Arc::new(pg);
+                        let pg2 = pg.clone();
+                        let fresh = move |what: &str| -> Result<Backend, String> {
+                            Ok(Backend::Postgres {
+                                url: pg2.create_database(&format!("bench_{what}"))?,
+                            })
+                        };
+                        println!(
+                            "[postgres] temporary PostgreSQL on 127.0.0.1:{} (fsync=on)",
+                            pg.port
+                        );
+                        let r = bench_backend(
+                            kind,
+                            &options,
+                            work.path(),
+                            &fresh,
+                            &mut series,
+                            data.as_ref(),
+                        )
+                        .await;
+                        drop(fresh);
+                        r
+                    }
+                    Ok(Err(e)) => Err(format!("cannot start a temporary PostgreSQL: {e}")),
+                    Err(e) => Err(e.to_string()),
                 }
-                Ok(Err(e)) => Err(format!("cannot start a temporary PostgreSQL: {e}")),
-                Err(e) => Err(e.to_string()),
-            },
+            }
         };
         match result {
             Ok(f) => {
@@ -564,6 +757,25 @@ pub async fn run(options: Options) -> Result<(), String> {
         match chart::draw(path, &title, &series) {
             Ok(()) => println!("chart: {}", path.display()),
             Err(e) => println!("chart skipped: {e}"),
+        }
+    }
+    // PostgreSQL's best q2 count is the baseline of both backends' engines.
+    let pg_best = all
+        .get("postgres")
+        .and_then(|p| p.get("pg_best_q2_p99_ms"))
+        .and_then(Value::as_f64);
+    if let Some(pg) = pg_best {
+        for (name, figures) in all.iter_mut() {
+            if let Some(map) = figures.as_object_mut() {
+                map.insert("pg_best_q2_p99_ms".into(), json!(pg));
+                if let Some(ours) = map.get("count_q2_p99_ms").and_then(Value::as_f64) {
+                    let ratio = round(pg / ours, 2);
+                    map.insert("ratio_pg_q2".into(), json!(ratio));
+                    println!(
+                        "[{name}] audience      PostgreSQL's best q2 p99 / CountAudience q2 p99 = {ratio}"
+                    );
+                }
+            }
         }
     }
     let failed = all.values().any(|v| v.get("error").is_some());

@@ -33,6 +33,13 @@ pub fn write_config(
         ..Config::default()
     };
     config.limits.qps = 1_000_000_000;
+    // Reads have a limit of their own.
+    for action in crate::api::Action::ALL.into_iter().filter(|a| a.is_read()) {
+        config
+            .limits
+            .actions
+            .insert(action.name().into(), 1_000_000_000);
+    }
     config.accounts = vec![AccountConfig {
         name: "bench".into(),
         apps: vec![i64::from(account.app_id)],

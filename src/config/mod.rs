@@ -126,6 +126,8 @@ pub struct TagLimits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_per_user: usize,
+    /// Most `Tags` strings in the vendor form of an audience filter (API.md §6).
+    pub max_filter_tags: usize,
 }
 
 impl Default for TagLimits {
@@ -134,6 +136,7 @@ impl Default for TagLimits {
             max_key_bytes: 128,
             max_value_bytes: 1024,
             max_per_user: 100,
+            max_filter_tags: 10,
         }
     }
 }

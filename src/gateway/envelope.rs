@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use time::macros::format_description;
 
-use crate::api::{ApiError, ErrorCode};
 use crate::api::{Action, VERSION};
+use crate::api::{ApiError, ErrorCode};
 use crate::signing::SERVICE;
 
 /// `ResponseMetadata` fields known so far; filled in as the request is routed.

@@ -5,7 +5,6 @@
 
 pub mod envelope;
 
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,13 +22,13 @@ use tracing::Instrument;
 use crate::accounts::{AccountId, Tenancy};
 use crate::actions::{self, Ctx};
 use crate::api::{Action, VERSION};
+use crate::api::{ApiError, ErrorCode};
 use crate::config::{HttpLimits, Limits, TagLimits};
 use crate::limiter::{Decision, RateLimiter};
 use crate::metrics::Metrics;
 use crate::signing::{ParsedAuth, VerifyPolicy, truncate};
 use crate::store::Store;
 use envelope::{Meta, RequestIds};
-use crate::api::{ApiError, ErrorCode};
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {

@@ -127,6 +127,9 @@ pub struct RowCounts {
     pub long_values: i64,
     /// User inboxes with more keys than `tags.max_per_user`.
     pub over_cap: i64,
+    /// Users without an ordinal, with one outside 0..their app's next ordinal, or sharing
+    /// one with another user of the app (the audience index would mix them up).
+    pub bad_ordinals: i64,
 }
 
 impl Report {
@@ -142,6 +145,12 @@ impl Report {
         });
         self.expect_none("ids", c.bad_ids, Status::Failed, |n| {
             format!("{n} rows hold an AppId, UserId or InboxType outside the API's range")
+        });
+        self.expect_none("ordinals", c.bad_ordinals, Status::Failed, |n| {
+            format!(
+                "{n} users have no ordinal, one past their app's next, or one another user of the app has \
+                 (audience answers would be wrong)"
+            )
         });
         self.expect_none("users.ext", c.bad_ext, Status::Failed, |n| {
             format!("{n} users hold an Ext that is not a JSON object (BatchGetUser fails on them)")

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod embedded;
+pub mod plan;
 pub mod postgres;
 pub mod schema;
 
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::audience::Page;
+use crate::audience::filter::Filter;
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
@@ -128,6 +131,28 @@ pub trait Store: Send + Sync + 'static {
         inbox: u32,
         user_ids: Vec<i64>,
     ) -> Result<Vec<Option<StoredUser>>, StoreError>;
+
+    /// How many registered users of the app `filter` selects by their tags in `inbox`,
+    /// counting every write acknowledged (on any node) before the call.
+    async fn count_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+    ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` selected users after ordinal `after`, in a stable order.
+    async fn list_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// Waits, at most `limit`, for the audience index's build at start; whether it is built.
+    async fn wait_built(&self, limit: Duration) -> bool;
 
     /// Whether the store can serve requests now.
     async fn ready(&self) -> Result<(), StoreError>;

@@ -117,6 +117,12 @@ impl TestServer {
         let prepared = tagcast::server::prepare(&config)
             .await
             .expect("server starts");
+        // Serving starts while the audience index is built; tests start from a built one.
+        prepared
+            .state
+            .store
+            .wait_built(std::time::Duration::from_secs(60))
+            .await;
         let (tx, rx) = oneshot::channel();
         let state = prepared.state.clone();
         let task = tokio::spawn(tagcast::server::serve(

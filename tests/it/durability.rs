@@ -126,6 +126,15 @@ async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
         tags_of(&s.client(), APP, 0, 77).await.unwrap(),
         vec!["from:v1"]
     );
+    // The old user got an ordinal: the audience index holds it, and a new user comes after.
+    register(&s.client(), APP, &[5]).await;
+    let listed = call(
+        &s.client(),
+        "ListAudience",
+        serde_json::json!({"AppId": APP}),
+    )
+    .await;
+    assert_eq!(ok(&listed)["UserIds"], serde_json::json!([77, 5]));
     s.stop().await;
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     assert_eq!(schema::version(&conn).unwrap(), schema::CURRENT_VERSION);
@@ -136,5 +145,5 @@ async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(index, 1);
+    assert_eq!(index, 0, "v3 drops the SQL audience index");
 }

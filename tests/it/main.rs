@@ -2,6 +2,8 @@
 
 mod abuse;
 mod actions;
+mod audience;
+mod audience_nodes;
 mod backup;
 mod check;
 mod cli;
@@ -10,6 +12,7 @@ mod disk_full;
 mod durability;
 mod errors;
 mod hostile;
+mod import;
 mod infra;
 mod lifecycle;
 mod logging;

@@ -268,7 +268,7 @@ fn serve_toml(s: &Session, block: &Block, n: usize) {
     s.run_to_end(
         &format!("{what}: tagcast ready"),
         s.bash(&format!(
-            "cargo run --release -- ready --endpoint {endpoint}"
+            "cargo run --release -- ready --wait 30 --endpoint {endpoint}"
         )),
     );
     terminate(child, &what);

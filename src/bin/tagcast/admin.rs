@@ -60,6 +60,10 @@ pub struct ReadyArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     endpoint: String,
+    /// Keep asking, once every 100 ms, for up to this many seconds (a server that just
+    /// started is not ready until its audience index is built).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    wait: f64,
 }
 
 /// Exit code of `check` when it found damage.
@@ -179,17 +183,27 @@ pub async fn ready(args: ReadyArgs) -> Result<ExitCode, String> {
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;
-    match client.get(&url).send().await {
-        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
-        Ok(r) => {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            eprintln!("tagcast ready: {url}: HTTP {status}: {}", body.trim());
-            Ok(ExitCode::FAILURE)
+    if !(args.wait.is_finite() && args.wait >= 0.0) {
+        return Err(format!(
+            "--wait must be a number of seconds, got {}",
+            args.wait
+        ));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(args.wait);
+    loop {
+        let why = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => return Ok(ExitCode::SUCCESS),
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                format!("HTTP {status}: {}", body.trim())
+            }
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() >= deadline {
+            eprintln!("tagcast ready: {url}: {why}");
+            return Ok(ExitCode::FAILURE);
         }
-        Err(e) => {
-            eprintln!("tagcast ready: {url}: {e}");
-            Ok(ExitCode::FAILURE)
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

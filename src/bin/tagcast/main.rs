@@ -1,9 +1,10 @@
 //! The `tagcast` command: `serve` runs the server, `call` sends one signed request, and
-//! the operator's commands (`check`, `backup`, `restore`, `keys new`, `ready`) and `bench`.
+//! the operator's commands (`check`, `import`, `backup`, `restore`, `keys new`, `ready`) and `bench`.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod call;
+mod import;
 mod serve;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ enum Command {
     /// Check the store: SQLite's integrity check (embedded) or the schema (PostgreSQL),
     /// then tagcast's own rules on every row. Safe while a server runs.
     Check(admin::CheckArgs),
+    /// Load users and tags from JSON Lines straight into the store (exit codes: 0 all
+    /// imported, 1 stopped at a bad line or a store failure, 3 lines skipped).
+    Import(import::ImportArgs),
     /// Write a consistent copy of the embedded store while it serves.
     Backup(admin::BackupArgs),
     /// Put a backup in place as the embedded store (no server may run on the directory).
@@ -67,6 +71,10 @@ struct BenchArgs {
     /// Users (5 tags each) loaded for the scale figures [default: 1000000; --quick: 20000].
     #[arg(long)]
     scale_users: Option<u64>,
+    /// Users of the audience phase's generated app (default 10 M; --quick 200 k; 0 skips
+    /// the phase).
+    #[arg(long)]
+    audience_users: Option<u64>,
     /// Draw the latency-vs-throughput chart into this PNG file [default: no chart].
     #[arg(long)]
     chart: Option<PathBuf>,
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Call(args) => runtime.block_on(call::run(args)),
         Command::Check(args) => runtime.block_on(admin::check(args)),
+        Command::Import(args) => runtime.block_on(import::run(args)),
         Command::Backup(args) => admin::backup(args),
         Command::Restore(args) => admin::restore(args),
         Command::Keys { command } => admin::keys(command),
@@ -189,6 +198,9 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     }
     if let Some(v) = args.scale_users {
         options.scale_users = v.max(1);
+    }
+    if let Some(v) = args.audience_users {
+        options.audience_users = v;
     }
     options.chart = args.chart;
     // The client opens one descriptor per connection; the servers it starts raise theirs.

@@ -1,185 +1,170 @@
-//! The SQL of each write and read, run on one connection. The writer thread calls these
-//! inside its group-commit transaction; being the only writer, it needs no row locks for
-//! the read-then-write of the tag cap.
+//! The SQL of each write and read, run on one connection. The writer thread reads the state
+//! a batch needs and writes the planner's changes inside its group-commit transaction;
+//! being the only writer, it needs no row locks for the read-then-write of the tag cap.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::{
-    DEFAULT_INBOX, Outcome, StoredUser, Tag, TagEntry, TagOp, UserRegistration, now_ms,
-};
+use crate::audience::index::Builder;
+use crate::store::plan::{Batch, Change, Plan, Snapshot, UserState};
+use crate::store::{StoredUser, Tag, WriteJob, now_ms};
 
-/// Whether the user is registered, and how many keys it has in `inbox`: one statement.
-fn lookup(
-    conn: &Connection,
-    app_id: u32,
-    inbox: u32,
-    user_id: i64,
-) -> rusqlite::Result<(bool, usize)> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2),
-                (SELECT COUNT(*) FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3)",
-    )?
-    .query_row(params![app_id, user_id, inbox], |r| {
-        Ok((r.get(0)?, r.get::<_, i64>(1)? as usize))
-    })
+/// Reads the state of every user `jobs` name, and the next ordinal of the apps where the
+/// plan may register users.
+pub fn read_snapshot(conn: &Connection, jobs: &[WriteJob]) -> rusqlite::Result<Snapshot> {
+    let batch = Batch { jobs };
+    let mut ordinal =
+        conn.prepare_cached("SELECT ordinal FROM users WHERE app_id = ?1 AND user_id = ?2")?;
+    let mut tags = conn.prepare_cached(
+        "SELECT inbox_type, key, value FROM tags WHERE app_id = ?1 AND user_id = ?2",
+    )?;
+    let mut snapshot = Snapshot::default();
+    for (app, user) in batch.users() {
+        let Some(o) = ordinal
+            .query_row(params![app, user], |r| r.get::<_, Option<u32>>(0))
+            .optional()?
+        else {
+            continue;
+        };
+        let mut state = UserState {
+            ordinal: Some(o.ok_or_else(|| {
+                rusqlite::Error::InvalidColumnType(0, "ordinal".into(), rusqlite::types::Type::Null)
+            })?),
+            ..Default::default()
+        };
+        let mut rows = tags.query(params![app, user])?;
+        while let Some(r) = rows.next()? {
+            state.tags.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+        }
+        snapshot.users.insert((app, user), state);
+    }
+    let mut next =
+        conn.prepare_cached("SELECT next_ordinal FROM tagcast_apps WHERE app_id = ?1")?;
+    for app in batch.needs_ordinals(&snapshot.users) {
+        let n = next
+            .query_row([app], |r| r.get::<_, u32>(0))
+            .optional()?
+            .unwrap_or(0);
+        snapshot.next_ordinal.insert(app, n);
+    }
+    Ok(snapshot)
 }
 
-/// How many keys the user would have after upserting `tags` onto its `existing` keys, or
-/// `None` when that is within `cap` (the common case, decided without looking at each key).
-fn over_cap(
-    conn: &Connection,
-    app_id: u32,
-    inbox: u32,
-    user_id: i64,
-    existing: usize,
-    tags: &[Tag],
-    cap: usize,
-) -> rusqlite::Result<Option<usize>> {
-    if existing + tags.len() <= cap {
-        return Ok(None);
-    }
-    let mut exists = conn.prepare_cached(
-        "SELECT 1 FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3 AND key = ?4",
-    )?;
-    let mut net_new = 0;
-    for (k, _) in tags {
-        if exists
-            .query_row(params![app_id, user_id, inbox, k], |_| Ok(()))
-            .optional()?
-            .is_none()
-        {
-            net_new += 1;
+/// Writes a plan's changes, in order, and the apps' next ordinals.
+pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
+    let now = now_ms();
+    let mut changes = plan.changes.iter().peekable();
+    while let Some(change) = changes.next() {
+        match change {
+            Change::Registered { app, user, ordinal } => {
+                // A new user's profile comes next: one INSERT with it, not an UPDATE after.
+                let (mut nick, mut portrait, mut ext, mut robot) = (None, None, None, None);
+                if let Some(Change::Profile {
+                    app: pa,
+                    user: pu,
+                    nick_name,
+                    portrait: p,
+                    ext: e,
+                    is_robot,
+                }) = changes.peek()
+                    && (pa, pu) == (app, user)
+                {
+                    (nick, portrait, ext, robot) =
+                        (nick_name.as_ref(), p.as_ref(), e.as_ref(), *is_robot);
+                    changes.next();
+                }
+                let ext = ext.map(|m| serde_json::to_string(m).expect("a string map serializes"));
+                conn.prepare_cached(
+                    "INSERT INTO users (app_id, user_id, ordinal, nick_name, portrait, ext, is_robot, create_time, modify_time)
+                     VALUES (?1, ?2, ?3, COALESCE(?4, ''), COALESCE(?5, ''), COALESCE(?6, '{}'), COALESCE(?7, 0), ?8, ?8)",
+                )?
+                .execute(params![app, user, ordinal, nick, portrait, ext, robot, now])?;
+            }
+            Change::Profile {
+                app,
+                user,
+                nick_name,
+                portrait,
+                ext,
+                is_robot,
+            } => {
+                let ext = ext
+                    .as_ref()
+                    .map(|m| serde_json::to_string(m).expect("a string map serializes"));
+                conn.prepare_cached(
+                    "UPDATE users SET nick_name = COALESCE(?3, nick_name),
+                                      portrait = COALESCE(?4, portrait),
+                                      ext = COALESCE(?5, ext),
+                                      is_robot = COALESCE(?6, is_robot),
+                                      modify_time = ?7
+                     WHERE app_id = ?1 AND user_id = ?2",
+                )?
+                .execute(params![app, user, nick_name, portrait, ext, is_robot, now])?;
+            }
+            Change::SetTag {
+                app,
+                user,
+                inbox,
+                key,
+                value,
+                ..
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![app, user, inbox, key, value])?;
+            }
+            Change::DeleteTag {
+                app,
+                user,
+                inbox,
+                key,
+                ..
+            } => {
+                conn.prepare_cached(
+                    "DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3 AND key = ?4",
+                )?
+                .execute(params![app, user, inbox, key])?;
+            }
+            Change::Unregistered { app, user, .. } => {
+                conn.prepare_cached("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2")?
+                    .execute(params![app, user])?;
+                conn.prepare_cached("DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2")?
+                    .execute(params![app, user])?;
+            }
         }
     }
-    Ok((existing + net_new > cap).then_some(existing + net_new))
-}
-
-fn upsert_tags(
-    conn: &Connection,
-    app_id: u32,
-    inbox: u32,
-    user_id: i64,
-    tags: &[Tag],
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = excluded.value",
-    )?;
-    for (k, v) in tags {
-        stmt.execute(params![app_id, user_id, inbox, k, v])?;
+    for (app, next) in &plan.next_ordinal {
+        conn.prepare_cached(
+            "INSERT INTO tagcast_apps (app_id, next_ordinal) VALUES (?1, ?2)
+             ON CONFLICT (app_id) DO UPDATE SET next_ordinal = excluded.next_ordinal",
+        )?
+        .execute(params![app, next])?;
     }
     Ok(())
 }
 
-pub fn update_tags(
-    conn: &Connection,
-    app_id: u32,
-    inbox: u32,
-    op: TagOp,
-    entries: &[TagEntry],
-    cap: usize,
-) -> rusqlite::Result<Vec<Outcome>> {
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        let (registered, existing) = lookup(conn, app_id, inbox, e.user_id)?;
-        if !registered {
-            out.push(Outcome::UserNotFound);
-            continue;
-        }
-        match op {
-            TagOp::Upsert => {
-                if let Some(would_have) =
-                    over_cap(conn, app_id, inbox, e.user_id, existing, &e.tags, cap)?
-                {
-                    out.push(Outcome::TagLimitExceeded {
-                        would_have,
-                        limit: cap,
-                    });
-                    continue;
-                }
-                upsert_tags(conn, app_id, inbox, e.user_id, &e.tags)?;
-            }
-            TagOp::Delete => {
-                let mut stmt = conn.prepare_cached(
-                    "DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3 AND key = ?4",
-                )?;
-                for (k, _) in &e.tags {
-                    stmt.execute(params![app_id, e.user_id, inbox, k])?;
-                }
-            }
-        }
-        out.push(Outcome::Applied);
+/// Every registered user and every tag, into an index builder (at start).
+pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
+    let mut b = Builder::default();
+    let mut users = conn.prepare("SELECT app_id, user_id, ordinal FROM users")?;
+    let mut rows = users.query([])?;
+    while let Some(r) = rows.next()? {
+        b.user(r.get(0)?, r.get(1)?, r.get(2)?);
     }
-    Ok(out)
-}
-
-pub fn register_users(
-    conn: &Connection,
-    app_id: u32,
-    users: &[UserRegistration],
-    cap: usize,
-) -> rusqlite::Result<Vec<Outcome>> {
-    let mut out = Vec::with_capacity(users.len());
-    let now = now_ms();
-    for u in users {
-        let (_, existing) = lookup(conn, app_id, DEFAULT_INBOX, u.user_id)?;
-        if let Some(would_have) = over_cap(
-            conn,
-            app_id,
-            DEFAULT_INBOX,
-            u.user_id,
-            existing,
-            &u.tags,
-            cap,
-        )? {
-            out.push(Outcome::TagLimitExceeded {
-                would_have,
-                limit: cap,
-            });
-            continue;
-        }
-        let ext = u
-            .ext
-            .as_ref()
-            .map(|m| serde_json::to_string(m).expect("a string map serializes"));
-        conn.prepare_cached(
-            "INSERT INTO users (app_id, user_id, nick_name, portrait, ext, is_robot, create_time, modify_time)
-             VALUES (?1, ?2, COALESCE(?3, ''), COALESCE(?4, ''), COALESCE(?5, '{}'), COALESCE(?6, 0), ?7, ?7)
-             ON CONFLICT (app_id, user_id) DO UPDATE SET
-                 nick_name = COALESCE(?3, nick_name),
-                 portrait = COALESCE(?4, portrait),
-                 ext = COALESCE(?5, ext),
-                 is_robot = COALESCE(?6, is_robot),
-                 modify_time = ?7",
-        )?
-        .execute(params![app_id, u.user_id, u.nick_name, u.portrait, ext, u.is_robot, now])?;
-        upsert_tags(conn, app_id, DEFAULT_INBOX, u.user_id, &u.tags)?;
-        out.push(Outcome::Applied);
+    let mut tags = conn.prepare(
+        "SELECT t.app_id, t.inbox_type, t.key, t.value, u.ordinal
+         FROM tags t JOIN users u ON u.app_id = t.app_id AND u.user_id = t.user_id",
+    )?;
+    let mut rows = tags.query([])?;
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(2)?;
+        let value: String = r.get(3)?;
+        b.tag(r.get(0)?, r.get(1)?, &key, &value, r.get(4)?);
     }
-    Ok(out)
-}
-
-pub fn unregister_users(
-    conn: &Connection,
-    app_id: u32,
-    user_ids: &[i64],
-) -> rusqlite::Result<Vec<Outcome>> {
-    let mut out = Vec::with_capacity(user_ids.len());
-    for &user_id in user_ids {
-        let removed = conn
-            .prepare_cached("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2")?
-            .execute(params![app_id, user_id])?;
-        if removed == 0 {
-            out.push(Outcome::UserNotFound);
-            continue;
-        }
-        conn.prepare_cached("DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2")?
-            .execute(params![app_id, user_id])?;
-        out.push(Outcome::Applied);
-    }
-    Ok(out)
+    Ok(b)
 }
 
 pub fn get_users(

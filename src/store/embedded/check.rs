@@ -83,7 +83,7 @@ fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rus
     for (kind, name) in [
         ("table", "users"),
         ("table", "tags"),
-        ("index", "tags_audience"),
+        ("table", "tagcast_apps"),
     ] {
         let present = count(
             conn,
@@ -136,6 +136,10 @@ fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rus
                                    HAVING COUNT(*) > ?1)",
             [limits.max_per_user as i64],
         )?,
+        bad_ordinals: count(conn, "SELECT CAST((SELECT COUNT(*) FROM users u WHERE u.ordinal IS NULL OR u.ordinal < 0
+                     OR u.ordinal >= COALESCE((SELECT next_ordinal FROM tagcast_apps a WHERE a.app_id = u.app_id), 0))
+                  + (SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM users
+                     WHERE ordinal IS NOT NULL GROUP BY app_id, ordinal HAVING COUNT(*) > 1) d) AS bigint)", [])?,
     };
     report.rows(&counts, limits);
     Ok(())

@@ -6,7 +6,8 @@
 //! maintenance thread of their own (`maintenance.rs`), off the writer's path. Reads use a
 //! small pool of separate connections; WAL lets them run while the writer commits, and
 //! they see every committed (hence every acknowledged) write. `health.rs` keeps whether
-//! the store can write, for `/readyz`.
+//! the store can write, for `/readyz`. The audience index is built by the writer thread
+//! before it takes the first write, and follows every commit before it is answered.
 
 mod apply;
 pub mod backup;
@@ -28,6 +29,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
 };
+use crate::audience::filter::Filter;
+use crate::audience::{AudienceIndex, Page};
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
 use health::Health;
@@ -76,6 +79,7 @@ pub struct EmbeddedStore {
     path: PathBuf,
     /// Released once the writer has stopped.
     lock: Mutex<Option<DataDirLock>>,
+    index: Arc<AudienceIndex>,
 }
 
 pub(crate) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -158,7 +162,9 @@ impl EmbeddedStore {
             .name("tagcast-maintenance".into())
             .spawn(move || maintenance::run(maintenance, stopped))
             .map_err(|e| format!("starting the maintenance thread: {e}"))?;
+        let index = Arc::new(AudienceIndex::new());
         let writer = writer::Writer {
+            index: index.clone(),
             conn,
             wal_frames,
             frame_bytes: page_size + 24,
@@ -182,6 +188,7 @@ impl EmbeddedStore {
             health,
             path,
             lock: Mutex::new(Some(lock)),
+            index,
         })
     }
 
@@ -195,6 +202,18 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Audience answers wait for nothing but the index's build at start (at most
+    /// [`BUSY_TIMEOUT`]): the writer applies each commit to the index before it answers.
+    async fn index_built(&self) -> Result<(), StoreError> {
+        if self.index.wait_built(BUSY_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "the audience index is being built".into(),
+            ))
+        }
     }
 
     async fn read<T: Send + 'static>(
@@ -264,11 +283,42 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn count_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+    ) -> Result<u64, StoreError> {
+        self.index_built().await?;
+        Ok(self.index.count(app_id, inbox, filter))
+    }
+
+    async fn list_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.index_built().await?;
+        Ok(self.index.list(app_id, inbox, filter, after, limit))
+    }
+
+    async fn wait_built(&self, limit: Duration) -> bool {
+        self.index.wait_built(limit).await
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         if self.writer.lock().expect("writer lock").is_none() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
         self.health.check()?;
+        if !self.index.is_built() {
+            return Err(StoreError::Unavailable(
+                "the audience index is being built".into(),
+            ));
+        }
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
             .await
     }

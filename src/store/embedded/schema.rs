@@ -48,6 +48,26 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "CREATE INDEX tags_audience ON tags (app_id, inbox_type, key, value, user_id);",
         usable_from: 1,
     },
+    // v3: audiences are answered by the in-memory index (src/audience), which numbers each
+    // app's users densely: every user gets an ordinal, never reused (`tagcast_apps` holds
+    // each app's next one), existing users numbered in user id order. The SQL index that
+    // served audience lookups only cost every tag write a second B-tree update. Older code
+    // would register users without an ordinal: usable from this version on.
+    Migration {
+        sql: "ALTER TABLE users ADD COLUMN ordinal INTEGER;
+              UPDATE users SET ordinal = r.o
+                FROM (SELECT app_id, user_id,
+                             row_number() OVER (PARTITION BY app_id ORDER BY user_id) - 1 AS o
+                      FROM users) AS r
+               WHERE users.app_id = r.app_id AND users.user_id = r.user_id;
+              CREATE TABLE tagcast_apps (
+                  app_id       INTEGER PRIMARY KEY,
+                  next_ordinal INTEGER NOT NULL
+              );
+              INSERT INTO tagcast_apps SELECT app_id, COUNT(*) FROM users GROUP BY app_id;
+              DROP INDEX tags_audience;",
+        usable_from: 3,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -25,8 +25,10 @@ use tokio::sync::mpsc;
 use super::apply;
 use super::health::Health;
 use super::{BUSY_TIMEOUT, EmbeddedOptions};
+use crate::audience::AudienceIndex;
 use crate::metrics::Metrics;
-use crate::store::{Outcome, StoreError, WriteJob, WriteOp, now_ms};
+use crate::store::plan::{self, Plan};
+use crate::store::{Outcome, StoreError, WriteJob, now_ms};
 use crate::throttle::LogThrottle;
 
 /// What the writer's queue carries.
@@ -58,6 +60,8 @@ pub(super) struct Writer {
     /// The last checkpoint attempt failed: the next does not wait.
     pub checkpoint_failed: bool,
     pub over_bound: LogThrottle,
+    /// Follows every commit, before its requests are answered.
+    pub index: Arc<AudienceIndex>,
 }
 
 /// Size of the write-ahead log file (0 when it does not exist).
@@ -96,6 +100,32 @@ pub(super) fn count_wal_frames(conn: &mut Connection) -> rusqlite::Result<Arc<At
 }
 
 pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
+    // The index first: writes wait in the queue (and /readyz says not ready) until it
+    // holds everything committed before them.
+    let started = Instant::now();
+    match apply::build_index(&w.conn) {
+        Ok(builder) => {
+            w.index.replace(builder.finish(), 0);
+            let (apps, bitmaps) = w.index.size();
+            tracing::info!(
+                apps,
+                bitmaps,
+                ms = started.elapsed().as_millis() as u64,
+                "audience index built"
+            );
+        }
+        Err(e) => {
+            let e = w.health.failed(e, false);
+            tracing::error!(error = %e, "building the audience index failed; audience queries and writes are refused");
+            // Answer every write with the failure rather than leave it waiting.
+            while let Some(msg) = rx.blocking_recv() {
+                if let Msg::Job(job) = msg {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+            return;
+        }
+    }
     let max_batch = w.options.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -139,26 +169,31 @@ impl Writer {
     /// of the store itself (disk full, I/O) fails the whole batch: none was acknowledged.
     fn commit_batch(&mut self, batch: &[WriteJob]) -> Vec<Result<Vec<Outcome>, StoreError>> {
         let cap = self.options.max_tags_per_user;
-        match commit_all(&mut self.conn, batch, cap) {
-            Ok(outcomes) => {
+        let failure = match commit_all(&mut self.conn, batch, cap) {
+            Ok(plan) => {
                 self.health.succeeded();
-                outcomes.into_iter().map(Ok).collect()
+                self.index.apply(&plan.changes);
+                return plan.outcomes.into_iter().map(Ok).collect();
             }
-            Err(e) => match self.health.failed(e, true) {
-                StoreError::Internal(_) if batch.len() > 1 => batch
-                    .iter()
-                    .map(
-                        |job| match commit_all(&mut self.conn, std::slice::from_ref(job), cap) {
-                            Ok(mut o) => {
-                                self.health.succeeded();
-                                Ok(o.remove(0))
-                            }
-                            Err(e) => Err(self.health.failed(e, true)),
-                        },
-                    )
-                    .collect(),
-                e => vec![Err(e); batch.len()],
-            },
+            Err(Failure::Sql(e)) => self.health.failed(e, true),
+            Err(Failure::Plan(e)) => e,
+        };
+        match failure {
+            StoreError::Internal(_) if batch.len() > 1 => batch
+                .iter()
+                .map(
+                    |job| match commit_all(&mut self.conn, std::slice::from_ref(job), cap) {
+                        Ok(mut plan) => {
+                            self.health.succeeded();
+                            self.index.apply(&plan.changes);
+                            Ok(plan.outcomes.remove(0))
+                        }
+                        Err(Failure::Sql(e)) => Err(self.health.failed(e, true)),
+                        Err(Failure::Plan(e)) => Err(e),
+                    },
+                )
+                .collect(),
+            e => vec![Err(e); batch.len()],
         }
     }
 
@@ -238,28 +273,25 @@ impl Writer {
     }
 }
 
-fn apply_job(conn: &Connection, job: &WriteJob, cap: usize) -> rusqlite::Result<Vec<Outcome>> {
-    match &job.op {
-        WriteOp::Tags { inbox, op, entries } => {
-            apply::update_tags(conn, job.app_id, *inbox, *op, entries, cap)
-        }
-        WriteOp::Register(users) => apply::register_users(conn, job.app_id, users, cap),
-        WriteOp::Unregister(ids) => apply::unregister_users(conn, job.app_id, ids),
+/// Why a batch did not commit: the store failed, or the plan could not be made.
+enum Failure {
+    Sql(rusqlite::Error),
+    Plan(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
     }
 }
 
-/// Applies `jobs` in one transaction and commits it; the outcomes, or the first error (then
-/// nothing of the transaction is kept).
-fn commit_all(
-    conn: &mut Connection,
-    jobs: &[WriteJob],
-    cap: usize,
-) -> rusqlite::Result<Vec<Vec<Outcome>>> {
+/// Reads the state `jobs` touch, plans them, writes the changes and commits, in one
+/// transaction; the plan, or the first error (then nothing of the transaction is kept).
+fn commit_all(conn: &mut Connection, jobs: &[WriteJob], cap: usize) -> Result<Plan, Failure> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let outcomes = jobs
-        .iter()
-        .map(|job| apply_job(&tx, job, cap))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let snapshot = apply::read_snapshot(&tx, jobs)?;
+    let plan = plan::plan(jobs, snapshot, cap).map_err(Failure::Plan)?;
+    apply::write_changes(&tx, &plan)?;
     tx.commit()?;
-    Ok(outcomes)
+    Ok(plan)
 }

@@ -1,30 +1,45 @@
-//! One transaction for a batch of write requests, with a fixed number of statements
+//! One transaction for a batch of write requests, with a fixed number of round trips
 //! whatever the batch size: the locks of every (app, user) in the batch and a read of
-//! their current state (one round trip), each request's outcome decided in memory in
-//! queue order, then every write of the batch as set-based statements (one round trip).
-//! An UnRegisterUsers request is a barrier: the writes before it are flushed, it runs,
-//! and planning goes on from the state it leaves.
+//! their current state (one round trip), the next ordinals of the apps that register new
+//! users (only then, one more), every request's outcome from the shared planner
+//! (`store/plan.rs`), then the planned changes as set-based statements (one round trip;
+//! an UnRegisterUsers change is a barrier: what came before it is written first), and the
+//! changes the audience index needs appended to the change log (`follow.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use crate::store::{
-    DEFAULT_INBOX, Outcome, Tag, TagOp, UserRegistration, WriteJob, WriteOp, now_ms,
-};
+use crate::store::plan::{self, Batch, Change, Plan, Snapshot, UserState};
+use crate::store::{StoreError, UserRegistration, WriteJob, now_ms};
 
 /// A lock key per (app, user), taken in one global order (sorted keys), so batches on any
-/// node never deadlock; collisions only serialize two unrelated users.
+/// node never deadlock; collisions only serialize two unrelated users. Then the apps'
+/// ordinal counters (sorted), then the change log's head: the same order everywhere.
 const LOCK: &str = "SELECT pg_advisory_xact_lock(k) FROM \
      (SELECT DISTINCT hashint8extended(u, a) AS k FROM unnest($1::bigint[], $2::bigint[]) AS x(a, u) ORDER BY 1) AS s";
 
-/// Registration and keys of each (app, inbox, user): per-id LATERAL lookups, see "Query
-/// plans" in the module documentation of the store.
-const READ: &str = "SELECT x.a, x.i, x.u, r.reg, t.key FROM unnest($1::int[], $2::int[], $3::bigint[]) AS x(a, i, u)
-     LEFT JOIN LATERAL (SELECT true AS reg FROM users WHERE app_id = x.a AND user_id = x.u OFFSET 0) r ON true
-     LEFT JOIN LATERAL (SELECT key FROM tags
-                        WHERE app_id = x.a AND user_id = x.u AND inbox_type + 0 = x.i OFFSET 0) t ON true";
+/// Ordinal and every tag of each (app, user): per-id LATERAL lookups, see "Query plans"
+/// in the module documentation of the store.
+const READ: &str = "SELECT x.a, x.u, r.ordinal, t.inbox_type, t.key, t.value
+     FROM unnest($1::int[], $2::bigint[]) AS x(a, u)
+     LEFT JOIN LATERAL (SELECT ordinal FROM users WHERE app_id = x.a AND user_id = x.u OFFSET 0) r ON true
+     LEFT JOIN LATERAL (SELECT inbox_type, key, value FROM tags
+                        WHERE app_id = x.a AND user_id = x.u OFFSET 0) t ON true";
+
+const ENSURE_APPS: &str = "INSERT INTO tagcast_apps (app_id, next_ordinal)
+     SELECT a, 0 FROM unnest($1::int[]) AS x(a) ON CONFLICT (app_id) DO NOTHING";
+const READ_APPS: &str = "SELECT app_id, next_ordinal FROM tagcast_apps
+     WHERE app_id = ANY($1) ORDER BY app_id FOR UPDATE";
+const WRITE_APPS: &str = "UPDATE tagcast_apps SET next_ordinal = x.n
+     FROM unnest($1::int[], $2::bigint[]) AS x(a, n) WHERE app_id = x.a";
+
+/// The next log position, taken under the head row's lock (held until commit, so
+/// positions become visible in order, never one after a later one), and the entry.
+const APPEND_LOG: &str = "WITH h AS (UPDATE tagcast_log_head SET pos = pos + 1 RETURNING pos)
+     INSERT INTO tagcast_changes (pos, created, changes) SELECT pos, $1, $2 FROM h";
+const NOTIFY: &str = "SELECT pg_notify('tagcast_changes', '')";
 
 const UPSERT_TAGS: &str = "INSERT INTO tags (app_id, user_id, inbox_type, key, value)
      SELECT * FROM unnest($1::int[], $2::bigint[], $3::int[], $4::text[], $5::text[])
@@ -36,9 +51,8 @@ const DELETE_TAGS: &str = "DELETE FROM tags WHERE ctid = ANY(ARRAY(
      JOIN LATERAL (SELECT ctid FROM tags WHERE app_id = x.a AND user_id = x.u
                    AND inbox_type + 0 = x.i AND key = x.k OFFSET 0) t ON true))";
 
-const INSERT_USERS: &str = "INSERT INTO users (app_id, user_id, create_time, modify_time)
-     SELECT a, u, $3, $3 FROM unnest($1::int[], $2::bigint[]) AS x(a, u)
-     ON CONFLICT (app_id, user_id) DO NOTHING";
+const INSERT_USERS: &str = "INSERT INTO users (app_id, user_id, ordinal, create_time, modify_time)
+     SELECT a, u, o, $4, $4 FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS x(a, u, o)";
 
 const UPDATE_USERS: &str = "UPDATE users SET nick_name = COALESCE(x.n, users.nick_name),
                       portrait = COALESCE(x.p, users.portrait),
@@ -48,27 +62,23 @@ const UPDATE_USERS: &str = "UPDATE users SET nick_name = COALESCE(x.n, users.nic
      FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::boolean[]) AS x(a, u, n, p, e, r)
      WHERE users.app_id = x.a AND users.user_id = x.u";
 
-const UNREGISTER_USERS: &str =
-    "DELETE FROM users WHERE app_id = $1 AND user_id = ANY($2) RETURNING user_id";
-const UNREGISTER_TAGS: &str = "DELETE FROM tags WHERE app_id = $1 AND user_id = ANY($2)";
+const UNREGISTER_USERS: &str = "DELETE FROM users WHERE (app_id, user_id) IN
+     (SELECT * FROM unnest($1::int[], $2::bigint[]))";
+const UNREGISTER_TAGS: &str = "DELETE FROM tags WHERE ctid = ANY(ARRAY(
+     SELECT t.ctid FROM unnest($1::int[], $2::bigint[]) AS x(a, u)
+     JOIN LATERAL (SELECT ctid FROM tags WHERE app_id = x.a AND user_id = x.u OFFSET 0) t ON true))";
 
-/// (app, inbox, user)
-type Slot = (i32, i32, i64);
-
-/// What the batch knows of the users it touches, kept current as requests are planned.
-#[derive(Default)]
-struct State {
-    registered: HashSet<(i32, i64)>,
-    keys: HashMap<Slot, HashSet<String>>,
-}
-
-/// Writes planned but not yet sent.
+/// Writes planned but not yet sent, folded per row.
 #[derive(Default)]
 struct Pending {
     upserts: BTreeMap<(i32, i64, i32, String), String>,
     deletes: BTreeSet<(i32, i64, i32, String)>,
+    /// (app, user, ordinal) of users registered by the batch.
+    registered: Vec<(i32, i64, i64)>,
     /// Profiles of registered users, later registrations folded over earlier ones.
     profiles: BTreeMap<(i32, i64), UserRegistration>,
+    /// (app, user) to remove, with every tag.
+    unregistered: Vec<(i32, i64)>,
 }
 
 /// Runs one statement, prepared once per connection (no extra round trip after that).
@@ -81,53 +91,89 @@ async fn exec(
     tx.execute(&statement, params).await
 }
 
-/// Upserts `tags` into `keys` if the per-user cap allows; returns the outcome.
-fn plan_upsert(keys: &mut HashSet<String>, tags: &[Tag], cap: usize) -> Outcome {
-    let net_new = tags.iter().filter(|(k, _)| !keys.contains(k)).count();
-    if keys.len() + net_new > cap {
-        return Outcome::TagLimitExceeded {
-            would_have: keys.len() + net_new,
-            limit: cap,
-        };
-    }
-    keys.extend(tags.iter().map(|(k, _)| k.clone()));
-    Outcome::Applied
-}
-
 impl Pending {
-    fn upsert(&mut self, (a, i, u): Slot, tags: &[Tag]) {
-        for (k, v) in tags {
-            self.deletes.remove(&(a, u, i, k.clone()));
-            self.upserts.insert((a, u, i, k.clone()), v.clone());
-        }
+    fn is_empty(&self) -> bool {
+        self.upserts.is_empty()
+            && self.deletes.is_empty()
+            && self.registered.is_empty()
+            && self.profiles.is_empty()
+            && self.unregistered.is_empty()
     }
 
-    fn delete(&mut self, (a, i, u): Slot, tags: &[Tag]) {
-        for (k, _) in tags {
-            self.upserts.remove(&(a, u, i, k.clone()));
-            self.deletes.insert((a, u, i, k.clone()));
+    /// Adds a change; `true` when it must wait for what is pending to be written first
+    /// (a removal after writes to the same rows, or anything after a removal).
+    fn fold(&mut self, change: &Change) -> bool {
+        let removing = matches!(change, Change::Unregistered { .. });
+        let after_removal = !self.unregistered.is_empty();
+        if removing != after_removal && !self.is_empty() {
+            return true;
         }
-    }
-
-    fn register(&mut self, app: i32, u: &UserRegistration) {
-        let p = self
-            .profiles
-            .entry((app, u.user_id))
-            .or_insert_with(|| UserRegistration {
-                user_id: u.user_id,
-                ..Default::default()
-            });
-        p.nick_name = u.nick_name.clone().or(p.nick_name.take());
-        p.portrait = u.portrait.clone().or(p.portrait.take());
-        p.ext = u.ext.clone().or(p.ext.take());
-        p.is_robot = u.is_robot.or(p.is_robot);
+        match change {
+            Change::Registered { app, user, ordinal } => {
+                self.registered
+                    .push((*app as i32, *user, i64::from(*ordinal)));
+            }
+            Change::Profile {
+                app,
+                user,
+                nick_name,
+                portrait,
+                ext,
+                is_robot,
+            } => {
+                let p = self.profiles.entry((*app as i32, *user)).or_default();
+                p.nick_name = nick_name.clone().or(p.nick_name.take());
+                p.portrait = portrait.clone().or(p.portrait.take());
+                p.ext = ext.clone().or(p.ext.take());
+                p.is_robot = is_robot.or(p.is_robot);
+            }
+            Change::SetTag {
+                app,
+                user,
+                inbox,
+                key,
+                value,
+                ..
+            } => {
+                let row = (*app as i32, *user, *inbox as i32, key.clone());
+                self.deletes.remove(&row);
+                self.upserts.insert(row, value.clone());
+            }
+            Change::DeleteTag {
+                app,
+                user,
+                inbox,
+                key,
+                ..
+            } => {
+                let row = (*app as i32, *user, *inbox as i32, key.clone());
+                self.upserts.remove(&row);
+                self.deletes.insert(row);
+            }
+            Change::Unregistered { app, user, .. } => {
+                self.unregistered.push((*app as i32, *user));
+            }
+        }
+        false
     }
 
     /// Sends every pending write, pipelined in one round trip (they touch disjoint rows,
     /// except the users' two statements, which run in order on the connection).
     async fn flush(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
         let now = now_ms();
-        let profiles = std::mem::take(&mut self.profiles);
+        let Pending {
+            upserts,
+            deletes,
+            registered,
+            profiles,
+            unregistered,
+        } = std::mem::take(self);
+        let (mut ra, mut ru, mut ro) = (vec![], vec![], vec![]);
+        for (a, u, o) in registered {
+            ra.push(a);
+            ru.push(u);
+            ro.push(o);
+        }
         let (mut pa, mut pu, mut nick, mut portrait, mut ext, mut robot) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for ((a, u), p) in profiles {
@@ -142,7 +188,7 @@ impl Pending {
             robot.push(p.is_robot);
         }
         let (mut ua, mut uu, mut ui, mut uk, mut uv) = (vec![], vec![], vec![], vec![], vec![]);
-        for ((a, u, i, k), v) in std::mem::take(&mut self.upserts) {
+        for ((a, u, i, k), v) in upserts {
             ua.push(a);
             uu.push(u);
             ui.push(i);
@@ -150,18 +196,25 @@ impl Pending {
             uv.push(v);
         }
         let (mut da, mut du, mut di, mut dk) = (vec![], vec![], vec![], vec![]);
-        for (a, u, i, k) in std::mem::take(&mut self.deletes) {
+        for (a, u, i, k) in deletes {
             da.push(a);
             du.push(u);
             di.push(i);
             dk.push(k);
         }
+        let (xa, xu): (Vec<i32>, Vec<i64>) = unregistered.into_iter().unzip();
         let users = async {
+            if !ra.is_empty() {
+                exec(tx, INSERT_USERS, &[&ra, &ru, &ro, &now]).await?;
+            }
             if !pa.is_empty() {
-                exec(tx, INSERT_USERS, &[&pa, &pu, &now]).await?;
                 let params: [&(dyn ToSql + Sync); 7] =
                     [&pa, &pu, &nick, &portrait, &ext, &robot, &now];
                 exec(tx, UPDATE_USERS, &params).await?;
+            }
+            if !xa.is_empty() {
+                exec(tx, UNREGISTER_USERS, &[&xa, &xu]).await?;
+                exec(tx, UNREGISTER_TAGS, &[&xa, &xu]).await?;
             }
             Ok(())
         };
@@ -186,142 +239,105 @@ impl Pending {
 async fn lock_and_read(
     tx: &Transaction<'_>,
     jobs: &[WriteJob],
-) -> Result<State, tokio_postgres::Error> {
-    let mut pairs = BTreeSet::new();
-    let mut slots = BTreeSet::new();
-    for job in jobs {
-        let a = job.app_id as i32;
-        let (inbox, ids) = match &job.op {
-            WriteOp::Tags { inbox, entries, .. } => (
-                *inbox as i32,
-                entries.iter().map(|e| e.user_id).collect::<Vec<_>>(),
-            ),
-            WriteOp::Register(users) => (
-                DEFAULT_INBOX as i32,
-                users.iter().map(|u| u.user_id).collect(),
-            ),
-            WriteOp::Unregister(ids) => (DEFAULT_INBOX as i32, ids.clone()),
-        };
-        for u in ids {
-            pairs.insert((i64::from(a), u));
-            slots.insert((a, inbox, u));
-        }
-    }
-    let (la, lu): (Vec<i64>, Vec<i64>) = pairs.into_iter().unzip();
-    let (mut ra, mut ri, mut ru) = (vec![], vec![], vec![]);
-    for (a, i, u) in slots {
-        ra.push(a);
-        ri.push(i);
-        ru.push(u);
-    }
+) -> Result<Snapshot, tokio_postgres::Error> {
+    let batch = Batch { jobs };
+    let users = batch.users();
+    let la: Vec<i64> = users.iter().map(|(a, _)| i64::from(*a)).collect();
+    let ra: Vec<i32> = users.iter().map(|(a, _)| *a as i32).collect();
+    let lu: Vec<i64> = users.iter().map(|(_, u)| *u).collect();
     let (lock, read) = tokio::try_join!(tx.prepare_cached(LOCK), tx.prepare_cached(READ))?;
     let lock_params: [&(dyn ToSql + Sync); 2] = [&la, &lu];
-    let read_params: [&(dyn ToSql + Sync); 3] = [&ra, &ri, &ru];
+    let read_params: [&(dyn ToSql + Sync); 2] = [&ra, &lu];
     // Pipelined: statements on one connection run in order, so the read sees the state
     // after the locks.
     let (_, rows) = tokio::try_join!(
         tx.execute(&lock, &lock_params),
         tx.query(&read, &read_params)
     )?;
-    let mut state = State::default();
+    let mut snapshot = Snapshot::default();
     for row in rows {
-        let slot: Slot = (row.get(0), row.get(1), row.get(2));
-        if row.get::<_, Option<bool>>(3).is_some() {
-            state.registered.insert((slot.0, slot.2));
-        }
-        let keys = state.keys.entry(slot).or_default();
-        if let Some(key) = row.get::<_, Option<String>>(4) {
-            keys.insert(key);
+        let Some(ordinal) = row.get::<_, Option<i64>>(2) else {
+            continue;
+        };
+        let key = (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1));
+        let state = snapshot.users.entry(key).or_insert_with(|| UserState {
+            ordinal: Some(ordinal as u32),
+            ..Default::default()
+        });
+        if let Some(inbox) = row.get::<_, Option<i32>>(3) {
+            state.tags.insert((inbox as u32, row.get(4)), row.get(5));
         }
     }
-    Ok(state)
+    let apps: Vec<i32> = batch
+        .needs_ordinals(&snapshot.users)
+        .into_iter()
+        .map(|a| a as i32)
+        .collect();
+    if !apps.is_empty() {
+        let (ensure, read) =
+            tokio::try_join!(tx.prepare_cached(ENSURE_APPS), tx.prepare_cached(READ_APPS))?;
+        let params: [&(dyn ToSql + Sync); 1] = [&apps];
+        let (_, rows) = tokio::try_join!(tx.execute(&ensure, &params), tx.query(&read, &params))?;
+        for row in rows {
+            snapshot
+                .next_ordinal
+                .insert(row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u32);
+        }
+    }
+    Ok(snapshot)
 }
 
-/// Applies `jobs` in order inside `tx`; one outcome list per job.
+/// Why a batch failed.
+pub(super) enum Failure {
+    Sql(tokio_postgres::Error),
+    Plan(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+/// Plans `jobs` and writes the plan inside `tx`, with its entry in the change log.
 pub(super) async fn apply(
     tx: &Transaction<'_>,
     jobs: &[WriteJob],
     cap: usize,
-) -> Result<Vec<Vec<Outcome>>, tokio_postgres::Error> {
-    let mut state = lock_and_read(tx, jobs).await?;
+) -> Result<Plan, Failure> {
+    let snapshot = lock_and_read(tx, jobs).await?;
+    let plan = plan::plan(jobs, snapshot, cap).map_err(Failure::Plan)?;
     let mut pending = Pending::default();
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let a = job.app_id as i32;
-        let out = match &job.op {
-            WriteOp::Tags { inbox, op, entries } => {
-                let i = *inbox as i32;
-                entries
-                    .iter()
-                    .map(|e| {
-                        if !state.registered.contains(&(a, e.user_id)) {
-                            return Outcome::UserNotFound;
-                        }
-                        let slot = (a, i, e.user_id);
-                        let keys = state.keys.entry(slot).or_default();
-                        match op {
-                            TagOp::Upsert => {
-                                let outcome = plan_upsert(keys, &e.tags, cap);
-                                if outcome == Outcome::Applied {
-                                    pending.upsert(slot, &e.tags);
-                                }
-                                outcome
-                            }
-                            TagOp::Delete => {
-                                for (k, _) in &e.tags {
-                                    keys.remove(k);
-                                }
-                                pending.delete(slot, &e.tags);
-                                Outcome::Applied
-                            }
-                        }
-                    })
-                    .collect()
-            }
-            WriteOp::Register(users) => users
-                .iter()
-                .map(|u| {
-                    let slot = (a, DEFAULT_INBOX as i32, u.user_id);
-                    let outcome = plan_upsert(state.keys.entry(slot).or_default(), &u.tags, cap);
-                    if outcome == Outcome::Applied {
-                        state.registered.insert((a, u.user_id));
-                        pending.upsert(slot, &u.tags);
-                        pending.register(a, u);
-                    }
-                    outcome
-                })
-                .collect(),
-            WriteOp::Unregister(ids) => {
-                // A barrier: what came before is written first, so the deletes see it.
-                pending.flush(tx).await?;
-                let mut distinct = ids.clone();
-                distinct.sort_unstable();
-                distinct.dedup();
-                let users = tx.prepare_cached(UNREGISTER_USERS).await?;
-                let mut removed: HashSet<i64> = tx
-                    .query(&users, &[&a, &distinct])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                exec(tx, UNREGISTER_TAGS, &[&a, &distinct]).await?;
-                for u in &distinct {
-                    state.registered.remove(&(a, *u));
-                }
-                state
-                    .keys
-                    .retain(|(sa, _, su), _| !(*sa == a && distinct.contains(su)));
-                // A user listed twice is removed once; the second mention finds nothing.
-                ids.iter()
-                    .map(|id| match removed.remove(id) {
-                        true => Outcome::Applied,
-                        false => Outcome::UserNotFound,
-                    })
-                    .collect()
-            }
-        };
-        results.push(out);
+    for change in &plan.changes {
+        if pending.fold(change) {
+            pending.flush(tx).await?;
+            pending.fold(change);
+        }
     }
     pending.flush(tx).await?;
-    Ok(results)
+    if !plan.next_ordinal.is_empty() {
+        let (a, n): (Vec<i32>, Vec<i64>) = plan
+            .next_ordinal
+            .iter()
+            .map(|(a, n)| (*a as i32, i64::from(*n)))
+            .unzip();
+        exec(tx, WRITE_APPS, &[&a, &n]).await?;
+    }
+    let logged: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| !matches!(c, Change::Profile { .. }))
+        .collect();
+    if !logged.is_empty() {
+        let body = serde_json::to_vec(&logged).expect("changes serialize");
+        let (append, notify) =
+            tokio::try_join!(tx.prepare_cached(APPEND_LOG), tx.prepare_cached(NOTIFY))?;
+        let now = now_ms();
+        let append_params: [&(dyn ToSql + Sync); 2] = [&now, &body];
+        tokio::try_join!(
+            tx.execute(&append, &append_params),
+            tx.execute(&notify, &[])
+        )?;
+    }
+    Ok(plan)
 }

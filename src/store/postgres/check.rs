@@ -1,5 +1,5 @@
 //! `tagcast check` on PostgreSQL: the schema as tagcast expects it (tables, columns,
-//! keys, the index), the B-tree indexes with `amcheck` when the extension is installed,
+//! keys), the B-tree indexes with `amcheck` when the extension is installed,
 //! then tagcast's rules on every row. Everything reads one REPEATABLE READ snapshot, so it
 //! can run while nodes write.
 
@@ -19,6 +19,13 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("users", "is_robot", "boolean"),
     ("users", "create_time", "bigint"),
     ("users", "modify_time", "bigint"),
+    ("users", "ordinal", "bigint"),
+    ("tagcast_apps", "app_id", "integer"),
+    ("tagcast_apps", "next_ordinal", "bigint"),
+    ("tagcast_log_head", "pos", "bigint"),
+    ("tagcast_changes", "pos", "bigint"),
+    ("tagcast_changes", "created", "bigint"),
+    ("tagcast_changes", "changes", "bytea"),
     ("tags", "app_id", "integer"),
     ("tags", "user_id", "bigint"),
     ("tags", "inbox_type", "integer"),
@@ -26,7 +33,12 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("tags", "value", "text"),
 ];
 
-const INDEXES: &[&str] = &["users_pkey", "tags_pkey", "tags_audience"];
+const INDEXES: &[&str] = &[
+    "users_pkey",
+    "tags_pkey",
+    "tagcast_apps_pkey",
+    "tagcast_changes_pkey",
+];
 
 /// Checks the database at `url`. `Err` only when it cannot be reached or read at all.
 pub async fn check(
@@ -88,7 +100,8 @@ async fn run_checks(
         .query(
             "SELECT table_name::text, column_name::text, data_type::text
              FROM information_schema.columns
-             WHERE table_schema = current_schema() AND table_name IN ('users', 'tags')",
+             WHERE table_schema = current_schema()
+               AND table_name IN ('users', 'tags', 'tagcast_apps', 'tagcast_log_head', 'tagcast_changes')",
             &[],
         )
         .await?;
@@ -109,7 +122,8 @@ async fn run_checks(
     let indexes: Vec<String> = tx
         .query(
             "SELECT indexname::text FROM pg_indexes
-             WHERE schemaname = current_schema() AND tablename IN ('users', 'tags')",
+             WHERE schemaname = current_schema()
+               AND tablename IN ('users', 'tags', 'tagcast_apps', 'tagcast_changes')",
             &[],
         )
         .await?
@@ -124,7 +138,7 @@ async fn run_checks(
     if missing.is_empty() {
         report.ok(
             "tables",
-            "users, tags, their keys and tags_audience as expected",
+            "users, tags, ordinals, the change log and their keys as expected",
         );
     } else {
         report.fail("tables", missing.join("; "));
@@ -238,6 +252,10 @@ async fn run_checks(
             &[&cap],
         )
         .await?,
+        bad_ordinals: count(tx, "SELECT CAST((SELECT COUNT(*) FROM users u WHERE u.ordinal IS NULL OR u.ordinal < 0
+                     OR u.ordinal >= COALESCE((SELECT next_ordinal FROM tagcast_apps a WHERE a.app_id = u.app_id), 0))
+                  + (SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM users
+                     WHERE ordinal IS NOT NULL GROUP BY app_id, ordinal HAVING COUNT(*) > 1) d) AS bigint)", &[]).await?,
     };
     report.rows(&counts, limits);
     Ok(())

@@ -1,11 +1,13 @@
 //! The PostgreSQL store, for several tagcast nodes sharing one database.
 //!
-//! Each write request is one transaction: it takes transaction-scoped advisory locks on the
-//! users it touches (in one global order, so no deadlocks; also for users that do not exist
-//! yet), reads their current keys in one query, decides each entry's outcome in order in
-//! memory, and writes the net effect with one set-based statement (UNNEST arrays) per
-//! table. Concurrent writers of one user, on any node, are serialized by the lock, so no
-//! key is lost and the tag cap cannot be raced past.
+//! Each batch of write requests is one transaction: it takes transaction-scoped advisory
+//! locks on the users it touches (in one global order, so no deadlocks; also for users that
+//! do not exist yet), reads their current state in one query, has the shared planner
+//! (`store/plan.rs`) decide each entry's outcome in order, writes the net effect with one
+//! set-based statement (UNNEST arrays) per table, and appends the changes to the change log
+//! that every node's audience index follows (`follow.rs`). Concurrent writers of one user,
+//! on any node, are serialized by the lock, so no key is lost and the tag cap cannot be
+//! raced past.
 //!
 //! Query plans: PostgreSQL plans from statistics, and until autovacuum first analyzes a
 //! table (a minute or more after a bulk load) it assumes `app_id = $1` picks a handful of
@@ -25,6 +27,7 @@
 mod batch;
 pub mod check;
 pub mod connect;
+mod follow;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -40,6 +43,8 @@ use tokio_postgres::types::ToSql;
 use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
 };
+use crate::audience::filter::Filter;
+use crate::audience::{AudienceIndex, Page};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -60,6 +65,8 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     queue: std::sync::Mutex<Option<mpsc::Sender<WriteJob>>>,
     committers: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    follower: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop_follower: Arc<tokio::sync::Notify>,
 }
 
 /// What the request handlers and the committer tasks share.
@@ -69,6 +76,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Host, port and database, for error texts.
     target: Arc<str>,
+    /// For the follower's LISTEN connection. Holds the password: never logged.
+    url: String,
+    follower: follow::Follower,
 }
 
 fn classify(target: &str, e: tokio_postgres::Error) -> StoreError {
@@ -161,14 +171,23 @@ impl PostgresStore {
             options,
             metrics,
             target: target.into(),
+            url: url.to_owned(),
+            follower: follow::Follower {
+                index: Arc::new(AudienceIndex::new()),
+                wake: tokio::sync::Notify::new(),
+            },
         });
         let committers = (0..shared.options.committers.max(1))
             .map(|_| tokio::spawn(committer(shared.clone(), rx.clone())))
             .collect();
+        let stop_follower = Arc::new(tokio::sync::Notify::new());
+        let follower = tokio::spawn(follow::run(shared.clone(), stop_follower.clone()));
         Ok(PostgresStore {
             shared,
             queue: std::sync::Mutex::new(Some(tx)),
             committers: tokio::sync::Mutex::new(committers),
+            follower: tokio::sync::Mutex::new(Some(follower)),
+            stop_follower,
         })
     }
 
@@ -262,11 +281,14 @@ impl Shared {
             let classify = |e| classify(&self.target, e);
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
-            let outcomes = batch::apply(&tx, jobs, self.options.max_tags_per_user)
+            let plan = batch::apply(&tx, jobs, self.options.max_tags_per_user)
                 .await
-                .map_err(classify)?;
+                .map_err(|f| match f {
+                    batch::Failure::Sql(e) => classify(e),
+                    batch::Failure::Plan(e) => e,
+                })?;
             tx.commit().await.map_err(classify)?;
-            Ok(outcomes)
+            Ok(plan.outcomes)
         };
         within(self.options.timeout, work).await
     }
@@ -378,9 +400,44 @@ impl Store for PostgresStore {
         within(self.shared.options.timeout, work).await
     }
 
+    async fn count_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+    ) -> Result<u64, StoreError> {
+        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        Ok(self.shared.follower.index.count(app_id, inbox, filter))
+    }
+
+    async fn list_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        Ok(self
+            .shared
+            .follower
+            .index
+            .list(app_id, inbox, filter, after, limit))
+    }
+
+    async fn wait_built(&self, limit: Duration) -> bool {
+        self.shared.follower.index.wait_built(limit).await
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         if self.queue.lock().expect("queue lock").is_none() {
             return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        if !self.shared.follower.index.is_built() {
+            return Err(StoreError::Unavailable(
+                "the audience index is being built".into(),
+            ));
         }
         let target = &self.shared.target;
         let work = async {
@@ -400,6 +457,10 @@ impl Store for PostgresStore {
         self.queue.lock().expect("queue lock").take();
         for committer in self.committers.lock().await.drain(..) {
             let _ = committer.await;
+        }
+        self.stop_follower.notify_one();
+        if let Some(f) = self.follower.lock().await.take() {
+            let _ = f.await;
         }
         self.shared.pool.close();
     }

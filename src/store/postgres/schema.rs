@@ -17,9 +17,9 @@ const MIGRATION_LOCK: i64 = 0x7461_6763_6173_7401;
 
 pub use crate::store::schema::{Migration, MigrationReport};
 
-/// Steps stay additive (new tables, new columns with defaults, new indexes) so that
-/// `usable_from` stays at 1 and a node of the previous release keeps working during a
-/// rolling upgrade.
+/// Steps stay additive (new tables, new columns with defaults, new indexes) where they can,
+/// so that `usable_from` stays where it is and a node of the previous release keeps
+/// working during a rolling upgrade; v2 could not (docs/operations.md says what to do).
 pub const MIGRATIONS: &[Migration] = &[
     // v1. Keys and values use the "C" collation so ordering is byte order, as in the API.
     Migration {
@@ -44,6 +44,34 @@ pub const MIGRATIONS: &[Migration] = &[
               );
               CREATE INDEX tags_audience ON tags (app_id, inbox_type, key, value, user_id);",
         usable_from: 1,
+    },
+    // v2: audiences are answered by each node's in-memory index (src/audience): every user
+    // gets a dense per-app ordinal, never reused (`tagcast_apps` holds each app's next),
+    // existing users numbered in user id order; every write transaction appends what the
+    // index needs to `tagcast_changes` at the position it takes from `tagcast_log_head`
+    // (see follow.rs), which the nodes apply in order. The SQL audience index only cost
+    // every tag write. Older code would write without ordinals or log: usable from 2 on.
+    Migration {
+        sql: "ALTER TABLE users ADD COLUMN ordinal bigint;
+              UPDATE users SET ordinal = r.o
+                FROM (SELECT app_id, user_id,
+                             row_number() OVER (PARTITION BY app_id ORDER BY user_id) - 1 AS o
+                      FROM users) AS r
+               WHERE users.app_id = r.app_id AND users.user_id = r.user_id;
+              CREATE TABLE tagcast_apps (
+                  app_id       integer PRIMARY KEY,
+                  next_ordinal bigint  NOT NULL
+              );
+              INSERT INTO tagcast_apps SELECT app_id, COUNT(*) FROM users GROUP BY app_id;
+              CREATE TABLE tagcast_log_head (pos bigint NOT NULL);
+              INSERT INTO tagcast_log_head VALUES (0);
+              CREATE TABLE tagcast_changes (
+                  pos     bigint PRIMARY KEY,
+                  created bigint NOT NULL,
+                  changes bytea  NOT NULL
+              );
+              DROP INDEX tags_audience;",
+        usable_from: 2,
     },
 ];
 

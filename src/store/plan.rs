@@ -1,0 +1,487 @@
+//! The tag rules, written once: given a batch of queued write requests and the stored state
+//! of the users they touch, decide every request's outcome and list the changes that
+//! carry them out, in order. A backend only reads that state (under its locks), writes
+//! the changes and commits; the audience index applies the same changes, so it can never
+//! disagree with what was committed.
+//!
+//! The rules (API.md §5): entries apply in order, each atomically; Op 0 overwrites or adds,
+//! Op 1 deletes (absent keys ignored); only net-new keys count against the per-user cap,
+//! deletes always pass; RegisterUsers creates or updates a user and merges its tags into
+//! inbox 0; UnRegisterUsers removes the user and its tags in every inbox, and a user listed
+//! twice is removed once (the second mention finds nothing). A user registered for the
+//! first time, or again after being unregistered, gets the app's next ordinal: dense per
+//! app, never reused.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DEFAULT_INBOX, Outcome, StoreError, Tag, TagOp, UserRegistration, WriteJob, WriteOp};
+
+/// The stored state of one (app, user).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// `Some` when registered.
+    pub ordinal: Option<u32>,
+    /// Every tag of the user, all inboxes: (inbox, key) -> value.
+    pub tags: BTreeMap<(u32, String), String>,
+}
+
+impl UserState {
+    fn keys_in(&self, inbox: u32) -> usize {
+        self.tags
+            .range((inbox, String::new())..)
+            .take_while(|((i, _), _)| *i == inbox)
+            .count()
+    }
+}
+
+/// What a backend read for a batch: every (app, user) the batch names (absent: not
+/// registered, no tags), and the next free ordinal of every app the batch registers users
+/// in (see [`Batch::needs_ordinals`]).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub users: HashMap<(u32, i64), UserState>,
+    pub next_ordinal: HashMap<u32, u32>,
+}
+
+/// One change to the stored state, in the order the batch made them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A user registered (first time, or again after it was unregistered).
+    Registered { app: u32, user: i64, ordinal: u32 },
+    /// New profile fields of a registered user (`None`: unchanged).
+    Profile {
+        app: u32,
+        user: i64,
+        nick_name: Option<String>,
+        portrait: Option<String>,
+        ext: Option<BTreeMap<String, String>>,
+        is_robot: Option<bool>,
+    },
+    /// Tag `key` of the user in `inbox` is now `value` (it was `old`).
+    SetTag {
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        inbox: u32,
+        key: String,
+        old: Option<String>,
+        value: String,
+    },
+    /// Tag `key` (whose value was `old`) is gone.
+    DeleteTag {
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        inbox: u32,
+        key: String,
+        old: String,
+    },
+    /// The user and every tag it had, in every inbox, are gone.
+    Unregistered {
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        tags: Vec<(u32, String, String)>,
+    },
+}
+
+impl Change {
+    pub fn app(&self) -> u32 {
+        match self {
+            Change::Registered { app, .. }
+            | Change::Profile { app, .. }
+            | Change::SetTag { app, .. }
+            | Change::DeleteTag { app, .. }
+            | Change::Unregistered { app, .. } => *app,
+        }
+    }
+}
+
+/// The plan of a batch: one outcome list per request, the changes in order, and the next
+/// free ordinal of every app that registered users (to be stored with the changes).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub outcomes: Vec<Vec<Outcome>>,
+    pub changes: Vec<Change>,
+    pub next_ordinal: HashMap<u32, u32>,
+}
+
+/// The requests of one batch, as the planner sees them.
+pub(crate) struct Batch<'a> {
+    pub(crate) jobs: &'a [WriteJob],
+}
+
+impl Batch<'_> {
+    /// Every (app, user) the batch names, each once, sorted (the order locks are taken in).
+    pub(crate) fn users(&self) -> Vec<(u32, i64)> {
+        let mut out: Vec<(u32, i64)> = self
+            .jobs
+            .iter()
+            .flat_map(|job| {
+                let ids: Box<dyn Iterator<Item = i64>> = match &job.op {
+                    WriteOp::Tags { entries, .. } => Box::new(entries.iter().map(|e| e.user_id)),
+                    WriteOp::Register(users) => Box::new(users.iter().map(|u| u.user_id)),
+                    WriteOp::Unregister(ids) => Box::new(ids.iter().copied()),
+                };
+                ids.map(move |u| (job.app_id, u))
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The apps whose next ordinal the plan may need, given what was read of the users:
+    /// those where the batch registers a user that is not registered now, or registers
+    /// and unregisters (a user unregistered then registered again in one batch gets a
+    /// new ordinal). Sorted.
+    pub(crate) fn needs_ordinals(&self, users: &HashMap<(u32, i64), UserState>) -> Vec<u32> {
+        let unregisters: Vec<u32> = self
+            .jobs
+            .iter()
+            .filter(|j| matches!(j.op, WriteOp::Unregister(_)))
+            .map(|j| j.app_id)
+            .collect();
+        let mut apps: Vec<u32> = self
+            .jobs
+            .iter()
+            .filter_map(|job| match &job.op {
+                WriteOp::Register(regs) => {
+                    let new = regs.iter().any(|r| {
+                        users
+                            .get(&(job.app_id, r.user_id))
+                            .is_none_or(|s| s.ordinal.is_none())
+                    });
+                    (new || unregisters.contains(&job.app_id)).then_some(job.app_id)
+                }
+                _ => None,
+            })
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        apps
+    }
+}
+
+/// Plans `jobs` over `snapshot` with `cap` keys per user and inbox. `Err` only when the
+/// snapshot lacks an app's next ordinal that the plan needs (a backend bug) or an app ran
+/// out of ordinals.
+pub(crate) fn plan(
+    jobs: &[WriteJob],
+    mut snapshot: Snapshot,
+    cap: usize,
+) -> Result<Plan, StoreError> {
+    let mut plan = Plan {
+        outcomes: Vec::with_capacity(jobs.len()),
+        ..Default::default()
+    };
+    for job in jobs {
+        let app = job.app_id;
+        let outcomes = match &job.op {
+            WriteOp::Tags { inbox, op, entries } => entries
+                .iter()
+                .map(|e| {
+                    let state = snapshot.users.entry((app, e.user_id)).or_default();
+                    let Some(ordinal) = state.ordinal else {
+                        return Outcome::UserNotFound;
+                    };
+                    let at = Target {
+                        app,
+                        user: e.user_id,
+                        ordinal,
+                        inbox: *inbox,
+                    };
+                    match op {
+                        TagOp::Upsert => upsert(state, at, &e.tags, cap, &mut plan.changes),
+                        TagOp::Delete => {
+                            delete(state, at, &e.tags, &mut plan.changes);
+                            Outcome::Applied
+                        }
+                    }
+                })
+                .collect(),
+            WriteOp::Register(users) => users
+                .iter()
+                .map(|u| register(&mut snapshot, &mut plan, app, u, cap))
+                .collect::<Result<_, _>>()?,
+            WriteOp::Unregister(ids) => ids
+                .iter()
+                .map(|&user| {
+                    let state = snapshot.users.entry((app, user)).or_default();
+                    let Some(ordinal) = state.ordinal.take() else {
+                        return Outcome::UserNotFound;
+                    };
+                    let tags = std::mem::take(&mut state.tags)
+                        .into_iter()
+                        .map(|((i, k), v)| (i, k, v))
+                        .collect();
+                    plan.changes.push(Change::Unregistered {
+                        app,
+                        user,
+                        ordinal,
+                        tags,
+                    });
+                    Outcome::Applied
+                })
+                .collect(),
+        };
+        plan.outcomes.push(outcomes);
+    }
+    Ok(plan)
+}
+
+#[derive(Clone, Copy)]
+struct Target {
+    app: u32,
+    user: i64,
+    ordinal: u32,
+    inbox: u32,
+}
+
+fn upsert(
+    state: &mut UserState,
+    at: Target,
+    tags: &[Tag],
+    cap: usize,
+    out: &mut Vec<Change>,
+) -> Outcome {
+    let existing = state.keys_in(at.inbox);
+    if existing + tags.len() > cap {
+        // Decided on net-new keys only: overwrites never count.
+        let mut net_new: Vec<&str> = tags
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !state.tags.contains_key(&(at.inbox, (*k).to_owned())))
+            .collect();
+        net_new.sort_unstable();
+        net_new.dedup();
+        let would_have = existing + net_new.len();
+        if would_have > cap {
+            return Outcome::TagLimitExceeded {
+                would_have,
+                limit: cap,
+            };
+        }
+    }
+    for (k, v) in tags {
+        let old = state.tags.insert((at.inbox, k.clone()), v.clone());
+        if old.as_deref() == Some(v.as_str()) {
+            continue;
+        }
+        out.push(Change::SetTag {
+            app: at.app,
+            user: at.user,
+            ordinal: at.ordinal,
+            inbox: at.inbox,
+            key: k.clone(),
+            old,
+            value: v.clone(),
+        });
+    }
+    Outcome::Applied
+}
+
+fn delete(state: &mut UserState, at: Target, tags: &[Tag], out: &mut Vec<Change>) {
+    for (k, _) in tags {
+        if let Some(old) = state.tags.remove(&(at.inbox, k.clone())) {
+            out.push(Change::DeleteTag {
+                app: at.app,
+                user: at.user,
+                ordinal: at.ordinal,
+                inbox: at.inbox,
+                key: k.clone(),
+                old,
+            });
+        }
+    }
+}
+
+fn register(
+    snapshot: &mut Snapshot,
+    plan: &mut Plan,
+    app: u32,
+    u: &UserRegistration,
+    cap: usize,
+) -> Result<Outcome, StoreError> {
+    let state = snapshot.users.entry((app, u.user_id)).or_default();
+    // The cap is checked before anything changes: a refused registration leaves no trace.
+    let mut probe = state.clone();
+    let placeholder = Target {
+        app,
+        user: u.user_id,
+        ordinal: 0,
+        inbox: DEFAULT_INBOX,
+    };
+    let outcome = upsert(&mut probe, placeholder, &u.tags, cap, &mut Vec::new());
+    if outcome != Outcome::Applied {
+        return Ok(outcome);
+    }
+    let ordinal = match state.ordinal {
+        Some(o) => o,
+        None => {
+            let next = snapshot.next_ordinal.get_mut(&app).ok_or_else(|| {
+                StoreError::Internal(format!("no next ordinal was read for AppId {app}"))
+            })?;
+            let o = *next;
+            *next = next.checked_add(1).ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "AppId {app} has used every one of its 2^32 user ordinals"
+                ))
+            })?;
+            plan.next_ordinal.insert(app, *next);
+            state.ordinal = Some(o);
+            plan.changes.push(Change::Registered {
+                app,
+                user: u.user_id,
+                ordinal: o,
+            });
+            o
+        }
+    };
+    plan.changes.push(Change::Profile {
+        app,
+        user: u.user_id,
+        nick_name: u.nick_name.clone(),
+        portrait: u.portrait.clone(),
+        ext: u.ext.clone(),
+        is_robot: u.is_robot,
+    });
+    let at = Target {
+        ordinal,
+        ..placeholder
+    };
+    upsert(state, at, &u.tags, cap, &mut plan.changes);
+    Ok(Outcome::Applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TagEntry;
+
+    fn job(app_id: u32, op: WriteOp) -> WriteJob {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        WriteJob { app_id, op, reply }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn registered(ordinal: u32, t: &[(u32, &str, &str)]) -> UserState {
+        UserState {
+            ordinal: Some(ordinal),
+            tags: t
+                .iter()
+                .map(|(i, k, v)| ((*i, k.to_string()), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing() {
+        let mut snap = Snapshot::default();
+        snap.users
+            .insert((1, 7), registered(0, &[(0, "a", "1"), (0, "b", "1")]));
+        let jobs = [job(
+            1,
+            WriteOp::Tags {
+                inbox: 0,
+                op: TagOp::Upsert,
+                entries: vec![
+                    TagEntry {
+                        user_id: 7,
+                        tags: tags(&[("a", "2"), ("c", "1")]),
+                    },
+                    TagEntry {
+                        user_id: 7,
+                        tags: tags(&[("d", "1")]),
+                    },
+                    TagEntry {
+                        user_id: 8,
+                        tags: tags(&[("a", "1")]),
+                    },
+                ],
+            },
+        )];
+        let plan = plan(&jobs, snap, 3).unwrap();
+        assert_eq!(
+            plan.outcomes[0],
+            vec![
+                Outcome::Applied,
+                Outcome::TagLimitExceeded {
+                    would_have: 4,
+                    limit: 3
+                },
+                Outcome::UserNotFound
+            ]
+        );
+        assert_eq!(plan.changes.len(), 2);
+        assert!(
+            matches!(&plan.changes[0], Change::SetTag { key, old: Some(o), value, .. } if key == "a" && o == "1" && value == "2")
+        );
+    }
+
+    #[test]
+    fn unregister_then_register_in_one_batch_gets_a_new_ordinal() {
+        let mut snap = Snapshot::default();
+        snap.users
+            .insert((1, 7), registered(4, &[(0, "a", "1"), (3, "b", "2")]));
+        snap.next_ordinal.insert(1, 9);
+        let jobs = [
+            job(1, WriteOp::Unregister(vec![7, 7])),
+            job(
+                1,
+                WriteOp::Register(vec![UserRegistration {
+                    user_id: 7,
+                    tags: tags(&[("x", "")]),
+                    ..Default::default()
+                }]),
+            ),
+        ];
+        let p = plan(&jobs, snap, 100).unwrap();
+        assert_eq!(
+            p.outcomes,
+            vec![
+                vec![Outcome::Applied, Outcome::UserNotFound],
+                vec![Outcome::Applied]
+            ]
+        );
+        assert!(
+            matches!(&p.changes[0], Change::Unregistered { ordinal: 4, tags, .. } if tags.len() == 2)
+        );
+        assert!(matches!(
+            &p.changes[1],
+            Change::Registered { ordinal: 9, .. }
+        ));
+        assert_eq!(p.next_ordinal[&1], 10);
+    }
+
+    #[test]
+    fn a_registration_over_the_cap_neither_registers_nor_spends_an_ordinal() {
+        let mut snap = Snapshot::default();
+        snap.next_ordinal.insert(1, 0);
+        let jobs = [job(
+            1,
+            WriteOp::Register(vec![UserRegistration {
+                user_id: 7,
+                tags: tags(&[("a", ""), ("b", "")]),
+                ..Default::default()
+            }]),
+        )];
+        let p = plan(&jobs, snap, 1).unwrap();
+        assert_eq!(
+            p.outcomes[0],
+            vec![Outcome::TagLimitExceeded {
+                would_have: 2,
+                limit: 1
+            }]
+        );
+        assert!(p.changes.is_empty() && p.next_ordinal.is_empty());
+    }
+}

@@ -1,0 +1,433 @@
+//! CountAudience and ListAudience over HTTP: a model-based test of random writes and random
+//! filters against a brute-force evaluation (then again after a restart), every filter
+//! form and error, and paging.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use tagcast::call::Client;
+
+use crate::common::*;
+
+const KEYS: [&str; 4] = ["level", "city", "vip", "lang"];
+const VALUES: [&str; 4] = ["", "a", "b", "c"];
+const USERS: i64 = 40;
+const INBOXES: u32 = 3;
+const CAP: usize = 3;
+
+/// What the store should hold: registered users and their tags per inbox.
+#[derive(Default)]
+struct Model {
+    users: BTreeMap<i64, HashMap<u32, BTreeMap<String, String>>>,
+}
+
+impl Model {
+    fn upsert(&mut self, user: i64, inbox: u32, tags: &[(String, String)]) -> bool {
+        let Some(inboxes) = self.users.get_mut(&user) else {
+            return false;
+        };
+        let t = inboxes.entry(inbox).or_default();
+        let net_new = tags.iter().filter(|(k, _)| !t.contains_key(k)).count();
+        if t.len() + net_new > CAP {
+            return false;
+        }
+        for (k, v) in tags {
+            t.insert(k.clone(), v.clone());
+        }
+        true
+    }
+
+    fn delete(&mut self, user: i64, inbox: u32, keys: &[(String, String)]) {
+        if let Some(t) = self.users.get_mut(&user).and_then(|i| i.get_mut(&inbox)) {
+            for (k, _) in keys {
+                t.remove(k);
+            }
+        }
+    }
+
+    fn eval(&self, f: &Value, user: i64, inbox: u32) -> bool {
+        let empty = BTreeMap::new();
+        let tags = self.users[&user].get(&inbox).unwrap_or(&empty);
+        let parse = |s: &str| match s.split_once(':') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (s.to_owned(), String::new()),
+        };
+        let (op, arg) = f.as_object().unwrap().iter().next().unwrap();
+        match op.as_str() {
+            "Tag" => {
+                let (k, v) = parse(arg.as_str().unwrap());
+                tags.get(&k) == Some(&v)
+            }
+            "Key" => tags.contains_key(arg.as_str().unwrap()),
+            "And" => arg
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| self.eval(g, user, inbox)),
+            "Or" => arg
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| self.eval(g, user, inbox)),
+            "Not" => !self.eval(arg, user, inbox),
+            _ => unreachable!(),
+        }
+    }
+
+    fn select(&self, f: &Value, inbox: u32) -> BTreeSet<i64> {
+        self.users
+            .keys()
+            .copied()
+            .filter(|u| self.eval(f, *u, inbox))
+            .collect()
+    }
+}
+
+fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
+    from[rng.random_range(0..from.len())]
+}
+
+fn random_tags(rng: &mut StdRng) -> Vec<(String, String)> {
+    let mut keys = KEYS.to_vec();
+    let n = rng.random_range(1..=3);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let k = keys.remove(rng.random_range(0..keys.len()));
+        out.push((k.to_owned(), pick(rng, &VALUES).to_owned()));
+    }
+    out
+}
+
+fn tag_string((k, v): &(String, String)) -> String {
+    if v.is_empty() && k.len() % 2 == 0 {
+        k.clone()
+    } else {
+        format!("{k}:{v}")
+    }
+}
+
+fn random_filter(rng: &mut StdRng, depth: u32) -> Value {
+    let leaf = depth >= 3 || rng.random_bool(0.4);
+    if leaf {
+        let k = pick(rng, &KEYS);
+        return if rng.random_bool(0.3) {
+            json!({"Key": k})
+        } else {
+            json!({"Tag": format!("{k}:{}", pick(rng, &VALUES))})
+        };
+    }
+    match rng.random_range(0..3) {
+        0 => json!({"Not": random_filter(rng, depth + 1)}),
+        op => {
+            let n = rng.random_range(1..=3);
+            let items: Vec<Value> = (0..n).map(|_| random_filter(rng, depth + 1)).collect();
+            json!({ (if op == 1 { "And" } else { "Or" }): items })
+        }
+    }
+}
+
+/// One random write, applied through the API and to the model.
+async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
+    let user = rng.random_range(1..=USERS);
+    match rng.random_range(0..10) {
+        0..=2 => {
+            let tags = random_tags(rng);
+            let a = call(
+                client,
+                "RegisterUsers",
+                json!({"AppId": APP, "Users": [{"UserId": user, "Tags": tags.iter().map(tag_string).collect::<Vec<_>>()}]}),
+            )
+            .await;
+            let fresh = !model.users.contains_key(&user);
+            if fresh {
+                model.users.insert(user, HashMap::new());
+            }
+            let applied = model.upsert(user, 0, &tags);
+            if !applied && fresh {
+                model.users.remove(&user);
+            }
+            assert_eq!(failed_infos(&a).is_empty(), applied);
+        }
+        3 => {
+            let a = call(
+                client,
+                "UnRegisterUsers",
+                json!({"AppId": APP, "UserIds": [user]}),
+            )
+            .await;
+            assert_eq!(
+                failed_infos(&a).is_empty(),
+                model.users.remove(&user).is_some()
+            );
+        }
+        4..=6 => {
+            let inbox = rng.random_range(0..INBOXES);
+            let tags = random_tags(rng);
+            let op = i32::from(rng.random_bool(0.3));
+            let map: serde_json::Map<String, Value> =
+                tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            call(
+                client,
+                "BatchUpdateUserTags",
+                json!({"AppId": APP, "InboxType": inbox, "Op": op, "UserTags": [{"UserId": user, "Tags": map}]}),
+            )
+            .await;
+            if op == 0 {
+                model.upsert(user, inbox, &tags);
+            } else {
+                model.delete(user, inbox, &tags);
+            }
+        }
+        _ => {
+            let others: Vec<i64> = vec![user, rng.random_range(1..=USERS)];
+            let tags = random_tags(rng);
+            let op = i32::from(rng.random_bool(0.3));
+            let strings: Vec<String> = tags.iter().map(tag_string).collect();
+            call(
+                client,
+                "BatchUpdateUserTags",
+                json!({"AppId": APP, "UserIds": others, "Tags": strings, "Op": op}),
+            )
+            .await;
+            for u in others {
+                if op == 0 {
+                    model.upsert(u, 0, &tags);
+                } else {
+                    model.delete(u, 0, &tags);
+                }
+            }
+        }
+    }
+}
+
+async fn count(client: &Client, inbox: u32, filter: &Value) -> u64 {
+    let a = call(
+        client,
+        "CountAudience",
+        json!({"AppId": APP, "InboxType": inbox, "Filter": filter}),
+    )
+    .await;
+    ok(&a)["Count"].as_u64().unwrap()
+}
+
+/// Every page of ListAudience, checking that no user comes twice.
+async fn list_all(client: &Client, mut body: Value) -> Vec<i64> {
+    let mut out = Vec::new();
+    loop {
+        let r = ok(&call(client, "ListAudience", body.clone()).await);
+        out.extend(
+            r["UserIds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap()),
+        );
+        let next = r["NextCursor"].as_str().unwrap();
+        if next.is_empty() {
+            break;
+        }
+        body["Cursor"] = json!(next);
+    }
+    let distinct: BTreeSet<i64> = out.iter().copied().collect();
+    assert_eq!(distinct.len(), out.len(), "a user came twice: {out:?}");
+    out
+}
+
+async fn check_filters(rng: &mut StdRng, client: &Client, model: &Model, rounds: usize) {
+    for _ in 0..rounds {
+        let inbox = rng.random_range(0..INBOXES);
+        let f = random_filter(rng, 1);
+        let expected = model.select(&f, inbox);
+        assert_eq!(
+            count(client, inbox, &f).await,
+            expected.len() as u64,
+            "Count of {f} in inbox {inbox}"
+        );
+        let listed = list_all(
+            client,
+            json!({"AppId": APP, "InboxType": inbox, "Filter": f, "Limit": 7}),
+        )
+        .await;
+        assert_eq!(
+            listed.into_iter().collect::<BTreeSet<_>>(),
+            expected,
+            "ListAudience of {f}"
+        );
+    }
+    // The vendor form: OR (TagOp 0) and AND (TagOp 1) of "k:v" strings.
+    for op in [0, 1] {
+        let tags: Vec<String> = (0..2)
+            .map(|_| format!("{}:{}", pick(rng, &KEYS), pick(rng, &VALUES)))
+            .collect();
+        let leaves: Vec<Value> = tags.iter().map(|t| json!({"Tag": t})).collect();
+        let tree = if op == 0 {
+            json!({"Or": leaves})
+        } else {
+            json!({"And": leaves})
+        };
+        let a = call(
+            client,
+            "CountAudience",
+            json!({"AppId": APP, "Tags": tags, "TagOp": op}),
+        )
+        .await;
+        assert_eq!(
+            ok(&a)["Count"].as_u64().unwrap(),
+            model.select(&tree, 0).len() as u64,
+            "{tags:?} TagOp {op}"
+        );
+    }
+    let all = call(client, "CountAudience", json!({"AppId": APP})).await;
+    assert_eq!(
+        ok(&all)["Count"].as_u64().unwrap(),
+        model.users.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audiences_equal_a_brute_force_model_of_random_writes_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut tagcast::config::Config| c.tags.max_per_user = CAP;
+    for seed in [7_u64, 11, 2024] {
+        let dir = tmp.path().join(seed.to_string());
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut model = Model::default();
+        let server = TestServer::start_in(&dir, tweak).await;
+        let client = server.client();
+        for step in 0..150 {
+            random_write(&mut rng, &client, &mut model).await;
+            if step % 25 == 24 {
+                check_filters(&mut rng, &client, &model, 6).await;
+            }
+        }
+        server.stop().await;
+        let server = TestServer::start_in(&dir, tweak).await;
+        check_filters(&mut rng, &server.client(), &model, 20).await;
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_filter_error_is_invalid_param_naming_the_problem() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    let deep = (0..9).fold(json!({"Tag": "a:b"}), |f, _| json!({"Not": f}));
+    let wide: Vec<Value> = (0..33).map(|i| json!({"Tag": format!("k:{i}")})).collect();
+    let leaves: Vec<Value> = (0..3)
+        .map(|j| json!({"Or": (0..11).map(|i| json!({"Tag": format!("k{j}:{i}")})).collect::<Vec<_>>()}))
+        .collect();
+    let cases = [
+        (
+            json!({"AppId": APP, "Tags": ["a:b"], "Filter": {"Tag": "a:b"}}),
+            "not both",
+        ),
+        (json!({"AppId": APP, "Tags": ["a:b"], "TagOp": 2}), "TagOp"),
+        (
+            json!({"AppId": APP, "Tags": (0..11).map(|i| format!("k:{i}")).collect::<Vec<_>>()}),
+            "10",
+        ),
+        (json!({"AppId": APP, "Tags": ["bad\u{1}key:v"]}), "Tags[0]"),
+        (json!({"AppId": APP, "Filter": {"Key": "a:b"}}), "Filter"),
+        (json!({"AppId": APP, "Filter": {"And": []}}), "Filter.And"),
+        (json!({"AppId": APP, "Filter": {"Or": wide}}), "32"),
+        (json!({"AppId": APP, "Filter": {"And": leaves}}), "leaves"),
+        (json!({"AppId": APP, "Filter": deep}), "more than 8 levels"),
+        (json!({"AppId": APP, "Filter": {"Xor": []}}), "Xor"),
+        (json!({"AppId": APP, "Filter": {"Tag": 5}}), "Filter.Tag"),
+        (
+            json!({"AppId": APP, "Filter": {"Tag": "a:b", "Key": "a"}}),
+            "Filter",
+        ),
+        (json!({"AppId": APP, "Filter": "level:gold"}), "Filter"),
+        (json!({"AppId": APP, "Tags": "level:gold"}), "Tags"),
+        (json!({"AppId": 0}), "AppId"),
+        (json!({"AppId": APP, "InboxType": -1}), "InboxType"),
+    ];
+    for (body, needle) in cases {
+        for action in ["CountAudience", "ListAudience"] {
+            let v = assert_error(&call(&c, action, body.clone()).await, 400, "InvalidParam");
+            let message = v["ResponseMetadata"]["Error"]["Message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                message.contains(needle),
+                "{action} {body}: {message:?} should mention {needle:?}"
+            );
+        }
+    }
+    for (limit, good) in [(0, false), (1, true), (1000, true), (1001, false)] {
+        let a = call(&c, "ListAudience", json!({"AppId": APP, "Limit": limit})).await;
+        if good {
+            ok(&a);
+        } else {
+            assert_error(&a, 400, "InvalidParam");
+        }
+    }
+    for cursor in ["garbage", "dGMx", "%%%", &"A".repeat(10_000)] {
+        let a = call(&c, "ListAudience", json!({"AppId": APP, "Cursor": cursor})).await;
+        assert_error(&a, 400, "InvalidParam");
+    }
+    assert_error(
+        &call(&c, "CountAudience", json!({"AppId": 424242})).await,
+        404,
+        "AppNotFound",
+    );
+    assert_error(
+        &call(&c, "CountAudience", json!({"AppId": OTHER_APP})).await,
+        403,
+        "AccessDenied",
+    );
+    assert_error(
+        &call(&c, "CountAudience", json!([APP])).await,
+        400,
+        "InvalidParam",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paging_returns_every_selected_user_once_in_a_stable_order() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    let ids: Vec<i64> = (1..=250).map(|i| i * 1000 + 7).collect();
+    register(&c, APP, &ids).await;
+    for chunk in ids.chunks(100) {
+        let a = call(
+            &c,
+            "BatchUpdateUserTags",
+            json!({"AppId": APP, "UserIds": chunk, "Tags": ["level:gold", "vip"]}),
+        )
+        .await;
+        assert!(failed_infos(&a).is_empty());
+    }
+    let body = json!({"AppId": APP, "Tags": ["level:gold", "vip"], "TagOp": 1, "Limit": 33});
+    let first = list_all(&c, body.clone()).await;
+    assert_eq!(
+        first.iter().copied().collect::<BTreeSet<_>>(),
+        ids.iter().copied().collect()
+    );
+    assert_eq!(list_all(&c, body).await, first, "the same order every time");
+    // Vendor form without tags: everyone; "vip" without a colon is vip = "".
+    assert_eq!(count(&c, 0, &json!({"Tag": "vip"})).await, 250);
+    assert_eq!(count(&c, 0, &json!({"Tag": "vip:"})).await, 250);
+    let a = call(&c, "CountAudience", json!({"AppId": APP, "Tags": ["vip"]})).await;
+    assert_eq!(ok(&a)["Count"], 250);
+    let a = call(&c, "CountAudience", json!({"AppId": APP, "Tags": []})).await;
+    assert_eq!(ok(&a)["Count"], 250);
+    // Another inbox has no tags; a default Limit is 100.
+    assert_eq!(count(&c, 1, &json!({"Key": "level"})).await, 0);
+    let r = ok(&call(&c, "ListAudience", json!({"AppId": APP})).await);
+    assert_eq!(r["UserIds"].as_array().unwrap().len(), 100);
+    assert!(!r["NextCursor"].as_str().unwrap().is_empty());
+    // An acknowledged unregister leaves the very next answer.
+    call(
+        &c,
+        "UnRegisterUsers",
+        json!({"AppId": APP, "UserIds": [ids[0]]}),
+    )
+    .await;
+    assert_eq!(count(&c, 0, &json!({"Key": "vip"})).await, 249);
+    assert_eq!(count(&c, 0, &json!({"Not": {"Key": "vip"}})).await, 0);
+}

@@ -1,0 +1,165 @@
+//! `tagcast import`: JSON Lines into the configured store (the suite's backend), validated
+//! as RegisterUsers is; bad lines skipped or fatal; refused while a server holds an
+//! embedded store's directory; on PostgreSQL, a running server's audience follows.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::infra::postgres_backend;
+
+const LINES: &str = r#"{"UserId":1,"NickName":"a","Tags":["level:gold","city:sh"]}
+{"UserId":2,"Tags":["level:gold"]}
+
+{"UserId":3,"Tags":["bad:key:is:fine","x"],"Ext":{"k":"v"}}
+not json
+{"UserId":4,"Tags":["bad\u0001key:v"]}
+{"UserId":0}
+{"UserId":5,"Tags":["level:silver"]}
+"#;
+
+async fn count(c: &tagcast::call::Client, filter: serde_json::Value, inbox: u32) -> u64 {
+    let a = call(
+        c,
+        "CountAudience",
+        json!({"AppId": APP, "InboxType": inbox, "Filter": filter}),
+    )
+    .await;
+    ok(&a)["Count"].as_u64().unwrap()
+}
+
+fn write_config(dir: &std::path::Path) -> (tagcast::config::Config, std::path::PathBuf) {
+    let config = test_config(&dir.join("data"));
+    let path = dir.join("tagcast.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    (config, path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_lines_are_skipped_and_reported_or_stop_the_run_and_the_rest_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, path) = write_config(tmp.path());
+    let file = tmp.path().join("users.jsonl");
+    std::fs::write(&file, LINES).unwrap();
+    let cfg = path.to_str().unwrap();
+    let app = APP.to_string();
+
+    // The default stops at the first bad line (5): lines 1-4 are in, nothing after.
+    let (code, out, err) = run_tagcast(
+        &[
+            "import",
+            "--config",
+            cfg,
+            "--app",
+            &app,
+            file.to_str().unwrap(),
+        ],
+        tmp.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("stopped at line 5"), "{err}");
+    assert!(out.contains("3 users imported"), "{out}");
+
+    // Skip: every bad line named with its number and why; exit 3.
+    let (code, out, err) = run_tagcast(
+        &[
+            "import",
+            "--config",
+            cfg,
+            "--app",
+            &app,
+            "--on-error",
+            "skip",
+            file.to_str().unwrap(),
+        ],
+        tmp.path(),
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("4 users imported") && out.contains("3 lines refused"),
+        "{out}"
+    );
+    assert!(err.contains("line 5: the body is not valid JSON"), "{err}");
+    assert!(err.contains("line 6: user 4: tag key"), "{err}");
+    assert!(err.contains("line 7: UserId must be a positive"), "{err}");
+
+    // Standard input, into another inbox.
+    let mut child = tagcast_command()
+        .args([
+            "import", "--config", cfg, "--app", &app, "--inbox", "7", "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"UserId\":9,\"Tags\":[\"vip\"]}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let server = TestServer::start_in(&config.data_dir, |_| {}).await;
+    let c = server.client();
+    assert_eq!(count(&c, json!({"Tag": "level:gold"}), 0).await, 2);
+    assert_eq!(count(&c, json!({"Not": {"Key": "nothing"}}), 0).await, 5);
+    assert_eq!(count(&c, json!({"Tag": "vip:"}), 7).await, 1);
+    assert_eq!(
+        tags_of(&c, APP, 0, 3).await.unwrap(),
+        vec!["bad:key:is:fine", "x:"]
+    );
+    let got = ok(&get_users(&c, &[1]).await);
+    assert_eq!(got["Users"][0]["NickName"], "a");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_server_refuses_an_embedded_import_or_follows_a_postgres_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, path) = write_config(tmp.path());
+    let file = tmp.path().join("users.jsonl");
+    let lines: String = (1..=2500)
+        .map(|i| format!("{{\"UserId\":{i},\"Tags\":[\"cohort:c{}\"]}}\n", i % 5))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let server = ChildServer::spawn_with(&config.data_dir, &config);
+    let args = [
+        "import",
+        "--config",
+        path.to_str().unwrap(),
+        "--app",
+        &APP.to_string(),
+        file.to_str().unwrap(),
+    ];
+    let (code, out, err) = run_tagcast(&args, tmp.path()).await;
+    if postgres_backend() {
+        assert_eq!(code, 0, "{out}{err}");
+        let a = call(
+            &server.client(),
+            "CountAudience",
+            json!({"AppId": APP, "Filter": {"Tag": "cohort:c0"}}),
+        )
+        .await;
+        assert_eq!(ok(&a)["Count"], 500);
+    } else {
+        assert_ne!(code, 0);
+        let pid = server.child.id().to_string();
+        assert!(
+            err.contains(&pid),
+            "the refusal names the server's PID {pid}: {err}"
+        );
+        let a = call(&server.client(), "CountAudience", json!({"AppId": APP})).await;
+        assert_eq!(ok(&a)["Count"], 0);
+    }
+}
