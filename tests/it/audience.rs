@@ -431,3 +431,92 @@ async fn paging_returns_every_selected_user_once_in_a_stable_order() {
     assert_eq!(count(&c, 0, &json!({"Key": "vip"})).await, 249);
     assert_eq!(count(&c, 0, &json!({"Not": {"Key": "vip"}})).await, 0);
 }
+
+/// How many rows `sql` counts in the store `config` names (read beside the server).
+async fn store_count(config: &tagcast::config::Config, sql: &str) -> u64 {
+    match config.store.url.clone() {
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as u64
+        }
+        None => {
+            let path = config.data_dir.join(tagcast::store::embedded::DB_FILE);
+            let conn = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_under_writers_the_rebuilt_index_equals_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(&tmp.path().join("data"));
+    config.tags.max_per_user = 1000;
+    let ids: Vec<i64> = (1..=300).collect();
+    let mut rng = StdRng::seed_from_u64(9);
+    for cycle in 0..3 {
+        let server = ChildServer::spawn_with(tmp.path(), &config);
+        if cycle == 0 {
+            register(&server.client(), APP, &ids).await;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..3_i64 {
+            let (client, stop) = (server.client(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut i = 0_i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let users: Vec<i64> = (0..10).map(|j| 1 + (w * 97 + i * 31 + j * 7) % 300).collect();
+                    let value = ["a", "b", "c"][((w + i) % 3) as usize];
+                    let op = i32::from(i % 5 == 4);
+                    let body = json!({"AppId": APP, "UserIds": users, "Tags": [format!("level:{value}"), "vip"], "Op": op});
+                    // Answers stop when the server is killed.
+                    if client.call("BatchUpdateUserTags", body.to_string().as_bytes()).await.is_err() {
+                        break;
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(200..800))).await;
+        server.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        let server = ChildServer::spawn_with(tmp.path(), &config);
+        let c = server.client();
+        for (filter, sql) in [
+            (
+                json!({"Tag": "level:a"}),
+                "SELECT COUNT(*) FROM tags WHERE key = 'level' AND value = 'a'",
+            ),
+            (
+                json!({"Tag": "level:c"}),
+                "SELECT COUNT(*) FROM tags WHERE key = 'level' AND value = 'c'",
+            ),
+            (
+                json!({"Key": "vip"}),
+                "SELECT COUNT(*) FROM tags WHERE key = 'vip'",
+            ),
+            (
+                json!({"Not": {"Key": "level"}}),
+                "SELECT COUNT(*) FROM users u WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.user_id = u.user_id AND t.key = 'level')",
+            ),
+        ] {
+            assert_eq!(
+                count(&c, 0, &filter).await,
+                store_count(&config, sql).await,
+                "cycle {cycle}: {filter}"
+            );
+        }
+        server.terminate();
+    }
+}

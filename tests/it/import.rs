@@ -133,7 +133,7 @@ async fn a_running_server_refuses_an_embedded_import_or_follows_a_postgres_one()
         .map(|i| format!("{{\"UserId\":{i},\"Tags\":[\"cohort:c{}\"]}}\n", i % 5))
         .collect();
     std::fs::write(&file, lines).unwrap();
-    let server = ChildServer::spawn_with(&config.data_dir, &config);
+    let server = ChildServer::spawn_with(tmp.path(), &config);
     let args = [
         "import",
         "--config",

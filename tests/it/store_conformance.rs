@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tagcast::audience::filter::Filter;
 use tagcast::metrics::Metrics;
 use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tagcast::store::postgres::{PostgresOptions, PostgresStore};
@@ -13,19 +14,23 @@ use crate::infra::{fresh_database, shared_postgres};
 
 const CAP: usize = 3;
 
-/// One fresh store of each backend, with a tag cap of 3.
-async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
+/// A fresh store of the `kind` backend, with a tag cap of 3 (and the directory it lives
+/// in, for the embedded one).
+async fn backend(kind: &str) -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
     let metrics = Arc::new(Metrics::new());
-    let embedded = EmbeddedStore::open(
-        dir.path(),
-        EmbeddedOptions {
-            max_tags_per_user: CAP,
-            ..EmbeddedOptions::default()
-        },
-        metrics.clone(),
-    )
-    .unwrap();
+    if kind == "embedded" {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedStore::open(
+            dir.path(),
+            EmbeddedOptions {
+                max_tags_per_user: CAP,
+                ..EmbeddedOptions::default()
+            },
+            metrics,
+        )
+        .unwrap();
+        return (Arc::new(embedded), Some(dir));
+    }
     let options = PostgresOptions {
         max_tags_per_user: CAP,
         pool_size: 4,
@@ -37,10 +42,27 @@ async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempD
     let postgres = PostgresStore::open(&fresh_database(shared_postgres()), options, metrics)
         .await
         .unwrap();
-    vec![
-        ("embedded", Arc::new(embedded), Some(dir)),
-        ("postgres", Arc::new(postgres), None),
-    ]
+    (Arc::new(postgres), None)
+}
+
+/// One `#[test]` per case per backend: `case::embedded` and `case::postgres`, each running
+/// `case(name, store)` on a fresh store.
+macro_rules! per_backend {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn embedded() {
+                let (store, _dir) = super::backend("embedded").await;
+                super::$case("embedded", store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                let (store, _dir) = super::backend("postgres").await;
+                super::$case("postgres", store).await;
+            }
+        }
+    )*};
 }
 
 fn entry(user_id: i64, tags: &[(&str, &str)]) -> TagEntry {
@@ -83,250 +105,317 @@ fn pairs(p: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn entries_apply_in_order_each_atomically_and_report_unregistered_users() {
-    for (name, store, _dir) in backends().await {
-        let s = store.as_ref();
-        register(s, &[1]).await;
-        let out = s
-            .update_tags(
-                1,
-                0,
-                TagOp::Upsert,
-                vec![
-                    entry(1, &[("a", "1"), ("b", "1")]),
-                    entry(2, &[("x", "")]),
-                    entry(1, &[("a", "2")]),
-                ],
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![Outcome::Applied, Outcome::UserNotFound, Outcome::Applied],
-            "{name}"
-        );
-        assert_eq!(
-            tags(s, 0, 1).await,
-            pairs(&[("a", "2"), ("b", "1")]),
-            "{name}"
-        );
-        assert_eq!(tags(s, 0, 2).await, None, "{name}");
-        // Another inbox and another app see nothing.
-        assert_eq!(tags(s, 5, 1).await, pairs(&[]), "{name}");
-        assert_eq!(
-            s.get_users(2, 0, vec![1]).await.unwrap(),
-            vec![None],
-            "{name}"
-        );
-        let out = s
-            .update_tags(
-                1,
-                0,
-                TagOp::Delete,
-                vec![entry(1, &[("a", ""), ("zz", "")])],
-            )
-            .await
-            .unwrap();
-        assert_eq!(out, vec![Outcome::Applied], "{name}");
-        assert_eq!(tags(s, 0, 1).await, pairs(&[("b", "1")]), "{name}");
-        store.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing() {
-    for (name, store, _dir) in backends().await {
-        let s = store.as_ref();
-        register(s, &[1]).await;
-        let abc = [("a", "1"), ("b", "1"), ("c", "1")];
-        assert_eq!(
-            s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &abc)])
-                .await
-                .unwrap(),
-            vec![Outcome::Applied]
-        );
-        let out = s
-            .update_tags(
-                1,
-                0,
-                TagOp::Upsert,
-                vec![entry(1, &[("a", "2"), ("d", "1")]), entry(1, &[("b", "2")])],
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
+async fn entries_apply_in_order_each_atomically_and_report_unregistered_users(
+    name: &str,
+    store: Arc<dyn Store>,
+) {
+    let s = store.as_ref();
+    register(s, &[1]).await;
+    let out = s
+        .update_tags(
+            1,
+            0,
+            TagOp::Upsert,
             vec![
-                Outcome::TagLimitExceeded {
-                    would_have: 4,
-                    limit: CAP
-                },
-                Outcome::Applied
+                entry(1, &[("a", "1"), ("b", "1")]),
+                entry(2, &[("x", "")]),
+                entry(1, &[("a", "2")]),
             ],
-            "{name}"
-        );
-        assert_eq!(
-            tags(s, 0, 1).await,
-            pairs(&[("a", "1"), ("b", "2"), ("c", "1")]),
-            "{name}"
-        );
-        let out = s
-            .update_tags(1, 0, TagOp::Delete, vec![entry(1, &[("a", "")])])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![Outcome::Applied]);
-        let out = s
-            .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("d", "1")])])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![Outcome::Applied], "{name}");
-        store.close().await;
-    }
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Applied, Outcome::UserNotFound, Outcome::Applied],
+        "{name}"
+    );
+    assert_eq!(
+        tags(s, 0, 1).await,
+        pairs(&[("a", "2"), ("b", "1")]),
+        "{name}"
+    );
+    assert_eq!(tags(s, 0, 2).await, None, "{name}");
+    // Another inbox and another app see nothing.
+    assert_eq!(tags(s, 5, 1).await, pairs(&[]), "{name}");
+    assert_eq!(
+        s.get_users(2, 0, vec![1]).await.unwrap(),
+        vec![None],
+        "{name}"
+    );
+    let out = s
+        .update_tags(
+            1,
+            0,
+            TagOp::Delete,
+            vec![entry(1, &[("a", ""), ("zz", "")])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Applied], "{name}");
+    assert_eq!(tags(s, 0, 1).await, pairs(&[("b", "1")]), "{name}");
+    store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn register_updates_given_fields_and_unregister_clears_every_inbox() {
-    for (name, store, _dir) in backends().await {
-        let s = store.as_ref();
-        let first = UserRegistration {
-            user_id: 7,
-            nick_name: Some("n".into()),
-            tags: vec![("t".into(), "1".into())],
-            ..Default::default()
-        };
-        let second = UserRegistration {
-            user_id: 7,
-            portrait: Some("p".into()),
-            is_robot: Some(true),
-            ..Default::default()
-        };
-        let out = s.register_users(1, vec![first, second]).await.unwrap();
-        assert_eq!(out, vec![Outcome::Applied, Outcome::Applied], "{name}");
-        let u = s
-            .get_users(1, 0, vec![7])
+async fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing(
+    name: &str,
+    store: Arc<dyn Store>,
+) {
+    let s = store.as_ref();
+    register(s, &[1]).await;
+    let abc = [("a", "1"), ("b", "1"), ("c", "1")];
+    assert_eq!(
+        s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &abc)])
             .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (u.nick_name.as_str(), u.portrait.as_str(), u.is_robot),
-            ("n", "p", true),
-            "{name}"
-        );
-        assert_eq!(u.tags, vec![("t".to_owned(), "1".to_owned())], "{name}");
-        s.update_tags(1, 9, TagOp::Upsert, vec![entry(7, &[("x", "y")])])
-            .await
-            .unwrap();
-        let out = s.unregister_users(1, vec![7, 7, 8]).await.unwrap();
-        assert_eq!(
-            out,
-            vec![
-                Outcome::Applied,
-                Outcome::UserNotFound,
-                Outcome::UserNotFound
-            ],
-            "{name}"
-        );
-        register(s, &[7]).await;
-        assert_eq!(tags(s, 0, 7).await, pairs(&[]), "{name}");
-        assert_eq!(tags(s, 9, 7).await, pairs(&[]), "{name}");
-        store.close().await;
-    }
+            .unwrap(),
+        vec![Outcome::Applied]
+    );
+    let out = s
+        .update_tags(
+            1,
+            0,
+            TagOp::Upsert,
+            vec![entry(1, &[("a", "2"), ("d", "1")]), entry(1, &[("b", "2")])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::TagLimitExceeded {
+                would_have: 4,
+                limit: CAP
+            },
+            Outcome::Applied
+        ],
+        "{name}"
+    );
+    assert_eq!(
+        tags(s, 0, 1).await,
+        pairs(&[("a", "1"), ("b", "2"), ("c", "1")]),
+        "{name}"
+    );
+    let out = s
+        .update_tags(1, 0, TagOp::Delete, vec![entry(1, &[("a", "")])])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Applied]);
+    let out = s
+        .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("d", "1")])])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Applied], "{name}");
+    store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_closed_store_is_unavailable() {
-    for (name, store, _dir) in backends().await {
-        store.close().await;
-        let r = store
-            .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[])])
-            .await;
-        assert!(
-            matches!(r, Err(StoreError::Unavailable(_))),
-            "{name}: {r:?}"
-        );
-        assert!(store.ready().await.is_err(), "{name}");
-    }
+async fn register_updates_given_fields_and_unregister_clears_every_inbox(
+    name: &str,
+    store: Arc<dyn Store>,
+) {
+    let s = store.as_ref();
+    let first = UserRegistration {
+        user_id: 7,
+        nick_name: Some("n".into()),
+        tags: vec![("t".into(), "1".into())],
+        ..Default::default()
+    };
+    let second = UserRegistration {
+        user_id: 7,
+        portrait: Some("p".into()),
+        is_robot: Some(true),
+        ..Default::default()
+    };
+    let out = s.register_users(1, vec![first, second]).await.unwrap();
+    assert_eq!(out, vec![Outcome::Applied, Outcome::Applied], "{name}");
+    let u = s
+        .get_users(1, 0, vec![7])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (u.nick_name.as_str(), u.portrait.as_str(), u.is_robot),
+        ("n", "p", true),
+        "{name}"
+    );
+    assert_eq!(u.tags, vec![("t".to_owned(), "1".to_owned())], "{name}");
+    s.update_tags(1, 9, TagOp::Upsert, vec![entry(7, &[("x", "y")])])
+        .await
+        .unwrap();
+    let out = s.unregister_users(1, vec![7, 7, 8]).await.unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Applied,
+            Outcome::UserNotFound,
+            Outcome::UserNotFound
+        ],
+        "{name}"
+    );
+    register(s, &[7]).await;
+    assert_eq!(tags(s, 0, 7).await, pairs(&[]), "{name}");
+    assert_eq!(tags(s, 9, 7).await, pairs(&[]), "{name}");
+    store.close().await;
+}
+
+async fn a_closed_store_is_unavailable(name: &str, store: Arc<dyn Store>) {
+    store.close().await;
+    let r = store
+        .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[])])
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Unavailable(_))),
+        "{name}: {r:?}"
+    );
+    assert!(store.ready().await.is_err(), "{name}");
 }
 
 /// Many requests at once, so the stores fold them into shared commits: every request still
 /// sees the ones committed before it (the cap admits exactly CAP keys across 24 racing
 /// requests), requests on other users and apps are unaffected, and an unregister racing
 /// with writes to the same user leaves it unregistered whatever the order.
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_requests_folded_into_one_commit_behave_as_some_serial_order() {
-    for (name, store, _dir) in backends().await {
-        register(store.as_ref(), &[1, 2, 3]).await;
-        let mut tasks = Vec::new();
-        for i in 0..24 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let key = format!("k{i}");
-                let e = entry(1, &[(&key, "v")]);
-                (
-                    i,
-                    s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
-                )
-            }));
-        }
-        for i in 0..8 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let e = entry(2, &[("shared", &format!("{i}"))]);
-                (
-                    100 + i,
-                    s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
-                )
-            }));
-        }
-        let (s1, s2) = (store.clone(), store.clone());
-        let unregister = tokio::spawn(async move { s1.unregister_users(1, vec![3]).await });
-        let write = tokio::spawn(async move {
-            s2.update_tags(1, 0, TagOp::Upsert, vec![entry(3, &[("late", "1")])])
-                .await
-        });
-        let mut applied = Vec::new();
-        for t in tasks {
-            let (i, out) = t.await.unwrap();
-            assert_eq!(out.len(), 1, "{name}");
-            match &out[0] {
-                Outcome::Applied => applied.push(i),
-                Outcome::TagLimitExceeded { .. } => assert!(i < 24, "{name}: request {i}"),
-                other => panic!("{name}: request {i}: {other:?}"),
-            }
-        }
-        let accepted: Vec<String> = applied
-            .iter()
-            .filter(|i| **i < 24)
-            .map(|i| format!("k{i}"))
-            .collect();
-        assert_eq!(accepted.len(), CAP, "{name}: {accepted:?}");
-        let mut kept: Vec<String> = tags(store.as_ref(), 0, 1)
+async fn concurrent_requests_folded_into_one_commit_behave_as_some_serial_order(
+    name: &str,
+    store: Arc<dyn Store>,
+) {
+    register(store.as_ref(), &[1, 2, 3]).await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{i}");
+            let e = entry(1, &[(&key, "v")]);
+            (
+                i,
+                s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
+            )
+        }));
+    }
+    for i in 0..8 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = entry(2, &[("shared", &format!("{i}"))]);
+            (
+                100 + i,
+                s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
+            )
+        }));
+    }
+    let (s1, s2) = (store.clone(), store.clone());
+    let unregister = tokio::spawn(async move { s1.unregister_users(1, vec![3]).await });
+    let write = tokio::spawn(async move {
+        s2.update_tags(1, 0, TagOp::Upsert, vec![entry(3, &[("late", "1")])])
             .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let mut expected = accepted.clone();
-        kept.sort();
-        expected.sort();
-        assert_eq!(kept, expected, "{name}");
-        assert_eq!(applied.iter().filter(|i| **i >= 100).count(), 8, "{name}");
-        let shared = tags(store.as_ref(), 0, 2).await.unwrap();
-        assert_eq!(shared.len(), 1, "{name}: {shared:?}");
+    });
+    let mut applied = Vec::new();
+    for t in tasks {
+        let (i, out) = t.await.unwrap();
+        assert_eq!(out.len(), 1, "{name}");
+        match &out[0] {
+            Outcome::Applied => applied.push(i),
+            Outcome::TagLimitExceeded { .. } => assert!(i < 24, "{name}: request {i}"),
+            other => panic!("{name}: request {i}: {other:?}"),
+        }
+    }
+    let accepted: Vec<String> = applied
+        .iter()
+        .filter(|i| **i < 24)
+        .map(|i| format!("k{i}"))
+        .collect();
+    assert_eq!(accepted.len(), CAP, "{name}: {accepted:?}");
+    let mut kept: Vec<String> = tags(store.as_ref(), 0, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut expected = accepted.clone();
+    kept.sort();
+    expected.sort();
+    assert_eq!(kept, expected, "{name}");
+    assert_eq!(applied.iter().filter(|i| **i >= 100).count(), 8, "{name}");
+    let shared = tags(store.as_ref(), 0, 2).await.unwrap();
+    assert_eq!(shared.len(), 1, "{name}: {shared:?}");
+    assert_eq!(
+        unregister.await.unwrap().unwrap(),
+        vec![Outcome::Applied],
+        "{name}"
+    );
+    let late = write.await.unwrap().unwrap();
+    assert!(
+        matches!(late[0], Outcome::Applied | Outcome::UserNotFound),
+        "{name}: {late:?}"
+    );
+    assert_eq!(tags(store.as_ref(), 0, 3).await, None, "{name}");
+    store.close().await;
+}
+
+async fn every_acknowledged_write_is_in_the_next_audience_answer(
+    name: &str,
+    store: Arc<dyn Store>,
+) {
+    let s = store.as_ref();
+    let gold = Filter::Tag {
+        key: "level".into(),
+        value: "gold".into(),
+    };
+    let everyone = Filter::All;
+    register(s, &[1, 2, 3]).await;
+    assert_eq!(
+        s.count_audience(1, 0, &everyone).await.unwrap(),
+        3,
+        "{name}"
+    );
+    for (i, user) in [1, 2, 3].into_iter().enumerate() {
+        s.update_tags(1, 0, TagOp::Upsert, vec![entry(user, &[("level", "gold")])])
+            .await
+            .unwrap();
         assert_eq!(
-            unregister.await.unwrap().unwrap(),
-            vec![Outcome::Applied],
+            s.count_audience(1, 0, &gold).await.unwrap(),
+            i as u64 + 1,
             "{name}"
         );
-        let late = write.await.unwrap().unwrap();
-        assert!(
-            matches!(late[0], Outcome::Applied | Outcome::UserNotFound),
-            "{name}: {late:?}"
-        );
-        assert_eq!(tags(store.as_ref(), 0, 3).await, None, "{name}");
-        store.close().await;
     }
+    // Overwritten, deleted, in another inbox, unregistered.
+    s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("level", "silver")])])
+        .await
+        .unwrap();
+    s.update_tags(1, 0, TagOp::Delete, vec![entry(2, &[("level", "")])])
+        .await
+        .unwrap();
+    s.update_tags(1, 4, TagOp::Upsert, vec![entry(2, &[("level", "gold")])])
+        .await
+        .unwrap();
+    assert_eq!(s.count_audience(1, 0, &gold).await.unwrap(), 1, "{name}");
+    assert_eq!(s.count_audience(1, 4, &gold).await.unwrap(), 1, "{name}");
+    s.unregister_users(1, vec![3]).await.unwrap();
+    assert_eq!(s.count_audience(1, 0, &gold).await.unwrap(), 0, "{name}");
+    assert_eq!(s.count_audience(1, 4, &gold).await.unwrap(), 1, "{name}");
+    // Registered again: a new ordinal, listed after the others.
+    register(s, &[3]).await;
+    let page = s.list_audience(1, 0, &everyone, None, 10).await.unwrap();
+    assert_eq!(page.user_ids, vec![1, 2, 3], "{name}");
+    let page = s.list_audience(1, 0, &everyone, None, 2).await.unwrap();
+    assert_eq!(page.user_ids, vec![1, 2], "{name}");
+    let rest = s
+        .list_audience(1, 0, &everyone, page.next, 2)
+        .await
+        .unwrap();
+    assert_eq!((rest.user_ids, rest.next), (vec![3], None), "{name}");
+    // Another app sees nothing.
+    assert_eq!(
+        s.count_audience(2, 0, &everyone).await.unwrap(),
+        0,
+        "{name}"
+    );
+    store.close().await;
 }
+
+per_backend!(
+    every_acknowledged_write_is_in_the_next_audience_answer,
+    entries_apply_in_order_each_atomically_and_report_unregistered_users,
+    the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing,
+    register_updates_given_fields_and_unregister_clears_every_inbox,
+    a_closed_store_is_unavailable,
+    concurrent_requests_folded_into_one_commit_behave_as_some_serial_order,
+);
