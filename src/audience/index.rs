@@ -10,6 +10,8 @@
 //! a single writer that applies after each commit and leaves positions at 0.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -20,23 +22,23 @@ use super::filter::{self, Bitmaps, Filter};
 use crate::store::plan::Change;
 
 #[derive(Default)]
-struct KeyIndex {
-    any: RoaringBitmap,
-    values: HashMap<String, RoaringBitmap>,
+pub(super) struct KeyIndex {
+    pub(super) any: RoaringBitmap,
+    pub(super) values: FxHashMap<String, RoaringBitmap>,
 }
 
 #[derive(Default)]
-struct InboxIndex {
-    keys: HashMap<String, KeyIndex>,
+pub(super) struct InboxIndex {
+    pub(super) keys: FxHashMap<String, KeyIndex>,
 }
 
 /// One app's part of the index.
 #[derive(Default)]
 pub struct AppIndex {
-    registered: RoaringBitmap,
+    pub(super) registered: RoaringBitmap,
     /// Ordinal -> user id (0 for ordinals not in use any more).
-    users: Vec<i64>,
-    inboxes: HashMap<u32, InboxIndex>,
+    pub(super) users: Vec<i64>,
+    pub(super) inboxes: FxHashMap<u32, InboxIndex>,
 }
 
 struct View<'a> {
@@ -74,11 +76,9 @@ impl AppIndex {
         if let Some(old) = old {
             remove_value(k, old, ordinal);
         }
-        k.any.insert(ordinal);
+        add(&mut k.any, ordinal);
         match k.values.get_mut(value) {
-            Some(b) => {
-                b.insert(ordinal);
-            }
+            Some(b) => add(b, ordinal),
             None => {
                 k.values
                     .insert(value.to_owned(), RoaringBitmap::from_iter([ordinal]));
@@ -103,7 +103,7 @@ impl AppIndex {
     fn apply(&mut self, change: &Change) {
         match change {
             Change::Registered { user, ordinal, .. } => {
-                self.registered.insert(*ordinal);
+                add(&mut self.registered, *ordinal);
                 let at = *ordinal as usize;
                 if self.users.len() <= at {
                     self.users.resize(at + 1, 0);
@@ -145,6 +145,14 @@ impl AppIndex {
             .flat_map(|i| i.keys.values())
             .map(|k| 1 + k.values.len())
             .sum::<usize>()
+    }
+}
+
+/// Adds `ordinal`: appended when it is the largest (as when an index is built in ordinal
+/// order, or a user registers), inserted otherwise.
+fn add(b: &mut RoaringBitmap, ordinal: u32) {
+    if b.try_push(ordinal).is_err() {
+        b.insert(ordinal);
     }
 }
 
@@ -296,6 +304,21 @@ impl AudienceIndex {
             user_ids,
             next: if more { last } else { None },
         }
+    }
+
+    /// Calls `f` with every app's index, each under its read lock.
+    pub fn each_app<E>(&self, mut f: impl FnMut(u32, &AppIndex) -> Result<(), E>) -> Result<(), E> {
+        let apps: Vec<(u32, Arc<RwLock<AppIndex>>)> = self
+            .apps
+            .read()
+            .expect("index lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (app, a) in apps {
+            f(app, &a.read().expect("index lock"))?;
+        }
+        Ok(())
     }
 
     /// Number of apps and bitmaps held (for metrics and the bench).

@@ -5,5 +5,6 @@
 
 pub mod filter;
 pub mod index;
+pub mod snapshot;
 
 pub use index::{AudienceIndex, Page};

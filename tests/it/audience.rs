@@ -303,6 +303,10 @@ async fn audiences_equal_a_brute_force_model_of_random_writes_and_survive_a_rest
             }
         }
         server.stop().await;
+        if !crate::infra::postgres_backend() {
+            // A clean stop saved the index; the restart reads it instead of every row.
+            assert!(dir.join(tagcast::store::embedded::SNAPSHOT_FILE).exists());
+        }
         let server = TestServer::start_in(&dir, tweak).await;
         check_filters(&mut rng, &server.client(), &model, 20).await;
         server.stop().await;

@@ -146,23 +146,48 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Every registered user and every tag, into an index builder (at start).
+/// Every registered user and every tag, into an index builder (at start). Both tables are
+/// read in primary key order, which starts (app_id, user_id) in both, and merged: no
+/// lookup per tag, and keys and values are borrowed from SQLite's rows, not copied.
 pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
     let mut b = Builder::default();
-    let mut users = conn.prepare("SELECT app_id, user_id, ordinal FROM users")?;
-    let mut rows = users.query([])?;
-    while let Some(r) = rows.next()? {
-        b.user(r.get(0)?, r.get(1)?, r.get(2)?);
-    }
+    let mut users =
+        conn.prepare("SELECT app_id, user_id, ordinal FROM users ORDER BY app_id, user_id")?;
+    let mut users = users.query([])?;
     let mut tags = conn.prepare(
-        "SELECT t.app_id, t.inbox_type, t.key, t.value, u.ordinal
-         FROM tags t JOIN users u ON u.app_id = t.app_id AND u.user_id = t.user_id",
+        "SELECT app_id, user_id, inbox_type, key, value FROM tags ORDER BY app_id, user_id",
     )?;
-    let mut rows = tags.query([])?;
-    while let Some(r) = rows.next()? {
-        let key: String = r.get(2)?;
-        let value: String = r.get(3)?;
-        b.tag(r.get(0)?, r.get(1)?, &key, &value, r.get(4)?);
+    let mut tags = tags.query([])?;
+    // The user the merge stands on: (app, user, ordinal).
+    let mut user: Option<(u32, i64, u32)> = None;
+    let mut next_user = |b: &mut Builder| -> rusqlite::Result<Option<(u32, i64, u32)>> {
+        Ok(match users.next()? {
+            Some(r) => {
+                let u = (r.get(0)?, r.get(1)?, r.get(2)?);
+                b.user(u.0, u.1, u.2);
+                Some(u)
+            }
+            None => None,
+        })
+    };
+    let mut users_done = false;
+    while let Some(t) = tags.next()? {
+        let at: (u32, i64) = (t.get(0)?, t.get(1)?);
+        // Advance the users up to this tag's (registering every one passed).
+        while !users_done && user.is_none_or(|(a, u, _)| (a, u) < at) {
+            user = next_user(&mut b)?;
+            users_done = user.is_none();
+        }
+        let Some((_, _, ordinal)) = user.filter(|(a, u, _)| (*a, *u) == at) else {
+            // A tag of no registered user (`tagcast check` reports them): not indexed.
+            continue;
+        };
+        let key = t.get_ref(3)?.as_str()?;
+        let value = t.get_ref(4)?.as_str()?;
+        b.tag(at.0, t.get(2)?, key, value, ordinal);
+    }
+    while !users_done {
+        users_done = next_user(&mut b)?.is_none();
     }
     Ok(b)
 }

@@ -111,6 +111,8 @@ pub fn restore(from: &Path, data_dir: &Path, replace: bool) -> Result<Copied, St
         }
         replaced = Some(aside);
     }
+    // The saved audience index described the store being replaced.
+    let _ = std::fs::remove_file(data_dir.join(super::SNAPSHOT_FILE));
     let partial = partial_name(&db);
     std::fs::copy(from, &partial)
         .map_err(|e| format!("copying {} to {}: {e}", from.display(), partial.display()))?;

@@ -38,6 +38,8 @@ pub use lock::DataDirLock;
 use writer::Msg;
 
 pub const DB_FILE: &str = "tagcast.db";
+/// The audience index as saved at the last clean stop (see `audience/snapshot.rs`).
+pub const SNAPSHOT_FILE: &str = "audience.snapshot";
 /// SQLite's write-ahead log beside [`DB_FILE`].
 pub const WAL_FILE: &str = "tagcast.db-wal";
 
@@ -120,8 +122,8 @@ impl EmbeddedStore {
                 path.display()
             ));
         }
-        schema::migrate(&mut conn, schema::MIGRATIONS)?
-            .log("embedded store", schema::CURRENT_VERSION);
+        let migration = schema::migrate(&mut conn, schema::MIGRATIONS)?;
+        migration.log("embedded store", schema::CURRENT_VERSION);
         let mut readers = Vec::with_capacity(options.read_connections);
         for _ in 0..options.read_connections.max(1) {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -165,6 +167,8 @@ impl EmbeddedStore {
         let index = Arc::new(AudienceIndex::new());
         let writer = writer::Writer {
             index: index.clone(),
+            snapshot_path: lock.dir().join(SNAPSHOT_FILE),
+            trust_snapshot: migration.from == migration.to,
             conn,
             wal_frames,
             frame_bytes: page_size + 24,

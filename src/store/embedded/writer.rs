@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::apply;
 use super::health::Health;
 use super::{BUSY_TIMEOUT, EmbeddedOptions};
-use crate::audience::AudienceIndex;
+use crate::audience::{AudienceIndex, snapshot};
 use crate::metrics::Metrics;
 use crate::store::plan::{self, Plan};
 use crate::store::{Outcome, StoreError, WriteJob, now_ms};
@@ -62,6 +62,10 @@ pub(super) struct Writer {
     pub over_bound: LogThrottle,
     /// Follows every commit, before its requests are answered.
     pub index: Arc<AudienceIndex>,
+    /// Where the index is saved at a clean stop.
+    pub snapshot_path: std::path::PathBuf,
+    /// False when this start migrated the schema: a saved index may not match it.
+    pub trust_snapshot: bool,
 }
 
 /// Size of the write-ahead log file (0 when it does not exist).
@@ -102,29 +106,8 @@ pub(super) fn count_wal_frames(conn: &mut Connection) -> rusqlite::Result<Arc<At
 pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     // The index first: writes wait in the queue (and /readyz says not ready) until it
     // holds everything committed before them.
-    let started = Instant::now();
-    match apply::build_index(&w.conn) {
-        Ok(builder) => {
-            w.index.replace(builder.finish(), 0);
-            let (apps, bitmaps) = w.index.size();
-            tracing::info!(
-                apps,
-                bitmaps,
-                ms = started.elapsed().as_millis() as u64,
-                "audience index built"
-            );
-        }
-        Err(e) => {
-            let e = w.health.failed(e, false);
-            tracing::error!(error = %e, "building the audience index failed; audience queries and writes are refused");
-            // Answer every write with the failure rather than leave it waiting.
-            while let Some(msg) = rx.blocking_recv() {
-                if let Msg::Job(job) = msg {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-            }
-            return;
-        }
+    if !start_index(&mut w, &mut rx) {
+        return;
     }
     let max_batch = w.options.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
@@ -154,11 +137,124 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
         }
         w.bound_wal();
     }
-    // Channel closed: every accepted job has been committed and answered. Fold the WAL
-    // back into the main file so the next start opens quickly.
+    // Channel closed: every accepted job has been committed and answered. The index goes
+    // to a file the next start reads instead of every row, then the WAL is folded back
+    // into the main file so the next start opens quickly.
+    let started = Instant::now();
+    match save_snapshot(&w) {
+        Ok(()) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "audience index saved for the next start"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "saving the audience index failed; the next start rebuilds it from the store")
+        }
+    }
     if let Err(e) = truncate_wal(&w.conn, BUSY_TIMEOUT) {
         tracing::warn!(error = %e, "final WAL checkpoint failed (the WAL stays valid)");
     }
+}
+
+/// The key in `tagcast_meta` of the token of the audience snapshot that describes the
+/// store as it is (absent as soon as anything may have been written since).
+const SNAPSHOT_TOKEN: &str = "index_snapshot";
+
+fn snapshot_token(conn: &Connection) -> rusqlite::Result<Option<[u8; 16]>> {
+    let hex_token: Option<String> = conn
+        .query_row(
+            "SELECT value FROM tagcast_meta WHERE key = ?1",
+            [SNAPSHOT_TOKEN],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(hex_token.and_then(|t| hex::decode(t).ok()?.try_into().ok()))
+}
+
+/// Builds the index (from the snapshot when the store vouches for it, else from every
+/// row), and makes sure the snapshot is not trusted again once writes begin. `false`
+/// when the index cannot be built (every write is then answered with the failure).
+fn start_index(w: &mut Writer, rx: &mut mpsc::Receiver<Msg>) -> bool {
+    let started = Instant::now();
+    let token = match snapshot_token(&w.conn) {
+        Ok(t) => t,
+        Err(e) => return fail_every_write(w, rx, e),
+    };
+    let from_snapshot = token.filter(|_| w.trust_snapshot).and_then(|token| {
+        match snapshot::read(&w.snapshot_path, &token) {
+            Ok(apps) => apps,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(file = %w.snapshot_path.display(), "no saved audience index; building it from the store");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, file = %w.snapshot_path.display(), "the saved audience index is unreadable; building it from the store");
+                None
+            }
+        }
+    });
+    let source = if from_snapshot.is_some() {
+        "snapshot"
+    } else {
+        "store"
+    };
+    let apps = match from_snapshot {
+        Some(apps) => apps,
+        None => match apply::build_index(&w.conn) {
+            Ok(builder) => builder.finish(),
+            Err(e) => return fail_every_write(w, rx, e),
+        },
+    };
+    // From the first write on, the file no longer describes the store.
+    if token.is_some() {
+        let mut warned = false;
+        while let Err(e) = w
+            .conn
+            .execute("DELETE FROM tagcast_meta WHERE key = ?1", [SNAPSHOT_TOKEN])
+        {
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(error = %e, "cannot retire the audience index file's token; writes wait, retrying every second");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _ = std::fs::remove_file(&w.snapshot_path);
+    }
+    w.index.replace(apps, 0);
+    let (apps, bitmaps) = w.index.size();
+    tracing::info!(
+        apps,
+        bitmaps,
+        from = source,
+        ms = started.elapsed().as_millis() as u64,
+        "audience index built"
+    );
+    true
+}
+
+/// Answers every write with `e` until the store closes (the index could not be built).
+fn fail_every_write(w: &Writer, rx: &mut mpsc::Receiver<Msg>, e: rusqlite::Error) -> bool {
+    let e = w.health.failed(e, false);
+    tracing::error!(error = %e, "building the audience index failed; writes and audience queries are refused");
+    while let Some(msg) = rx.blocking_recv() {
+        if let Msg::Job(job) = msg {
+            let _ = job.reply.send(Err(e.clone()));
+        }
+    }
+    false
+}
+
+/// Writes the index to its file, then records the file's token in the store.
+fn save_snapshot(w: &Writer) -> Result<(), String> {
+    let token: [u8; 16] = rand::random();
+    snapshot::write(&w.index, &token, &w.snapshot_path)
+        .map_err(|e| format!("writing {}: {e}", w.snapshot_path.display()))?;
+    w.conn
+        .execute(
+            "INSERT INTO tagcast_meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [SNAPSHOT_TOKEN, &hex::encode(token)],
+        )
+        .map_err(|e| format!("recording the index file's token: {e}"))?;
+    Ok(())
 }
 
 impl Writer {
