@@ -256,47 +256,31 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
         .map_err(classify)?
         .get(0);
     let mut b = Builder::default();
-    tx.batch_execute(
-        "DECLARE build NO SCROLL CURSOR FOR SELECT app_id, user_id, ordinal FROM users",
-    )
+    for_each_row(&tx, "SELECT app_id, user_id, ordinal FROM users", |r| {
+        b.user(
+            r.get::<_, i32>(0) as u32,
+            r.get(1),
+            r.get::<_, i64>(2) as u32,
+        )
+    })
     .await
     .map_err(classify)?;
-    loop {
-        let rows = tx.query(BUILD_FETCH, &[]).await.map_err(classify)?;
-        if rows.is_empty() {
-            break;
-        }
-        for r in rows {
-            b.user(
-                r.get::<_, i32>(0) as u32,
-                r.get(1),
-                r.get::<_, i64>(2) as u32,
-            );
-        }
-    }
-    tx.batch_execute(
-        "CLOSE build;
-         DECLARE build NO SCROLL CURSOR FOR
-         SELECT t.app_id, t.inbox_type, t.key, t.value, u.ordinal
+    for_each_row(
+        &tx,
+        "SELECT t.app_id, t.inbox_type, t.key, t.value, u.ordinal
          FROM tags t JOIN users u ON u.app_id = t.app_id AND u.user_id = t.user_id",
-    )
-    .await
-    .map_err(classify)?;
-    loop {
-        let rows = tx.query(BUILD_FETCH, &[]).await.map_err(classify)?;
-        if rows.is_empty() {
-            break;
-        }
-        for r in rows {
+        |r| {
             b.tag(
                 r.get::<_, i32>(0) as u32,
                 r.get::<_, i32>(1) as u32,
                 r.get(2),
                 r.get(3),
                 r.get::<_, i64>(4) as u32,
-            );
-        }
-    }
+            )
+        },
+    )
+    .await
+    .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
     shared.follower.index.replace(b.finish(), pos as u64);
     let (apps, bitmaps) = shared.follower.index.size();
@@ -308,6 +292,25 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
         "audience index built"
     );
     Ok(())
+}
+
+/// Runs `select` through a cursor, calling `f` on every row, [`BUILD_FETCH`] rows per
+/// round trip (a whole table never sits in memory as rows).
+async fn for_each_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    select: &str,
+    mut f: impl FnMut(&tokio_postgres::Row),
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!("DECLARE build NO SCROLL CURSOR FOR {select}"))
+        .await?;
+    loop {
+        let rows = tx.query(BUILD_FETCH, &[]).await?;
+        if rows.is_empty() {
+            break;
+        }
+        rows.iter().for_each(&mut f);
+    }
+    tx.batch_execute("CLOSE build").await
 }
 
 /// Deletes log entries older than [`KEEP`] (any node may; they agree).
