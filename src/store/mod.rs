@@ -98,6 +98,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How `Ext` is stored: its JSON object text.
+pub(crate) fn ext_json(ext: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(ext).expect("a string map serializes")
+}
+
 /// The inbox that tags go to when a request names none, and that RegisterUsers writes.
 pub const DEFAULT_INBOX: u32 = 0;
 

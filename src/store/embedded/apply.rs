@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::audience::index::Builder;
 use crate::store::plan::{Batch, Change, Plan, Snapshot, UserState};
-use crate::store::{StoredUser, Tag, WriteJob, now_ms};
+use crate::store::{StoredUser, Tag, WriteJob, ext_json, now_ms};
 
 /// Reads the state of every user `jobs` name, and the next ordinal of the apps where the
 /// plan may register users.
@@ -74,7 +74,7 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                         (nick_name.as_ref(), p.as_ref(), e.as_ref(), *is_robot);
                     changes.next();
                 }
-                let ext = ext.map(|m| serde_json::to_string(m).expect("a string map serializes"));
+                let ext = ext.map(ext_json);
                 conn.prepare_cached(
                     "INSERT INTO users (app_id, user_id, ordinal, nick_name, portrait, ext, is_robot, create_time, modify_time)
                      VALUES (?1, ?2, ?3, COALESCE(?4, ''), COALESCE(?5, ''), COALESCE(?6, '{}'), COALESCE(?7, 0), ?8, ?8)",
@@ -89,9 +89,7 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                 ext,
                 is_robot,
             } => {
-                let ext = ext
-                    .as_ref()
-                    .map(|m| serde_json::to_string(m).expect("a string map serializes"));
+                let ext = ext.as_ref().map(ext_json);
                 conn.prepare_cached(
                     "UPDATE users SET nick_name = COALESCE(?3, nick_name),
                                       portrait = COALESCE(?4, portrait),

@@ -12,7 +12,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use crate::store::plan::{self, Batch, Change, Plan, Snapshot, UserState};
-use crate::store::{StoreError, UserRegistration, WriteJob, now_ms};
+use crate::store::{StoreError, UserRegistration, WriteJob, ext_json, now_ms};
 
 /// A lock key per (app, user), taken in one global order (sorted keys), so batches on any
 /// node never deadlock; collisions only serialize two unrelated users. Then the apps'
@@ -181,10 +181,7 @@ impl Pending {
             pu.push(u);
             nick.push(p.nick_name);
             portrait.push(p.portrait);
-            ext.push(
-                p.ext
-                    .map(|m| serde_json::to_string(&m).expect("a string map serializes")),
-            );
+            ext.push(p.ext.as_ref().map(ext_json));
             robot.push(p.is_robot);
         }
         let (mut ua, mut uu, mut ui, mut uk, mut uv) = (vec![], vec![], vec![], vec![], vec![]);
