@@ -13,6 +13,7 @@ pub mod api;
 pub mod audience;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod broadcast;
 pub mod call;
 pub mod config;
 pub mod devservers;

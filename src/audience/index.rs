@@ -273,6 +273,26 @@ impl AudienceIndex {
         self.built.load(Ordering::Acquire)
     }
 
+    /// Every ordinal `f` selects now (a broadcast's frozen audience).
+    pub fn select(&self, app: u32, inbox: u32, f: &Filter) -> RoaringBitmap {
+        match self.app(app) {
+            None => RoaringBitmap::new(),
+            Some(a) => filter::evaluate(f, &a.read().expect("index lock").view(inbox)),
+        }
+    }
+
+    /// The user ids of `ordinals`, skipping those no longer registered.
+    pub fn user_ids(&self, app: u32, ordinals: &[u32]) -> Vec<i64> {
+        let Some(a) = self.app(app) else {
+            return Vec::new();
+        };
+        let a = a.read().expect("index lock");
+        ordinals
+            .iter()
+            .filter_map(|&o| a.users.get(o as usize).copied().filter(|&u| u != 0))
+            .collect()
+    }
+
     pub fn count(&self, app: u32, inbox: u32, f: &Filter) -> u64 {
         match self.app(app) {
             None => 0,

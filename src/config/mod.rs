@@ -5,8 +5,10 @@
 //! write the files they hand to `tagcast serve` from the same types the server reads.
 
 mod secrets;
+mod webhooks;
 
 pub use secrets::{resolve_accounts, weak_secret_reason};
+pub use webhooks::{DeliveryConfig, Webhook, WebhookConfig, resolve_webhooks};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -30,6 +32,9 @@ pub struct Config {
     pub http: HttpLimits,
     pub store: StoreConfig,
     pub accounts: Vec<AccountConfig>,
+    /// Where broadcasts are POSTed (API.md §7, webhook delivery).
+    pub webhooks: Vec<WebhookConfig>,
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for Config {
@@ -44,6 +49,8 @@ impl Default for Config {
             http: HttpLimits::default(),
             store: StoreConfig::default(),
             accounts: Vec::new(),
+            webhooks: Vec::new(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -74,6 +81,8 @@ pub struct Limits {
     /// PEM CA certificates that verify a `rediss://` Redis instead of the system's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_ca_file: Option<PathBuf>,
+    /// UserBroadcasts per app per UTC day, held across every node (vendor: 20).
+    pub broadcasts_per_day: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -95,6 +104,7 @@ impl Default for Limits {
             redis_timeout_ms: 250,
             redis_key_prefix: "tagcast".into(),
             redis_ca_file: None,
+            broadcasts_per_day: 20,
         }
     }
 }
@@ -107,6 +117,7 @@ impl std::fmt::Debug for Limits {
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("on_redis_error", &self.on_redis_error)
             .field("redis_ca_file", &self.redis_ca_file)
+            .field("broadcasts_per_day", &self.broadcasts_per_day)
             .finish()
     }
 }
@@ -386,6 +397,13 @@ impl Config {
                 );
             }
             crate::tls::read_ca_file("limits.redis_ca_file", path)?;
+        }
+        if self.limits.broadcasts_per_day == 0 {
+            return Err("limits.broadcasts_per_day must be at least 1".into());
+        }
+        self.delivery.validate()?;
+        for w in &self.webhooks {
+            w.validate()?;
         }
         validate_accounts(&self.accounts)
     }

@@ -20,6 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::audience::Page;
+use crate::broadcast::{
+    Claimed, Delivery, Info, Loaded, NewBroadcast, Outlet, OutboxStats, PageDone, PageKey,
+    Purged, Sent,
+};
 use crate::audience::filter::Filter;
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
@@ -155,6 +159,72 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Page, StoreError>;
+
+    /// UserBroadcast: freezes the audience `filter` selects now (counting every write
+    /// acknowledged before the call, on any node), and stores the broadcast with it, the
+    /// day's count (refused over `per_day`) and one outbox page per `page_size` ids per
+    /// outlet, in one transaction, durable before it returns.
+    async fn send_broadcast(
+        &self,
+        broadcast: NewBroadcast,
+        filter: &Filter,
+        per_day: u32,
+        outlets: Vec<Outlet>,
+    ) -> Result<Sent, StoreError>;
+
+    /// Marks the broadcast recalled and drops its pending pages; whether it exists.
+    async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError>;
+
+    /// The broadcast (not yet purged) with its delivery counts.
+    async fn get_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+    ) -> Result<Option<(Info, Delivery)>, StoreError>;
+
+    /// The app's broadcasts not yet purged with ids below `before`, newest first.
+    async fn list_broadcasts(
+        &self,
+        app_id: u32,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(Info, Delivery)>, StoreError>;
+
+    /// For a recipient's pull: the user's ordinal (`None`: not registered) and the ids of
+    /// the app's broadcasts in `inbox` that are neither recalled nor expired at `now_ms`,
+    /// newest first.
+    async fn active_broadcasts(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_id: i64,
+        now_ms: i64,
+    ) -> Result<(Option<u32>, Vec<i64>), StoreError>;
+
+    /// A broadcast with its audience (for the cache), purged or unknown: `None`.
+    async fn load_broadcast(&self, id: i64) -> Result<Option<Loaded>, StoreError>;
+
+    /// Claims up to `limit` pending pages due at `now_ms` that no live lease holds, for
+    /// `lease_ms`; counts the attempt.
+    async fn claim_pages(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Records how attempts ended (a page recalled meanwhile stays dropped).
+    async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError>;
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Removes every broadcast expired at `now_ms` with its audience and pages, and quota
+    /// days before yesterday.
+    async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError>;
+
+    /// The user ids of `ordinals` of the app, skipping ordinals no longer registered (as of
+    /// every write acknowledged before the call, on any node).
+    async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError>;
 
     /// Waits, at most `limit`, for the audience index's build at start; whether it is built.
     async fn wait_built(&self, limit: Duration) -> bool;

@@ -11,6 +11,7 @@
 
 mod apply;
 pub mod backup;
+mod broadcast;
 pub mod check;
 mod health;
 pub mod lock;
@@ -30,6 +31,11 @@ use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
+use crate::broadcast::{
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey,
+    Purged, Sent,
+};
+use crate::store::now_ms;
 use crate::audience::{AudienceIndex, Page};
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
@@ -124,6 +130,9 @@ impl EmbeddedStore {
         }
         let migration = schema::migrate(&mut conn, schema::MIGRATIONS)?;
         migration.log("embedded store", schema::CURRENT_VERSION);
+        // Pages a killed process had claimed are nobody's now.
+        broadcast::release_leases(&conn)
+            .map_err(|e| format!("releasing webhook page leases in {}: {e}", path.display()))?;
         let mut readers = Vec::with_capacity(options.read_connections);
         for _ in 0..options.read_connections.max(1) {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -202,6 +211,29 @@ impl EmbeddedStore {
         let (reply, rx) = oneshot::channel();
         sender
             .send(Msg::Job(WriteJob { app_id, op, reply }))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Runs `f` on the writer thread, after the writes queued before it have committed.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &AudienceIndex) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let sender = self.writer.lock().expect("writer lock").clone();
+        let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let (reply, rx) = oneshot::channel();
+        let job = move |conn: &mut Connection, index: &AudienceIndex, health: &Health| {
+            let result = f(conn, index).map_err(|e| health.failed(e, true));
+            if result.is_ok() {
+                health.succeeded();
+            }
+            let _ = reply.send(result);
+        };
+        sender
+            .send(Msg::Run(Box::new(job)))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await
@@ -307,6 +339,87 @@ impl Store for EmbeddedStore {
     ) -> Result<Page, StoreError> {
         self.index_built().await?;
         Ok(self.index.list(app_id, inbox, filter, after, limit))
+    }
+
+    async fn send_broadcast(
+        &self,
+        b: NewBroadcast,
+        filter: &Filter,
+        per_day: u32,
+        outlets: Vec<Outlet>,
+    ) -> Result<Sent, StoreError> {
+        self.index_built().await?;
+        let filter = filter.clone();
+        self.run(move |conn, index| {
+            broadcast::send(conn, index, &b, &filter, per_day, &outlets, now_ms())
+        })
+        .await
+    }
+
+    async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
+        self.run(move |conn, _| broadcast::recall(conn, app_id, id))
+            .await
+    }
+
+    async fn get_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+    ) -> Result<Option<(Info, Delivery)>, StoreError> {
+        self.read(move |conn| broadcast::get(conn, app_id, id)).await
+    }
+
+    async fn list_broadcasts(
+        &self,
+        app_id: u32,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(Info, Delivery)>, StoreError> {
+        self.read(move |conn| broadcast::list(conn, app_id, before, limit))
+            .await
+    }
+
+    async fn active_broadcasts(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_id: i64,
+        now_ms: i64,
+    ) -> Result<(Option<u32>, Vec<i64>), StoreError> {
+        self.read(move |conn| broadcast::active(conn, app_id, inbox, user_id, now_ms))
+            .await
+    }
+
+    async fn load_broadcast(&self, id: i64) -> Result<Option<Loaded>, StoreError> {
+        self.read(move |conn| Ok(broadcast::load(conn, id)))
+            .await?
+    }
+
+    async fn claim_pages(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.run(move |conn, _| broadcast::claim(conn, now_ms, lease_ms, limit))
+            .await
+    }
+
+    async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError> {
+        self.run(move |conn, _| broadcast::finish(conn, &done)).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.read(broadcast::stats).await
+    }
+
+    async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
+        self.run(move |conn, _| broadcast::purge(conn, now_ms)).await
+    }
+
+    async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {
+        self.index_built().await?;
+        Ok(self.index.user_ids(app_id, ordinals))
     }
 
     async fn wait_built(&self, limit: Duration) -> bool {

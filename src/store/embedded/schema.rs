@@ -68,6 +68,48 @@ pub const MIGRATIONS: &[Migration] = &[
               DROP INDEX tags_audience;",
         usable_from: 3,
     },
+    // v4: broadcasts (API.md §7) with their frozen audience (a serialized roaring bitmap
+    // of ordinals), each app's count per UTC day (the quota), and the webhook outbox: one
+    // row per (broadcast, webhook URL, page), pending until delivered, failed or dropped.
+    // New tables only: older code serves the database unchanged.
+    Migration {
+        sql: "CREATE TABLE tagcast_broadcasts (
+                  id             INTEGER PRIMARY KEY AUTOINCREMENT,
+                  app_id         INTEGER NOT NULL,
+                  inbox_type     INTEGER NOT NULL,
+                  sender         INTEGER NOT NULL,
+                  msg_type       INTEGER NOT NULL,
+                  content        TEXT    NOT NULL,
+                  ext            TEXT    NOT NULL,
+                  selector       TEXT    NOT NULL,
+                  audience_count INTEGER NOT NULL,
+                  audience       BLOB    NOT NULL,
+                  create_time    INTEGER NOT NULL,
+                  expire_time    INTEGER NOT NULL,
+                  recalled       INTEGER NOT NULL DEFAULT 0
+              );
+              CREATE INDEX tagcast_broadcasts_app ON tagcast_broadcasts (app_id, id);
+              CREATE INDEX tagcast_broadcasts_expiry ON tagcast_broadcasts (expire_time);
+              CREATE TABLE tagcast_broadcast_days (
+                  app_id INTEGER NOT NULL,
+                  day    INTEGER NOT NULL,
+                  sent   INTEGER NOT NULL,
+                  PRIMARY KEY (app_id, day)
+              ) WITHOUT ROWID;
+              CREATE TABLE tagcast_outbox (
+                  broadcast_id INTEGER NOT NULL,
+                  url          TEXT    NOT NULL,
+                  page         INTEGER NOT NULL,
+                  state        INTEGER NOT NULL DEFAULT 0,
+                  attempts     INTEGER NOT NULL DEFAULT 0,
+                  next_at      INTEGER NOT NULL,
+                  lease_until  INTEGER NOT NULL DEFAULT 0,
+                  created      INTEGER NOT NULL,
+                  PRIMARY KEY (broadcast_id, url, page)
+              );
+              CREATE INDEX tagcast_outbox_due ON tagcast_outbox (next_at) WHERE state = 0;",
+        usable_from: 3,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -37,6 +37,9 @@ pub(super) enum Msg {
     /// After a failed write: try a 1 MiB durable write, to find out whether the store can
     /// write again (sent by the maintenance thread).
     Probe,
+    /// Work of its own on the writer's connection (broadcasts and their outbox), run after
+    /// the batch taken with it has committed; it answers its caller itself.
+    Run(Box<dyn FnOnce(&mut Connection, &AudienceIndex, &Health) + Send>),
 }
 
 /// Longest one checkpoint waits for readers to let go of the log.
@@ -113,14 +116,16 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         let mut probe = false;
-        let mut take = |msg, batch: &mut Vec<WriteJob>| match msg {
+        let mut runs = Vec::new();
+        let mut take = |msg, batch: &mut Vec<WriteJob>, runs: &mut Vec<_>| match msg {
             Msg::Job(job) => batch.push(job),
             Msg::Probe => probe = true,
+            Msg::Run(f) => runs.push(f),
         };
-        take(first, &mut batch);
-        while batch.len() < max_batch {
+        take(first, &mut batch, &mut runs);
+        while batch.len() + runs.len() < max_batch {
             match rx.try_recv() {
-                Ok(msg) => take(msg, &mut batch),
+                Ok(msg) => take(msg, &mut batch, &mut runs),
                 Err(_) => break,
             }
         }
@@ -132,8 +137,11 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
                 // The requester may have gone away (client disconnected); the write stands.
                 let _ = job.reply.send(result);
             }
-        } else if probe {
+        } else if probe && runs.is_empty() {
             w.probe();
+        }
+        for run in runs {
+            run(&mut w.conn, &w.index, &w.health);
         }
         w.bound_wal();
     }

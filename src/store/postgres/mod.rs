@@ -25,6 +25,7 @@
 //! URL) and its real cause; TLS and `sslmode` are in `connect.rs`.
 
 mod batch;
+mod broadcast;
 pub mod check;
 pub mod connect;
 mod follow;
@@ -44,6 +45,10 @@ use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
+use crate::broadcast::{
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey,
+    Purged, Sent,
+};
 use crate::audience::{AudienceIndex, Page};
 use crate::metrics::Metrics;
 
@@ -424,6 +429,79 @@ impl Store for PostgresStore {
             .follower
             .index
             .list(app_id, inbox, filter, after, limit))
+    }
+
+    async fn send_broadcast(
+        &self,
+        b: NewBroadcast,
+        filter: &Filter,
+        per_day: u32,
+        outlets: Vec<Outlet>,
+    ) -> Result<Sent, StoreError> {
+        self.shared.send_broadcast(b, filter, per_day, outlets).await
+    }
+
+    async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
+        self.shared.recall_broadcast(app_id, id).await
+    }
+
+    async fn get_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+    ) -> Result<Option<(Info, Delivery)>, StoreError> {
+        self.shared.get_broadcast(app_id, id).await
+    }
+
+    async fn list_broadcasts(
+        &self,
+        app_id: u32,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(Info, Delivery)>, StoreError> {
+        self.shared.list_broadcasts(app_id, before, limit).await
+    }
+
+    async fn active_broadcasts(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_id: i64,
+        now_ms: i64,
+    ) -> Result<(Option<u32>, Vec<i64>), StoreError> {
+        self.shared
+            .active_broadcasts(app_id, inbox, user_id, now_ms)
+            .await
+    }
+
+    async fn load_broadcast(&self, id: i64) -> Result<Option<Loaded>, StoreError> {
+        self.shared.load_broadcast(id).await
+    }
+
+    async fn claim_pages(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.shared.claim_pages(now_ms, lease_ms, limit).await
+    }
+
+    async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError> {
+        self.shared.finish_pages(done).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.shared.outbox_stats().await
+    }
+
+    async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
+        self.shared.purge_expired(now_ms).await
+    }
+
+    async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {
+        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        Ok(self.shared.follower.index.user_ids(app_id, ordinals))
     }
 
     async fn wait_built(&self, limit: Duration) -> bool {

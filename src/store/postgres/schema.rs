@@ -73,6 +73,49 @@ pub const MIGRATIONS: &[Migration] = &[
               DROP INDEX tags_audience;",
         usable_from: 2,
     },
+    // v3: broadcasts (API.md §7) with their frozen audience (a serialized roaring bitmap
+    // of ordinals), each app's count per UTC day (the quota, one row per app and day:
+    // its row lock orders concurrent sends on every node), and the webhook outbox, one row
+    // per (broadcast, webhook URL, page), which nodes claim with FOR UPDATE SKIP LOCKED
+    // under a lease. New tables only: a node of the previous release keeps working.
+    Migration {
+        sql: "CREATE TABLE tagcast_broadcasts (
+                  id             bigserial PRIMARY KEY,
+                  app_id         integer NOT NULL,
+                  inbox_type     integer NOT NULL,
+                  sender         bigint  NOT NULL,
+                  msg_type       bigint  NOT NULL,
+                  content        text    NOT NULL,
+                  ext            text    NOT NULL,
+                  selector       text    NOT NULL,
+                  audience_count bigint  NOT NULL,
+                  audience       bytea   NOT NULL,
+                  create_time    bigint  NOT NULL,
+                  expire_time    bigint  NOT NULL,
+                  recalled       boolean NOT NULL DEFAULT false
+              );
+              CREATE INDEX tagcast_broadcasts_app ON tagcast_broadcasts (app_id, id);
+              CREATE INDEX tagcast_broadcasts_expiry ON tagcast_broadcasts (expire_time);
+              CREATE TABLE tagcast_broadcast_days (
+                  app_id integer NOT NULL,
+                  day    bigint  NOT NULL,
+                  sent   integer NOT NULL,
+                  PRIMARY KEY (app_id, day)
+              );
+              CREATE TABLE tagcast_outbox (
+                  broadcast_id bigint  NOT NULL,
+                  url          text    NOT NULL,
+                  page         integer NOT NULL,
+                  state        smallint NOT NULL DEFAULT 0,
+                  attempts     integer NOT NULL DEFAULT 0,
+                  next_at      bigint  NOT NULL,
+                  lease_until  bigint  NOT NULL DEFAULT 0,
+                  created      bigint  NOT NULL,
+                  PRIMARY KEY (broadcast_id, url, page)
+              );
+              CREATE INDEX tagcast_outbox_due ON tagcast_outbox (next_at) WHERE state = 0;",
+        usable_from: 2,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

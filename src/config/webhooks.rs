@@ -1,0 +1,214 @@
+//! `[[webhooks]]` (where broadcasts are POSTed) and `[delivery]` (how hard tagcast tries).
+//! A webhook's secret comes from the file, an environment variable or a file of its own,
+//! like an access key's; it is never printed, logged or serialized.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Most user ids in one webhook POST.
+pub const MAX_PAGE_SIZE: usize = 100_000;
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// The HMAC key of `X-Tagcast-Signature`.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// The name of an environment variable holding the secret instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// A file holding only the secret instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// The apps whose broadcasts go here; absent: every app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<i64>>,
+    /// User ids per POST (1..=100000).
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+}
+
+fn default_page_size() -> usize {
+    10_000
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field("apps", &self.apps)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let at = |what: String| format!("webhooks ({}): {what}", self.url);
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("webhooks: url {:?} is not a URL: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(at("the url must be http:// or https:// with a host".into()));
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
+            return Err(at(format!(
+                "page_size is {}; it must be 1..={MAX_PAGE_SIZE}",
+                self.page_size
+            )));
+        }
+        let sources = [
+            self.secret.is_some(),
+            self.secret_env.is_some(),
+            self.secret_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(at(
+                "give its secret as exactly one of secret, secret_env (an environment variable's name) or secret_file"
+                    .into(),
+            ));
+        }
+        for app in self.apps.iter().flatten() {
+            if !(1..=i64::from(i32::MAX)).contains(app) {
+                return Err(at(format!("AppId {app} is outside 1..=2147483647")));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_secret(&self) -> Result<String, String> {
+        let at = |what: String| format!("webhooks ({}): {what}", self.url);
+        let secret = if let Some(s) = &self.secret {
+            s.clone()
+        } else if let Some(var) = &self.secret_env {
+            std::env::var(var).map_err(|_| at(format!("secret_env = {var:?} is not set")))?
+        } else if let Some(path) = &self.secret_file {
+            std::fs::read_to_string(path)
+                .map_err(|e| at(format!("cannot read secret_file {}: {e}", path.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned()
+        } else {
+            return Err(at("no secret".into()));
+        };
+        if secret.len() < 16 {
+            return Err(at(format!(
+                "the secret is {} bytes; use at least 16 random bytes",
+                secret.len()
+            )));
+        }
+        if let Some(why) = super::weak_secret_reason(&secret) {
+            return Err(at(format!("the secret is refused: {why}")));
+        }
+        Ok(secret)
+    }
+}
+
+/// A webhook ready to use: its secret read.
+#[derive(Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: Arc<zeroize::Zeroizing<Vec<u8>>>,
+    pub apps: Option<Vec<u32>>,
+    pub page_size: usize,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("page_size", &self.page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    pub fn serves(&self, app: u32) -> bool {
+        self.apps.as_ref().is_none_or(|a| a.contains(&app))
+    }
+}
+
+/// Reads every webhook's secret; refuses missing and weak ones, and a URL configured twice
+/// (pages are kept per URL).
+pub fn resolve_webhooks(webhooks: &[WebhookConfig]) -> Result<Vec<Webhook>, String> {
+    let mut out: Vec<Webhook> = Vec::with_capacity(webhooks.len());
+    for w in webhooks {
+        w.validate()?;
+        if out.iter().any(|o| o.url == w.url) {
+            return Err(format!("webhooks: url {} is configured twice", w.url));
+        }
+        out.push(Webhook {
+            url: w.url.clone(),
+            secret: Arc::new(zeroize::Zeroizing::new(w.read_secret()?.into_bytes())),
+            apps: w
+                .apps
+                .as_ref()
+                .map(|a| a.iter().map(|&x| x as u32).collect()),
+            page_size: w.page_size,
+        });
+    }
+    Ok(out)
+}
+
+/// How webhook pages are delivered and how often expired broadcasts are purged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Longest wait for a receiver's answer (API.md: 10 s).
+    pub timeout_ms: u64,
+    /// A page claimed by a node is its own for this long; then another node may take it
+    /// over (the first died). Longer than `timeout_ms`.
+    pub lease_ms: u64,
+    /// The first retry's delay; it doubles with each attempt, with jitter.
+    pub retry_base_ms: u64,
+    /// The longest delay between two attempts (API.md: 5 min).
+    pub retry_max_ms: u64,
+    /// Pages in flight at once per node.
+    pub concurrency: usize,
+    /// How often a node looks for due pages when nothing woke it.
+    pub poll_ms: u64,
+    /// How often expired broadcasts are purged.
+    pub sweep_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout_ms: 10_000,
+            lease_ms: 30_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            concurrency: 16,
+            poll_ms: 250,
+            sweep_ms: 1_000,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let d = self;
+        if [d.timeout_ms, d.retry_base_ms, d.retry_max_ms, d.poll_ms, d.sweep_ms].contains(&0)
+            || d.concurrency == 0
+        {
+            return Err("delivery.timeout_ms, retry_base_ms, retry_max_ms, poll_ms, sweep_ms and concurrency must be at least 1".into());
+        }
+        if d.lease_ms <= d.timeout_ms {
+            return Err(format!(
+                "delivery.lease_ms ({}) must be longer than delivery.timeout_ms ({}): a page still in flight must not be taken over",
+                d.lease_ms, d.timeout_ms
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
