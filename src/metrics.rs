@@ -32,6 +32,21 @@ pub struct Metrics {
     wal_bytes: Gauge,
     wal_restarts: Counter,
     store_writable: Gauge,
+    /// Webhook delivery (src/broadcast/delivery.rs).
+    pub delivery: DeliveryMetrics,
+}
+
+/// Webhook pages and the outbox.
+#[derive(Default)]
+pub struct DeliveryMetrics {
+    pub pages_delivered: Counter,
+    pub user_ids_delivered: Counter,
+    /// Attempts that did not get a 2xx (each is retried unless the broadcast expires).
+    pub attempts_failed: Counter,
+    pub pages_failed: Counter,
+    pub pages_pending: Gauge,
+    pub oldest_pending_seconds: Gauge,
+    pub broadcasts_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -100,7 +115,29 @@ impl Metrics {
             "1 while the store accepts writes; 0 after a write failed (disk full, I/O error, corruption) until one succeeds again",
             store_writable.clone(),
         );
+        let delivery = DeliveryMetrics::default();
+        let d = &delivery;
+        for (name, help, metric) in [
+            ("webhook_pages_delivered", "Webhook pages acknowledged with a 2xx", &d.pages_delivered),
+            ("webhook_user_ids_delivered", "User ids in webhook pages acknowledged with a 2xx", &d.user_ids_delivered),
+            ("webhook_attempts_failed", "Webhook POSTs answered with a non-2xx, timed out or not connected (retried until the broadcast expires)", &d.attempts_failed),
+            ("webhook_pages_failed", "Webhook pages given up: the broadcast expired before they were acknowledged", &d.pages_failed),
+            ("broadcasts_purged", "Expired broadcasts purged with their audiences and pages", &d.broadcasts_purged),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
+        registry.register(
+            "webhook_pages_pending",
+            "Webhook pages waiting for delivery, all nodes (as of the last sweep)",
+            d.pages_pending.clone(),
+        );
+        registry.register(
+            "webhook_oldest_pending_seconds",
+            "Age of the broadcast of the oldest pending webhook page, all nodes (0: none)",
+            d.oldest_pending_seconds.clone(),
+        );
         Metrics {
+            delivery,
             registry: Mutex::new(registry),
             requests,
             latency,

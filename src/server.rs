@@ -52,6 +52,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     config.validate()?;
     let listen = config.listen_addr()?;
     let configured = resolve_accounts(&config.accounts)?;
+    let webhooks = crate::config::resolve_webhooks(&config.webhooks)?;
     let bootstrap = configured.is_empty();
     if bootstrap && !listen.ip().is_loopback() {
         return Err(format!(
@@ -106,6 +107,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         tags: config.tags.clone(),
         http: config.http.clone(),
         request_ids: RequestIds::default(),
+        broadcasts: Arc::new(crate::broadcast::Service::new(
+            config.limits.broadcasts_per_day,
+            webhooks,
+            config.delivery.clone(),
+        )),
     });
     Ok(Prepared {
         listener,
@@ -124,6 +130,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let router = app(state.clone());
+    // Webhook delivery and the expiry sweeper, until the requests have drained.
+    let (stop_delivery, stopped) = tokio::sync::watch::channel(false);
+    let delivery = tokio::spawn(crate::broadcast::delivery::run(
+        state.store.clone(),
+        state.broadcasts.clone(),
+        state.metrics.clone(),
+        stopped,
+    ));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -163,6 +177,12 @@ pub async fn serve(
             grace_secs = grace.as_secs(),
             "in-flight requests did not finish in time; closing them"
         );
+    }
+    // Attempts in flight end within the webhook timeout; their outcomes are recorded.
+    let _ = stop_delivery.send(true);
+    let limit = state.broadcasts.delivery.timeout() + Duration::from_secs(5);
+    if tokio::time::timeout(limit, delivery).await.is_err() {
+        tracing::warn!("webhook delivery did not stop in time; unrecorded pages are sent again after their lease");
     }
     state.store.close().await;
 }

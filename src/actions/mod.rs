@@ -3,6 +3,7 @@
 
 pub mod audience;
 pub mod batch_get_user;
+pub mod broadcast;
 pub mod batch_update_user_tags;
 pub mod decode;
 pub mod register_users;
@@ -23,6 +24,7 @@ pub struct Ctx<'a> {
     pub tenancy: &'a Tenancy,
     pub account: AccountId,
     pub tags: &'a TagLimits,
+    pub broadcasts: &'a crate::broadcast::Service,
     /// Set by the handler once it knows the AppId, for the request log line.
     pub app_id: Option<u32>,
 }
@@ -48,6 +50,11 @@ pub async fn dispatch(
         Action::BatchGetUser => batch_get_user::handle(body, ctx).await,
         Action::CountAudience => audience::count(body, ctx).await,
         Action::ListAudience => audience::list(body, ctx).await,
+        Action::UserBroadcast => broadcast::send(body, ctx).await,
+        Action::ListUserBroadcasts => broadcast::pull(body, ctx).await,
+        Action::GetBroadcast => broadcast::get(body, ctx).await,
+        Action::ListBroadcasts => broadcast::list(body, ctx).await,
+        Action::RecallBroadcast => broadcast::recall(body, ctx).await,
     }
 }
 
@@ -60,6 +67,10 @@ pub fn parse_only(action: Action, body: &[u8], limits: &TagLimits) -> Result<(),
         Action::UnRegisterUsers => unregister_users::parse(body).map(drop),
         Action::BatchGetUser => batch_get_user::parse(body).map(drop),
         Action::CountAudience | Action::ListAudience => audience::parse(body, limits).map(drop),
+        Action::UserBroadcast => broadcast::parse_send(body, limits).map(drop),
+        Action::ListUserBroadcasts => broadcast::parse_pull(body).map(drop),
+        Action::GetBroadcast | Action::RecallBroadcast => broadcast::parse_one(body).map(drop),
+        Action::ListBroadcasts => broadcast::parse_list(body).map(drop),
     }
 }
 

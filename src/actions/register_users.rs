@@ -38,7 +38,7 @@ struct User {
     is_robot: Option<bool>,
 }
 
-fn check_profile(u: &UserRegistration) -> Result<(), String> {
+pub(super) fn check_profile(u: &UserRegistration) -> Result<(), String> {
     let too_long = |field: &str, len: usize, max: usize| {
         format!("{field} is {len} bytes; the limit is {max} bytes")
     };

@@ -14,16 +14,26 @@ pub enum Action {
     BatchGetUser,
     CountAudience,
     ListAudience,
+    UserBroadcast,
+    ListUserBroadcasts,
+    GetBroadcast,
+    ListBroadcasts,
+    RecallBroadcast,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 11] = [
         Action::BatchUpdateUserTags,
         Action::RegisterUsers,
         Action::UnRegisterUsers,
         Action::BatchGetUser,
         Action::CountAudience,
         Action::ListAudience,
+        Action::UserBroadcast,
+        Action::ListUserBroadcasts,
+        Action::GetBroadcast,
+        Action::ListBroadcasts,
+        Action::RecallBroadcast,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +44,11 @@ impl Action {
             Action::BatchGetUser => "BatchGetUser",
             Action::CountAudience => "CountAudience",
             Action::ListAudience => "ListAudience",
+            Action::UserBroadcast => "UserBroadcast",
+            Action::ListUserBroadcasts => "ListUserBroadcasts",
+            Action::GetBroadcast => "GetBroadcast",
+            Action::ListBroadcasts => "ListBroadcasts",
+            Action::RecallBroadcast => "RecallBroadcast",
         }
     }
 
@@ -49,7 +64,12 @@ impl Action {
     pub fn is_read(self) -> bool {
         matches!(
             self,
-            Action::BatchGetUser | Action::CountAudience | Action::ListAudience
+            Action::BatchGetUser
+                | Action::CountAudience
+                | Action::ListAudience
+                | Action::ListUserBroadcasts
+                | Action::GetBroadcast
+                | Action::ListBroadcasts
         )
     }
 

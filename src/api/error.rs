@@ -20,6 +20,7 @@ pub enum ErrorCode {
     SignatureDoesNotMatch,
     AccessDenied,
     AppNotFound,
+    BroadcastNotFound,
     FlowLimitExceeded,
     JsonParsingError,
     InvalidParam,
@@ -60,6 +61,7 @@ impl ErrorCode {
             InvalidParam => (StatusCode::BAD_REQUEST, "InvalidParam", 200002),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidParam", 200002),
             AppNotFound => (StatusCode::NOT_FOUND, "AppNotFound", 200003),
+            BroadcastNotFound => (StatusCode::NOT_FOUND, "BroadcastNotFound", 200005),
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout", 200004),
         }
     }
@@ -182,6 +184,8 @@ mod tests {
                 100019,
             ),
             (ErrorCode::InternalError, 500, "InternalError", 100014),
+            // §7.
+            (ErrorCode::BroadcastNotFound, 404, "BroadcastNotFound", 200005),
         ];
         for (code, status, name, n) in rows {
             let (s, c, cn) = code.wire();

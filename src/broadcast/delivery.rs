@@ -1,1 +1,354 @@
-//! Webhook delivery (filled in below).
+//! Webhook delivery and the expiry sweeper, one of each per node.
+//!
+//! The delivery loop claims due pages from the outbox (under a lease, so with several
+//! nodes one node at a time sends a page), POSTs each with the signature headers, and
+//! records the outcome in batches: a 2xx delivers the page; anything else, a timeout or a
+//! connection error schedules a retry after `retry_base_ms` doubling per attempt (at most
+//! `retry_max_ms`), with full jitter over the upper half; a retry that would come after
+//! the broadcast's expiry fails the page instead. Nothing is acknowledged before it is in
+//! the store, so a restart or kill -9 resumes every pending page (at least once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::{Claimed, Loaded, PageDone, PageKey, Service, page_ordinals, pages};
+use crate::config::Webhook;
+use crate::metrics::Metrics;
+use crate::store::{Store, now_ms};
+use crate::throttle::LogThrottle;
+
+/// The body of one page (API.md §7).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PageBody<'a> {
+    event: &'static str,
+    delivery_id: String,
+    broadcast_id: String,
+    app_id: u32,
+    inbox_type: u32,
+    sender: i64,
+    msg_type: i64,
+    content: &'a str,
+    ext: &'a std::collections::BTreeMap<String, String>,
+    create_time: i64,
+    expire_time: i64,
+    page: u32,
+    pages: u32,
+    user_ids: Vec<i64>,
+}
+
+/// `v1=` + hex HMAC-SHA256(secret, timestamp + "." + body).
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The delay before attempt `attempts + 1`: `base` doubling per attempt up to `max`, a
+/// uniformly random point of its upper half (so nodes retrying together spread out).
+pub fn backoff_ms(attempts: u32, base: u64, max: u64) -> u64 {
+    let exp = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(32));
+    let delay = exp.min(max).max(1);
+    delay / 2 + rand::random_range(0..=delay - delay / 2)
+}
+
+/// Runs the delivery loop, the finisher and the sweeper until `stop` turns true.
+pub async fn run(
+    store: Arc<dyn Store>,
+    service: Arc<Service>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) {
+    let sweeper = tokio::spawn(sweep(
+        store.clone(),
+        service.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    if !service.webhooks.is_empty() {
+        deliver(store, service, metrics, stop).await;
+    }
+    let _ = sweeper.await;
+}
+
+async fn deliver(
+    store: Arc<dyn Store>,
+    service: Arc<Service>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let cfg = service.delivery.clone();
+    let http = reqwest::Client::builder()
+        .timeout(cfg.timeout())
+        .pool_max_idle_per_host(cfg.concurrency)
+        .build()
+        .expect("a plain HTTP client builds");
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let finisher = tokio::spawn(finish(store.clone(), done_rx));
+    let warn = LogThrottle::new(Duration::from_secs(30));
+    let poll = Duration::from_millis(cfg.poll_ms);
+    while !*stop.borrow() {
+        let free = permits.available_permits();
+        if free == 0 {
+            // Wait for one attempt to end.
+            tokio::select! {
+                p = permits.clone().acquire_owned() => drop(p),
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let claimed = match store
+            .claim_pages(now_ms(), cfg.lease_ms as i64, free)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(repeated) = warn.admit() {
+                    tracing::warn!(error = %e, repeated, "claiming webhook pages failed; retrying");
+                }
+                Vec::new()
+            }
+        };
+        let idle = claimed.len() < free;
+        for c in claimed {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let (store, service, metrics, http, done) = (
+                store.clone(),
+                service.clone(),
+                metrics.clone(),
+                http.clone(),
+                done_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let key = c.key.clone();
+                let outcome = attempt(&*store, &service, &metrics, &http, c).await;
+                let _ = done.send((key, outcome));
+                drop(permit);
+            });
+        }
+        if idle {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = service.wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    // Attempts in flight finish (each bounded by the timeout) and are recorded; a page
+    // whose outcome is not recorded is sent again after its lease.
+    let _ = permits.acquire_many(cfg.concurrency as u32).await;
+    drop(done_tx);
+    let _ = finisher.await;
+}
+
+/// Records outcomes in batches; keeps a batch and retries while the store refuses.
+async fn finish(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<(PageKey, PageDone)>) {
+    let warn = LogThrottle::new(Duration::from_secs(30));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match store.finish_pages(batch.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if let Some(repeated) = warn.admit() {
+                        tracing::warn!(error = %e, repeated, pages = batch.len(), "recording webhook outcomes failed; retrying (unrecorded pages are sent again after their lease)");
+                    }
+                    if rx.is_closed() && store.ready().await.is_err() {
+                        // Stopping with the store gone: the leases hand these pages on.
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// One attempt at one page.
+async fn attempt(
+    store: &dyn Store,
+    service: &Service,
+    metrics: &Metrics,
+    http: &reqwest::Client,
+    c: Claimed,
+) -> PageDone {
+    let cfg = &service.delivery;
+    let retry = |expire_time: i64| {
+        let at = now_ms() + backoff_ms(c.attempts, cfg.retry_base_ms, cfg.retry_max_ms) as i64;
+        if at >= expire_time {
+            metrics.delivery.pages_failed.inc();
+            PageDone::Failed
+        } else {
+            PageDone::Retry { at_ms: at }
+        }
+    };
+    let Some(webhook) = service.webhooks.iter().find(|w| w.url == c.key.url) else {
+        tracing::warn!(url = %c.key.url, broadcast = c.key.broadcast_id, page = c.key.page, "a pending page's webhook is no longer configured; the page fails");
+        metrics.delivery.pages_failed.inc();
+        return PageDone::Failed;
+    };
+    let loaded = match service.loaded(store, c.key.broadcast_id).await {
+        Ok(Some(l)) => l,
+        // Purged meanwhile (its pages go with it).
+        Ok(None) => return PageDone::Failed,
+        Err(e) => {
+            tracing::warn!(error = %e, broadcast = c.key.broadcast_id, "reading a broadcast for delivery failed; retrying");
+            return PageDone::Retry {
+                at_ms: now_ms() + cfg.retry_base_ms as i64,
+            };
+        }
+    };
+    let expire_time = loaded.info.expire_time;
+    if now_ms() >= expire_time {
+        metrics.delivery.pages_failed.inc();
+        return PageDone::Failed;
+    }
+    let body = match page_body(store, webhook, &loaded, c.key.page).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, broadcast = c.key.broadcast_id, "building a webhook page failed; retrying");
+            return retry(expire_time);
+        }
+    };
+    let ids = body.1;
+    let body = body.0;
+    let timestamp = (now_ms() / 1000) as u64;
+    let delivery_id = format!("{}-{}", c.key.broadcast_id, c.key.page);
+    let sent = http
+        .post(&webhook.url)
+        .header("Content-Type", "application/json")
+        .header("X-Tagcast-Delivery", &delivery_id)
+        .header("X-Tagcast-Timestamp", timestamp.to_string())
+        .header(
+            "X-Tagcast-Signature",
+            signature(&webhook.secret, timestamp, &body),
+        )
+        .body(body)
+        .send()
+        .await;
+    let why = match sent {
+        Ok(r) if r.status().is_success() => {
+            metrics.delivery.pages_delivered.inc();
+            metrics.delivery.user_ids_delivered.inc_by(ids);
+            return PageDone::Delivered;
+        }
+        Ok(r) => format!("HTTP {}", r.status().as_u16()),
+        Err(e) if e.is_timeout() => format!("no answer within {} ms", cfg.timeout_ms),
+        Err(e) if e.is_connect() => "connection failed".to_owned(),
+        Err(e) => format!("request failed: {e}"),
+    };
+    metrics.delivery.attempts_failed.inc();
+    tracing::debug!(delivery = %delivery_id, url = %webhook.url, attempt = c.attempts, cause = %why, "webhook attempt failed");
+    retry(expire_time)
+}
+
+/// The JSON of page `page` for `webhook`, and how many user ids it holds.
+async fn page_body(
+    store: &dyn Store,
+    webhook: &Webhook,
+    loaded: &Loaded,
+    page: u32,
+) -> Result<(Vec<u8>, u64), crate::store::StoreError> {
+    let i = &loaded.info;
+    let ordinals = page_ordinals(&loaded.audience, page, webhook.page_size);
+    let user_ids = store.user_ids(i.app_id, &ordinals).await?;
+    let n = user_ids.len() as u64;
+    let body = PageBody {
+        event: "UserBroadcast",
+        delivery_id: format!("{}-{page}", i.id),
+        broadcast_id: i.id.to_string(),
+        app_id: i.app_id,
+        inbox_type: i.inbox,
+        sender: i.sender,
+        msg_type: i.msg_type,
+        content: &i.content,
+        ext: &i.ext,
+        create_time: i.create_time,
+        expire_time: i.expire_time,
+        page,
+        pages: pages(i.audience_count, webhook.page_size),
+        user_ids,
+    };
+    Ok((serde_json::to_vec(&body).expect("a page serializes"), n))
+}
+
+/// Purges expired broadcasts and refreshes the outbox gauges every `sweep_ms`.
+async fn sweep(
+    store: Arc<dyn Store>,
+    service: Arc<Service>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(service.delivery.sweep_ms);
+    let warn = LogThrottle::new(Duration::from_secs(30));
+    while !*stop.borrow() {
+        let now = now_ms();
+        match store.purge_expired(now).await {
+            Ok(p) => {
+                if p.broadcasts > 0 {
+                    metrics.delivery.broadcasts_purged.inc_by(p.broadcasts);
+                    metrics.delivery.pages_failed.inc_by(p.pending_pages);
+                    tracing::info!(
+                        broadcasts = p.broadcasts,
+                        pending_pages = p.pending_pages,
+                        "purged expired broadcasts"
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(repeated) = warn.admit() {
+                    tracing::warn!(error = %e, repeated, "purging expired broadcasts failed; retrying");
+                }
+            }
+        }
+        service.cache.evict_expired(now);
+        if let Ok(s) = store.outbox_stats().await {
+            metrics.delivery.pages_pending.set(s.pending as i64);
+            let age = s.oldest_pending_ms.map_or(0, |t| (now - t).max(0) / 1000);
+            metrics.delivery.oldest_pending_seconds.set(age);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_its_upper_half_and_stops_at_the_maximum() {
+        for attempts in 1..40 {
+            let exp = 1000u64.saturating_mul(1 << (attempts - 1).min(32)).min(300_000);
+            let d = backoff_ms(attempts, 1000, 300_000);
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempts}: {d} vs {exp}");
+        }
+    }
+
+    #[test]
+    fn the_signature_is_hmac_of_timestamp_dot_body() {
+        // Python: hmac.new(b"k"*16, b"1700000000.{}", hashlib.sha256).hexdigest()
+        let s = signature(&[b'k'; 16], 1_700_000_000, b"{}");
+        assert!(s.starts_with("v1=") && s.len() == 3 + 64);
+        assert_ne!(s, signature(&[b'k'; 16], 1_700_000_001, b"{}"));
+    }
+}

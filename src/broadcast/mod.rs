@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
-use crate::store::StoreError;
+use crate::config::{DeliveryConfig, Webhook};
+use crate::store::{Store, StoreError};
 
 /// Most broadcasts per app per UTC day unless configured (vendor: 20).
 pub const DEFAULT_PER_DAY: u32 = 20;
@@ -206,6 +207,49 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What the broadcast Actions and the delivery tasks of one node share.
+pub struct Service {
+    pub cache: Cache,
+    /// `limits.broadcasts_per_day`.
+    pub per_day: u32,
+    pub webhooks: Vec<Webhook>,
+    pub delivery: DeliveryConfig,
+    /// Wakes this node's delivery loop (a broadcast was just sent here).
+    pub wake: tokio::sync::Notify,
+}
+
+impl Service {
+    pub fn new(per_day: u32, webhooks: Vec<Webhook>, delivery: DeliveryConfig) -> Self {
+        Service {
+            cache: Cache::default(),
+            per_day,
+            webhooks,
+            delivery,
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The webhooks that get the app's broadcasts, with their page sizes.
+    pub fn outlets(&self, app_id: u32) -> Vec<Outlet> {
+        self.webhooks
+            .iter()
+            .filter(|w| w.serves(app_id))
+            .map(|w| Outlet {
+                url: w.url.clone(),
+                page_size: w.page_size,
+            })
+            .collect()
+    }
+
+    /// The broadcast with its audience, from the cache or else the store (then cached).
+    pub async fn loaded(&self, store: &dyn Store, id: i64) -> Result<Option<Arc<Loaded>>, StoreError> {
+        if let Some(l) = self.cache.get(id) {
+            return Ok(Some(l));
+        }
+        Ok(store.load_broadcast(id).await?.map(|l| self.cache.insert(l)))
     }
 }
 

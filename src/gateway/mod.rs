@@ -42,6 +42,7 @@ pub struct AppState {
     pub tags: TagLimits,
     pub http: HttpLimits,
     pub request_ids: RequestIds,
+    pub broadcasts: Arc<crate::broadcast::Service>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -180,6 +181,7 @@ async fn handle(
         tenancy: &state.tenancy,
         account,
         tags: &state.tags,
+        broadcasts: &state.broadcasts,
         app_id: None,
     };
     let result = actions::dispatch(action, &body, &mut ctx).await;
