@@ -1,0 +1,213 @@
+//! A webhook receiver for the tests: loopback, port 0. It verifies every signature,
+//! records every request, and answers as the test's behaviour says (fail, or answer late).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+pub const SECRET: &str = "whsec-test-7f3a9c1e5b";
+
+/// What the receiver does with the n-th request (0-based) for a delivery id.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    Ok,
+    Fail,
+    /// Answer 200 after this long (longer than the server's timeout: a timeout).
+    Slow(Duration),
+}
+
+type Behaviour = dyn Fn(&str, usize) -> Answer + Send + Sync;
+
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub delivery_id: String,
+    pub broadcast_id: String,
+    pub page: u64,
+    pub pages: u64,
+    pub user_ids: Vec<i64>,
+    pub at: Instant,
+    /// Whether it was answered 2xx.
+    pub acked: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    arrivals: Vec<Arrival>,
+    bad_signatures: usize,
+    seen: HashMap<String, usize>,
+    in_flight: HashMap<String, usize>,
+    /// Requests for a delivery id that arrived while another for it was in flight.
+    overlapping: usize,
+}
+
+pub struct Receiver {
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    behaviour: Arc<Behaviour>,
+}
+
+fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
+    use hmac::{KeyInit, Mac};
+    let (Some(ts), Some(sig)) = (
+        headers.get("x-tagcast-timestamp"),
+        headers.get("x-tagcast-signature"),
+    ) else {
+        return false;
+    };
+    let ts = ts.to_str().unwrap_or("");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if ts.parse::<u64>().map_or(true, |t| t.abs_diff(now) > 300) {
+        return false;
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let want = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+    sig.to_str().is_ok_and(|s| s == want)
+}
+
+async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if !verify(&headers, &body) {
+        s.inner.lock().unwrap().bad_signatures += 1;
+        return StatusCode::UNAUTHORIZED;
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let delivery_id = v["DeliveryId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        headers.get("x-tagcast-delivery").unwrap().to_str().unwrap(),
+        delivery_id
+    );
+    let n = {
+        let mut i = s.inner.lock().unwrap();
+        let n = *i.seen.entry(delivery_id.clone()).and_modify(|n| *n += 1).or_insert(1) - 1;
+        let f = i.in_flight.entry(delivery_id.clone()).or_default();
+        *f += 1;
+        if *f > 1 {
+            i.overlapping += 1;
+        }
+        n
+    };
+    let answer = (s.behaviour)(&delivery_id, n);
+    if let Answer::Slow(d) = answer {
+        tokio::time::sleep(d).await;
+    }
+    let acked = !matches!(answer, Answer::Fail);
+    let mut i = s.inner.lock().unwrap();
+    *i.in_flight.get_mut(&delivery_id).unwrap() -= 1;
+    i.arrivals.push(Arrival {
+        delivery_id,
+        broadcast_id: v["BroadcastId"].as_str().unwrap().to_owned(),
+        page: v["Page"].as_u64().unwrap(),
+        pages: v["Pages"].as_u64().unwrap(),
+        user_ids: v["UserIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_i64().unwrap())
+            .collect(),
+        at: Instant::now(),
+        acked,
+    });
+    if acked {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+impl Receiver {
+    pub async fn start(behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Self {
+        let inner: Arc<Mutex<Inner>> = Arc::default();
+        let shared = Shared {
+            inner: inner.clone(),
+            behaviour: Arc::new(behaviour),
+        };
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(handle))
+            .with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            inner,
+            _task: task,
+        }
+    }
+
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.inner.lock().unwrap().arrivals.clone()
+    }
+
+    pub fn bad_signatures(&self) -> usize {
+        self.inner.lock().unwrap().bad_signatures
+    }
+
+    pub fn overlapping(&self) -> usize {
+        self.inner.lock().unwrap().overlapping
+    }
+
+    /// The acknowledged delivery ids of a broadcast.
+    pub fn acked_pages(&self, broadcast_id: &str) -> BTreeSet<String> {
+        self.arrivals()
+            .into_iter()
+            .filter(|a| a.acked && a.broadcast_id == broadcast_id)
+            .map(|a| a.delivery_id)
+            .collect()
+    }
+
+    /// Waits (at most `limit`) until every page of the broadcast has been acknowledged;
+    /// the union of the user ids of its acknowledged pages.
+    pub async fn wait_complete(&self, broadcast_id: &str, pages: u64, limit: Duration) -> BTreeSet<i64> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let acked = self.acked_pages(broadcast_id);
+            if acked.len() as u64 >= pages {
+                return self
+                    .arrivals()
+                    .into_iter()
+                    .filter(|a| a.acked && a.broadcast_id == broadcast_id)
+                    .flat_map(|a| a.user_ids)
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broadcast {broadcast_id}: {} of {pages} pages acknowledged after {limit:?}",
+                acked.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The `[[webhooks]]` entry for `url`, its secret in a file under `dir` (a config written
+/// to a file for a child process never holds a webhook secret inline).
+pub fn webhook(dir: &std::path::Path, url: &str, page_size: usize) -> tagcast::config::WebhookConfig {
+    let path = dir.join("webhook.secret");
+    std::fs::write(&path, SECRET).unwrap();
+    tagcast::config::WebhookConfig {
+        url: url.to_owned(),
+        secret: None,
+        secret_env: None,
+        secret_file: Some(path),
+        apps: None,
+        page_size,
+    }
+}
