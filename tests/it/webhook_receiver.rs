@@ -102,13 +102,24 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
         }
         n
     };
+    // Out of flight however the request ends: a sender that disconnects (killed, or timed
+    // out) drops this handler mid-way.
+    struct InFlight(Arc<Mutex<Inner>>, String);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Ok(mut i) = self.0.lock() {
+                *i.in_flight.get_mut(&self.1).unwrap() -= 1;
+            }
+        }
+    }
+    let guard = InFlight(s.inner.clone(), delivery_id.clone());
     let answer = (s.behaviour)(&delivery_id, n);
     if let Answer::Slow(d) = answer {
         tokio::time::sleep(d).await;
     }
+    drop(guard);
     let acked = !matches!(answer, Answer::Fail);
     let mut i = s.inner.lock().unwrap();
-    *i.in_flight.get_mut(&delivery_id).unwrap() -= 1;
     i.arrivals.push(Arrival {
         delivery_id,
         broadcast_id: v["BroadcastId"].as_str().unwrap().to_owned(),
