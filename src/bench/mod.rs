@@ -4,6 +4,7 @@
 
 pub mod audience;
 pub mod baseline;
+pub mod broadcast;
 pub mod chart;
 pub mod load;
 pub mod server;
@@ -479,7 +480,7 @@ async fn bench_backend(
     f.set(&format!("data_mb_{label}"), size_mb);
     f.set(&format!("start_to_listen_ms_{label}"), start_ms);
     if let Some(data) = data {
-        audience_phase(name, work, fresh, &account, data, &mut f).await?;
+        audience_phase(name, work, fresh, &account, data, options, &mut f).await?;
     }
     Ok(f)
 }
@@ -513,6 +514,7 @@ async fn audience_phase(
     fresh: &dyn Fn(&str) -> Result<Backend, String>,
     account: &BenchAccount,
     data: &audience::DataSet,
+    options: &Options,
     f: &mut Figures,
 ) -> Result<(), String> {
     let n = data.users;
@@ -658,6 +660,7 @@ async fn audience_phase(
         f.set("pg_gin_q2_p99_ms", gin_p99);
         f.set("pg_best_q2_p99_ms", join_p99.min(gin_p99));
     }
+    broadcast::phase(name, work, &backend, account, data, options, f).await?;
     f.set("audience_users", n as f64);
     f.set("import_users_per_s", import_rate);
     f.set("index_build_ms", build_ms);

@@ -28,6 +28,16 @@ pub fn write_config(
     backend: &Backend,
     account: &BenchAccount,
 ) -> Result<PathBuf, String> {
+    write_config_with(dir, backend, account, |_| {})
+}
+
+/// [`write_config`], changed by `tweak` before it is written.
+pub fn write_config_with(
+    dir: &Path,
+    backend: &Backend,
+    account: &BenchAccount,
+    tweak: impl FnOnce(&mut Config),
+) -> Result<PathBuf, String> {
     let mut config = Config {
         listen: "127.0.0.1:0".into(),
         ..Config::default()
@@ -54,6 +64,7 @@ pub fn write_config(
             config.store.pool_size = 64;
         }
     }
+    tweak(&mut config);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join("tagcast-bench.toml");
     std::fs::write(&path, config.to_toml())
