@@ -27,7 +27,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
+    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
+    WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
 use crate::audience::{AudienceIndex, Page};
@@ -267,6 +268,14 @@ impl Store for EmbeddedStore {
         users: Vec<UserRegistration>,
     ) -> Result<Vec<Outcome>, StoreError> {
         self.write(app_id, WriteOp::Register(users)).await
+    }
+
+    async fn update_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserUpdate>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::UpdateUsers(users)).await
     }
 
     async fn unregister_users(

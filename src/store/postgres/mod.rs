@@ -41,7 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{
-    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
+    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
+    WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
 use crate::audience::{AudienceIndex, Page};
@@ -323,6 +324,14 @@ impl Store for PostgresStore {
         users: Vec<UserRegistration>,
     ) -> Result<Vec<Outcome>, StoreError> {
         self.submit(app_id, WriteOp::Register(users)).await
+    }
+
+    async fn update_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserUpdate>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.submit(app_id, WriteOp::UpdateUsers(users)).await
     }
 
     async fn unregister_users(
