@@ -12,16 +12,18 @@ pub enum Action {
     RegisterUsers,
     UnRegisterUsers,
     BatchGetUser,
+    BatchUpdateUser,
     CountAudience,
     ListAudience,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::BatchUpdateUserTags,
         Action::RegisterUsers,
         Action::UnRegisterUsers,
         Action::BatchGetUser,
+        Action::BatchUpdateUser,
         Action::CountAudience,
         Action::ListAudience,
     ];
@@ -32,6 +34,7 @@ impl Action {
             Action::RegisterUsers => "RegisterUsers",
             Action::UnRegisterUsers => "UnRegisterUsers",
             Action::BatchGetUser => "BatchGetUser",
+            Action::BatchUpdateUser => "BatchUpdateUser",
             Action::CountAudience => "CountAudience",
             Action::ListAudience => "ListAudience",
         }
