@@ -290,6 +290,7 @@ mod tests {
         );
         assert_eq!(closest_action("batchgetuser"), Some("BatchGetUser"));
         assert_eq!(closest_action("UnregisterUsers"), Some("UnRegisterUsers"));
+        assert_eq!(closest_action("BatchUpdateUsers"), Some("BatchUpdateUser"));
         assert_eq!(closest_action("RegisterUsers"), None);
         assert_eq!(closest_action("DeleteEverything"), None);
     }

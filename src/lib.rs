@@ -1,6 +1,6 @@
 //! tagcast: a self-hostable server for the Volcengine IM "broadcast user" OpenAPI
-//! (BatchUpdateUserTags, RegisterUsers, UnRegisterUsers, BatchGetUser), and the audiences
-//! tag filters select (CountAudience, ListAudience).
+//! (BatchUpdateUserTags, RegisterUsers, UnRegisterUsers, BatchGetUser, BatchUpdateUser), and
+//! the audiences tag filters select (CountAudience, ListAudience).
 //!
 //! A request flows one way: bytes -> [`gateway`] (routing, signature V4, tenancy, rate
 //! limit) -> [`actions`] (one module per Action) -> [`store`] (trait + backends) -> the

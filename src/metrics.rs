@@ -118,11 +118,31 @@ impl Metrics {
         let delivery = DeliveryMetrics::default();
         let d = &delivery;
         for (name, help, metric) in [
-            ("webhook_pages_delivered", "Webhook pages acknowledged with a 2xx", &d.pages_delivered),
-            ("webhook_user_ids_delivered", "User ids in webhook pages acknowledged with a 2xx", &d.user_ids_delivered),
-            ("webhook_attempts_failed", "Webhook POSTs answered with a non-2xx, timed out or not connected (retried until the broadcast expires)", &d.attempts_failed),
-            ("webhook_pages_failed", "Webhook pages given up: the broadcast expired before they were acknowledged", &d.pages_failed),
-            ("broadcasts_purged", "Expired broadcasts purged with their audiences and pages", &d.broadcasts_purged),
+            (
+                "webhook_pages_delivered",
+                "Webhook pages acknowledged with a 2xx",
+                &d.pages_delivered,
+            ),
+            (
+                "webhook_user_ids_delivered",
+                "User ids in webhook pages acknowledged with a 2xx",
+                &d.user_ids_delivered,
+            ),
+            (
+                "webhook_attempts_failed",
+                "Webhook POSTs answered with a non-2xx, timed out or not connected (retried until the broadcast expires)",
+                &d.attempts_failed,
+            ),
+            (
+                "webhook_pages_failed",
+                "Webhook pages given up: the broadcast expired before they were acknowledged",
+                &d.pages_failed,
+            ),
+            (
+                "broadcasts_purged",
+                "Expired broadcasts purged with their audiences and pages",
+                &d.broadcasts_purged,
+            ),
         ] {
             registry.register(name, help, metric.clone());
         }

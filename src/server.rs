@@ -182,7 +182,9 @@ pub async fn serve(
     let _ = stop_delivery.send(true);
     let limit = state.broadcasts.delivery.timeout() + Duration::from_secs(5);
     if tokio::time::timeout(limit, delivery).await.is_err() {
-        tracing::warn!("webhook delivery did not stop in time; unrecorded pages are sent again after their lease");
+        tracing::warn!(
+            "webhook delivery did not stop in time; unrecorded pages are sent again after their lease"
+        );
     }
     state.store.close().await;
 }

@@ -16,7 +16,7 @@ use crate::api::{ApiError, ErrorCode};
 use crate::audience::filter::{Filter, FilterFields};
 use crate::broadcast::{Delivery, Info, NewBroadcast, Sent, utc_day};
 use crate::config::TagLimits;
-use crate::store::{UserRegistration, now_ms};
+use crate::store::now_ms;
 
 /// MsgTTL bounds, seconds (vendor).
 pub const MAX_TTL_SECS: i64 = 604_800;
@@ -76,12 +76,9 @@ pub fn parse_send(body: &[u8], limits: &TagLimits) -> Result<ParsedSend, ApiErro
             b.content.len()
         )));
     }
-    let ext: BTreeMap<String, String> = b.ext.map(|m| m.0.into_iter().collect()).unwrap_or_default();
-    check_profile(&UserRegistration {
-        ext: Some(ext.clone()),
-        ..Default::default()
-    })
-    .map_err(ApiError::invalid)?;
+    let ext: BTreeMap<String, String> =
+        b.ext.map(|m| m.0.into_iter().collect()).unwrap_or_default();
+    check_profile(None, None, Some(&ext)).map_err(ApiError::invalid)?;
     // As sent, for GetBroadcast.
     let selector = json!({
         "Tags": b.tags.clone().unwrap_or_default(),
@@ -176,9 +173,9 @@ fn decode_cursor(c: Option<String>) -> Result<Option<i64>, ApiError> {
     };
     let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
     match raw.as_slice() {
-        [b't', b'b', b'1', rest @ ..] if rest.len() == 8 => {
-            Ok(Some(i64::from_be_bytes(rest.try_into().map_err(|_| bad())?)))
-        }
+        [b't', b'b', b'1', rest @ ..] if rest.len() == 8 => Ok(Some(i64::from_be_bytes(
+            rest.try_into().map_err(|_| bad())?,
+        ))),
         _ => Err(bad()),
     }
 }
@@ -242,7 +239,10 @@ fn full_fields(i: &Info, d: &Delivery) -> Value {
     let mut m = public_fields(i);
     let selector: Value = serde_json::from_str(&i.selector).unwrap_or(Value::Null);
     for key in ["Tags", "TagOp", "Filter"] {
-        m.insert(key.into(), selector.get(key).cloned().unwrap_or(Value::Null));
+        m.insert(
+            key.into(),
+            selector.get(key).cloned().unwrap_or(Value::Null),
+        );
     }
     m.insert("AudienceCount".into(), i.audience_count.into());
     m.insert("Recalled".into(), i.recalled.into());
@@ -273,7 +273,10 @@ pub async fn pull(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
             }
             if out.len() == p.limit {
                 next = encode_cursor(out.last().map_or(id, |i: &Value| {
-                    i["BroadcastId"].as_str().and_then(|s| s.parse().ok()).unwrap_or(id)
+                    i["BroadcastId"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(id)
                 }));
                 break;
             }
@@ -356,10 +359,7 @@ pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
     let (app_id, before, limit) = parse_list(body)?;
     ctx.authorize(app_id)?;
     // One more than asked: whether there is a next page.
-    let mut found = ctx
-        .store
-        .list_broadcasts(app_id, before, limit + 1)
-        .await?;
+    let mut found = ctx.store.list_broadcasts(app_id, before, limit + 1).await?;
     let more = found.len() > limit;
     found.truncate(limit);
     let next = match (more, found.last()) {

@@ -3,8 +3,9 @@
 
 pub mod audience;
 pub mod batch_get_user;
-pub mod broadcast;
+pub mod batch_update_user;
 pub mod batch_update_user_tags;
+pub mod broadcast;
 pub mod decode;
 pub mod register_users;
 pub mod unregister_users;
@@ -48,6 +49,7 @@ pub async fn dispatch(
         Action::RegisterUsers => register_users::handle(body, ctx).await,
         Action::UnRegisterUsers => unregister_users::handle(body, ctx).await,
         Action::BatchGetUser => batch_get_user::handle(body, ctx).await,
+        Action::BatchUpdateUser => batch_update_user::handle(body, ctx).await,
         Action::CountAudience => audience::count(body, ctx).await,
         Action::ListAudience => audience::list(body, ctx).await,
         Action::UserBroadcast => broadcast::send(body, ctx).await,
@@ -66,6 +68,7 @@ pub fn parse_only(action: Action, body: &[u8], limits: &TagLimits) -> Result<(),
         Action::RegisterUsers => register_users::parse(body, limits).map(drop),
         Action::UnRegisterUsers => unregister_users::parse(body).map(drop),
         Action::BatchGetUser => batch_get_user::parse(body).map(drop),
+        Action::BatchUpdateUser => batch_update_user::parse(body, limits).map(drop),
         Action::CountAudience | Action::ListAudience => audience::parse(body, limits).map(drop),
         Action::UserBroadcast => broadcast::parse_send(body, limits).map(drop),
         Action::ListUserBroadcasts => broadcast::parse_pull(body).map(drop),

@@ -27,32 +27,36 @@ struct Body {
     users: Vec<User>,
 }
 
+/// A user object as RegisterUsers and BatchUpdateUser send it. An absent field and `null`
+/// are both `None`.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct User {
-    user_id: i64,
-    nick_name: Option<String>,
-    portrait: Option<String>,
-    ext: Option<StringMap>,
-    tags: Option<Vec<String>>,
-    is_robot: Option<bool>,
+pub(super) struct User {
+    pub user_id: i64,
+    pub nick_name: Option<String>,
+    pub portrait: Option<String>,
+    pub ext: Option<StringMap>,
+    pub tags: Option<Vec<String>>,
+    pub is_robot: Option<bool>,
 }
 
-pub(super) fn check_profile(u: &UserRegistration) -> Result<(), String> {
+/// The vendor's limits on the profile fields that are given; the message names the field
+/// and the limit.
+pub(super) fn check_profile(
+    nick_name: Option<&str>,
+    portrait: Option<&str>,
+    ext: Option<&BTreeMap<String, String>>,
+) -> Result<(), String> {
     let too_long = |field: &str, len: usize, max: usize| {
         format!("{field} is {len} bytes; the limit is {max} bytes")
     };
-    if let Some(n) = u
-        .nick_name
-        .as_ref()
-        .filter(|n| n.len() > MAX_NICK_NAME_BYTES)
-    {
+    if let Some(n) = nick_name.filter(|n| n.len() > MAX_NICK_NAME_BYTES) {
         return Err(too_long("NickName", n.len(), MAX_NICK_NAME_BYTES));
     }
-    if let Some(p) = u.portrait.as_ref().filter(|p| p.len() > MAX_PORTRAIT_BYTES) {
+    if let Some(p) = portrait.filter(|p| p.len() > MAX_PORTRAIT_BYTES) {
         return Err(too_long("Portrait", p.len(), MAX_PORTRAIT_BYTES));
     }
-    if let Some(ext) = &u.ext {
+    if let Some(ext) = ext {
         if ext.len() > MAX_EXT_KEYS {
             return Err(format!(
                 "Ext has {} keys; the limit is {MAX_EXT_KEYS}",
@@ -121,8 +125,12 @@ fn user(
         is_robot: u.is_robot,
         tags: decode::tag_strings(&field("Tags"), u.tags.unwrap_or_default())?,
     };
-    let verdict =
-        check_profile(&reg).and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, limits));
+    let verdict = check_profile(
+        reg.nick_name.as_deref(),
+        reg.portrait.as_deref(),
+        reg.ext.as_ref(),
+    )
+    .and_then(|()| decode::check_tags(&reg.tags, TagOp::Upsert, limits));
     Ok((reg.user_id, verdict.map(|()| reg)))
 }
 

@@ -12,6 +12,7 @@ pub enum Action {
     RegisterUsers,
     UnRegisterUsers,
     BatchGetUser,
+    BatchUpdateUser,
     CountAudience,
     ListAudience,
     UserBroadcast,
@@ -22,11 +23,12 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::BatchUpdateUserTags,
         Action::RegisterUsers,
         Action::UnRegisterUsers,
         Action::BatchGetUser,
+        Action::BatchUpdateUser,
         Action::CountAudience,
         Action::ListAudience,
         Action::UserBroadcast,
@@ -42,6 +44,7 @@ impl Action {
             Action::RegisterUsers => "RegisterUsers",
             Action::UnRegisterUsers => "UnRegisterUsers",
             Action::BatchGetUser => "BatchGetUser",
+            Action::BatchUpdateUser => "BatchUpdateUser",
             Action::CountAudience => "CountAudience",
             Action::ListAudience => "ListAudience",
             Action::UserBroadcast => "UserBroadcast",

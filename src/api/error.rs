@@ -185,7 +185,12 @@ mod tests {
             ),
             (ErrorCode::InternalError, 500, "InternalError", 100014),
             // §7.
-            (ErrorCode::BroadcastNotFound, 404, "BroadcastNotFound", 200005),
+            (
+                ErrorCode::BroadcastNotFound,
+                404,
+                "BroadcastNotFound",
+                200005,
+            ),
         ];
         for (code, status, name, n) in rows {
             let (s, c, cn) = code.wire();

@@ -100,8 +100,11 @@ fn pool(signer: &Signer, action: &str, body: impl Fn(u64) -> Value) -> Generator
 }
 
 async fn send(addr: SocketAddr, signer: &Signer, body: Value) -> Result<Value, String> {
-    let answer = load::fetch(addr, signer.request("UserBroadcast", body.to_string().into_bytes()))
-        .await?;
+    let answer = load::fetch(
+        addr,
+        signer.request("UserBroadcast", body.to_string().into_bytes()),
+    )
+    .await?;
     let v: Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
     if v["ResponseMetadata"].get("Error").is_some() {
         return Err(format!("UserBroadcast failed: {v}"));
@@ -203,7 +206,10 @@ pub(super) async fn phase(
         )
         .await?;
         let v: Value = serde_json::from_slice(&listed).map_err(|e| e.to_string())?;
-        if v["Result"]["Broadcasts"].as_array().is_some_and(|b| b.is_empty()) {
+        if v["Result"]["Broadcasts"]
+            .as_array()
+            .is_some_and(|b| b.is_empty())
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -229,14 +235,20 @@ pub(super) async fn phase(
     let users: Vec<u64> = (0..4096).map(|_| rng.random_range(1..=n)).collect();
     let users = Arc::new(users);
     let u = users.clone();
-    let get = pool(&signer, "BatchGetUser", move |i| {
-        json!({"AppId": app, "UserIds": [u[i as usize]]})
-    });
+    let get = pool(
+        &signer,
+        "BatchGetUser",
+        move |i| json!({"AppId": app, "UserIds": [u[i as usize]]}),
+    );
     let u = users.clone();
-    let pull = pool(&signer, "ListUserBroadcasts", move |i| {
-        json!({"AppId": app, "UserId": u[i as usize], "Limit": 20})
-    });
-    let get_rps = peak_load(srv.addr, options, get, false, "BatchGetUser").await?.rps();
+    let pull = pool(
+        &signer,
+        "ListUserBroadcasts",
+        move |i| json!({"AppId": app, "UserId": u[i as usize], "Limit": 20}),
+    );
+    let get_rps = peak_load(srv.addr, options, get, false, "BatchGetUser")
+        .await?
+        .rps();
     let pulled = peak_load(srv.addr, options, pull, false, "ListUserBroadcasts").await?;
     let pull_rps = pulled.rps();
     let ratio = pull_rps / get_rps;

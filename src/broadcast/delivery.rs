@@ -104,10 +104,7 @@ async fn deliver(
             }
             continue;
         }
-        let claimed = match store
-            .claim_pages(now_ms(), cfg.lease_ms as i64, free)
-            .await
-        {
+        let claimed = match store.claim_pages(now_ms(), cfg.lease_ms as i64, free).await {
             Ok(c) => c,
             Err(e) => {
                 if let Some(repeated) = warn.admit() {
@@ -338,7 +335,9 @@ mod tests {
     #[test]
     fn backoff_doubles_within_its_upper_half_and_stops_at_the_maximum() {
         for attempts in 1..40 {
-            let exp = 1000u64.saturating_mul(1 << (attempts - 1).min(32)).min(300_000);
+            let exp = 1000u64
+                .saturating_mul(1 << (attempts - 1).min(32))
+                .min(300_000);
             let d = backoff_ms(attempts, 1000, 300_000);
             assert!(d >= exp / 2 && d <= exp, "attempt {attempts}: {d} vs {exp}");
         }

@@ -121,7 +121,9 @@ pub struct Claimed {
 pub enum PageDone {
     Delivered,
     /// Try again at this time (ms).
-    Retry { at_ms: i64 },
+    Retry {
+        at_ms: i64,
+    },
     /// Given up: the broadcast expires before the next attempt, or the webhook is gone.
     Failed,
 }
@@ -245,11 +247,18 @@ impl Service {
     }
 
     /// The broadcast with its audience, from the cache or else the store (then cached).
-    pub async fn loaded(&self, store: &dyn Store, id: i64) -> Result<Option<Arc<Loaded>>, StoreError> {
+    pub async fn loaded(
+        &self,
+        store: &dyn Store,
+        id: i64,
+    ) -> Result<Option<Arc<Loaded>>, StoreError> {
         if let Some(l) = self.cache.get(id) {
             return Ok(Some(l));
         }
-        Ok(store.load_broadcast(id).await?.map(|l| self.cache.insert(l)))
+        Ok(store
+            .load_broadcast(id)
+            .await?
+            .map(|l| self.cache.insert(l)))
     }
 }
 

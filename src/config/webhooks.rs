@@ -201,7 +201,14 @@ impl Default for DeliveryConfig {
 impl DeliveryConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         let d = self;
-        if [d.timeout_ms, d.retry_base_ms, d.retry_max_ms, d.poll_ms, d.sweep_ms].contains(&0)
+        if [
+            d.timeout_ms,
+            d.retry_base_ms,
+            d.retry_max_ms,
+            d.poll_ms,
+            d.sweep_ms,
+        ]
+        .contains(&0)
             || d.concurrency == 0
         {
             return Err("delivery.timeout_ms, retry_base_ms, retry_max_ms, poll_ms, sweep_ms and concurrency must be at least 1".into());

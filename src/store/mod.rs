@@ -20,11 +20,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::audience::Page;
-use crate::broadcast::{
-    Claimed, Delivery, Info, Loaded, NewBroadcast, Outlet, OutboxStats, PageDone, PageKey,
-    Purged, Sent,
-};
 use crate::audience::filter::Filter;
+use crate::broadcast::{
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
+    Sent,
+};
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
@@ -69,6 +69,19 @@ pub struct UserRegistration {
     pub ext: Option<BTreeMap<String, String>>,
     pub is_robot: Option<bool>,
     pub tags: Vec<Tag>,
+}
+
+/// BatchUpdateUser for one registered user: `None` fields keep the stored value; `tags`,
+/// when given, becomes the user's whole inbox-0 tag set (keys not listed are deleted; a
+/// key listed twice keeps its last value).
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub user_id: i64,
+    pub nick_name: Option<String>,
+    pub portrait: Option<String>,
+    pub ext: Option<BTreeMap<String, String>>,
+    pub is_robot: Option<bool>,
+    pub tags: Option<Vec<Tag>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +137,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         app_id: u32,
         users: Vec<UserRegistration>,
+    ) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Updates the given fields of registered users (`UserNotFound` for the others) and
+    /// replaces their inbox-0 tags where given, subject to the per-user cap.
+    async fn update_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserUpdate>,
     ) -> Result<Vec<Outcome>, StoreError>;
 
     /// Removes each user with its profile and its tags in every inbox.
@@ -293,6 +314,7 @@ pub(crate) enum WriteOp {
         entries: Vec<TagEntry>,
     },
     Register(Vec<UserRegistration>),
+    UpdateUsers(Vec<UserUpdate>),
     Unregister(Vec<i64>),
 }
 

@@ -7,8 +7,10 @@
 //! The rules (API.md §5): entries apply in order, each atomically; Op 0 overwrites or adds,
 //! Op 1 deletes (absent keys ignored); only net-new keys count against the per-user cap,
 //! deletes always pass; RegisterUsers creates or updates a user and merges its tags into
-//! inbox 0; UnRegisterUsers removes the user and its tags in every inbox, and a user listed
-//! twice is removed once (the second mention finds nothing). A user registered for the
+//! inbox 0; BatchUpdateUser changes the given profile fields of a registered user and, when
+//! it lists tags, makes them the user's whole inbox-0 set (a replace: its size is what the
+//! cap limits); UnRegisterUsers removes the user and its tags in every inbox, and a user
+//! listed twice is removed once (the second mention finds nothing). A user registered for the
 //! first time, or again after being unregistered, gets the app's next ordinal: dense per
 //! app, never reused.
 
@@ -16,7 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DEFAULT_INBOX, Outcome, StoreError, Tag, TagOp, UserRegistration, WriteJob, WriteOp};
+use super::{
+    DEFAULT_INBOX, Outcome, StoreError, Tag, TagOp, UserRegistration, UserUpdate, WriteJob, WriteOp,
+};
 
 /// The stored state of one (app, user).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,6 +127,7 @@ impl Batch<'_> {
                 let ids: Box<dyn Iterator<Item = i64>> = match &job.op {
                     WriteOp::Tags { entries, .. } => Box::new(entries.iter().map(|e| e.user_id)),
                     WriteOp::Register(users) => Box::new(users.iter().map(|u| u.user_id)),
+                    WriteOp::UpdateUsers(users) => Box::new(users.iter().map(|u| u.user_id)),
                     WriteOp::Unregister(ids) => Box::new(ids.iter().copied()),
                 };
                 ids.map(move |u| (job.app_id, u))
@@ -206,6 +211,13 @@ pub(crate) fn plan(
                 .iter()
                 .map(|u| register(&mut snapshot, &mut plan, app, u, cap))
                 .collect::<Result<_, _>>()?,
+            WriteOp::UpdateUsers(users) => users
+                .iter()
+                .map(|u| {
+                    let state = snapshot.users.entry((app, u.user_id)).or_default();
+                    update(state, app, u, cap, &mut plan.changes)
+                })
+                .collect(),
             WriteOp::Unregister(ids) => ids
                 .iter()
                 .map(|&user| {
@@ -355,6 +367,67 @@ fn register(
     Ok(Outcome::Applied)
 }
 
+/// BatchUpdateUser for one user. The new inbox-0 set is decided, and checked against the
+/// cap, before anything changes: a refused entry leaves no trace, profile fields included.
+fn update(
+    state: &mut UserState,
+    app: u32,
+    u: &UserUpdate,
+    cap: usize,
+    out: &mut Vec<Change>,
+) -> Outcome {
+    let Some(ordinal) = state.ordinal else {
+        return Outcome::UserNotFound;
+    };
+    // A key listed twice keeps its last value, as a second upsert of it would.
+    let new_tags: Option<BTreeMap<&str, &str>> = u
+        .tags
+        .as_ref()
+        .map(|tags| tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+    if let Some(new) = &new_tags
+        && new.len() > cap
+    {
+        // A replace leaves exactly the listed keys, so their number is what counts.
+        return Outcome::TagLimitExceeded {
+            would_have: new.len(),
+            limit: cap,
+        };
+    }
+    out.push(Change::Profile {
+        app,
+        user: u.user_id,
+        nick_name: u.nick_name.clone(),
+        portrait: u.portrait.clone(),
+        ext: u.ext.clone(),
+        is_robot: u.is_robot,
+    });
+    let Some(new) = new_tags else {
+        return Outcome::Applied;
+    };
+    let at = Target {
+        app,
+        user: u.user_id,
+        ordinal,
+        inbox: DEFAULT_INBOX,
+    };
+    let gone: Vec<Tag> = state
+        .tags
+        .range((DEFAULT_INBOX, String::new())..)
+        .take_while(|((i, _), _)| *i == DEFAULT_INBOX)
+        .filter(|((_, k), _)| !new.contains_key(k.as_str()))
+        .map(|((_, k), _)| (k.clone(), String::new()))
+        .collect();
+    delete(state, at, &gone, out);
+    let set: Vec<Tag> = new
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    // Within the cap by the check above: what is left of the inbox is a subset of `set`.
+    let outcome = upsert(state, at, &set, cap, out);
+    debug_assert_eq!(outcome, Outcome::Applied);
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +555,150 @@ mod tests {
             }]
         );
         assert!(p.changes.is_empty() && p.next_ordinal.is_empty());
+    }
+
+    fn update(user_id: i64, t: Option<&[(&str, &str)]>) -> UserUpdate {
+        UserUpdate {
+            user_id,
+            tags: t.map(tags),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn update_replaces_inbox_0_tags_only_and_changes_only_the_given_fields() {
+        let mut snap = Snapshot::default();
+        snap.users.insert(
+            (1, 7),
+            registered(5, &[(0, "a", "1"), (0, "b", "1"), (3, "a", "x")]),
+        );
+        let jobs = [job(
+            1,
+            WriteOp::UpdateUsers(vec![
+                UserUpdate {
+                    nick_name: Some("n".into()),
+                    ..update(7, Some(&[("b", "2"), ("c", "1")]))
+                },
+                update(7, None),
+            ]),
+        )];
+        let p = plan(&jobs, snap, 100).unwrap();
+        assert_eq!(p.outcomes, vec![vec![Outcome::Applied, Outcome::Applied]]);
+        let profile = |nick_name: Option<&str>| Change::Profile {
+            app: 1,
+            user: 7,
+            nick_name: nick_name.map(str::to_owned),
+            portrait: None,
+            ext: None,
+            is_robot: None,
+        };
+        let set = |key: &str, old: Option<&str>, value: &str| Change::SetTag {
+            app: 1,
+            user: 7,
+            ordinal: 5,
+            inbox: 0,
+            key: key.into(),
+            old: old.map(str::to_owned),
+            value: value.into(),
+        };
+        assert_eq!(
+            p.changes,
+            vec![
+                profile(Some("n")),
+                Change::DeleteTag {
+                    app: 1,
+                    user: 7,
+                    ordinal: 5,
+                    inbox: 0,
+                    key: "a".into(),
+                    old: "1".into(),
+                },
+                set("b", Some("1"), "2"),
+                set("c", None, "1"),
+                // No Tags: the profile only, inbox 0 as the first entry left it.
+                profile(None),
+            ]
+        );
+        assert!(p.next_ordinal.is_empty());
+    }
+
+    #[test]
+    fn update_over_the_cap_or_of_an_unregistered_user_changes_nothing() {
+        let mut snap = Snapshot::default();
+        snap.users.insert((1, 7), registered(0, &[(0, "a", "1")]));
+        let jobs = [job(
+            1,
+            WriteOp::UpdateUsers(vec![
+                UserUpdate {
+                    nick_name: Some("refused".into()),
+                    ..update(7, Some(&[("x", ""), ("y", ""), ("z", "")]))
+                },
+                update(8, Some(&[])),
+                // Three strings but two keys: within a cap of 2 (the last value wins).
+                update(7, Some(&[("k", "1"), ("l", ""), ("k", "2")])),
+            ]),
+        )];
+        let p = plan(&jobs, snap, 2).unwrap();
+        assert_eq!(
+            p.outcomes[0],
+            vec![
+                Outcome::TagLimitExceeded {
+                    would_have: 3,
+                    limit: 2
+                },
+                Outcome::UserNotFound,
+                Outcome::Applied,
+            ]
+        );
+        // Only the third entry's changes: its profile, the delete of a, k=2 and l.
+        assert_eq!(p.changes.len(), 4, "{:?}", p.changes);
+        assert!(matches!(
+            &p.changes[0],
+            Change::Profile {
+                nick_name: None,
+                ..
+            }
+        ));
+        assert!(matches!(&p.changes[1], Change::DeleteTag { key, .. } if key == "a"));
+        assert!(
+            matches!(&p.changes[2], Change::SetTag { key, value, .. } if key == "k" && value == "2")
+        );
+        assert!(matches!(&p.changes[3], Change::SetTag { key, .. } if key == "l"));
+    }
+
+    #[test]
+    fn update_sees_earlier_requests_of_its_batch_and_lists_its_users() {
+        let mut snap = Snapshot::default();
+        snap.users.insert((1, 7), registered(0, &[(0, "a", "1")]));
+        snap.next_ordinal.insert(1, 1);
+        let jobs = [
+            job(1, WriteOp::Unregister(vec![7])),
+            job(1, WriteOp::UpdateUsers(vec![update(7, Some(&[]))])),
+            job(
+                1,
+                WriteOp::Register(vec![UserRegistration {
+                    user_id: 9,
+                    tags: tags(&[("r", "1")]),
+                    ..Default::default()
+                }]),
+            ),
+            // An empty list empties inbox 0 of a user registered earlier in the batch.
+            job(1, WriteOp::UpdateUsers(vec![update(9, Some(&[]))])),
+        ];
+        assert_eq!(Batch { jobs: &jobs }.users(), vec![(1, 7), (1, 9)]);
+        let p = plan(&jobs, snap, 100).unwrap();
+        assert_eq!(
+            p.outcomes,
+            vec![
+                vec![Outcome::Applied],
+                vec![Outcome::UserNotFound],
+                vec![Outcome::Applied],
+                vec![Outcome::Applied]
+            ]
+        );
+        assert!(matches!(
+            p.changes.last(),
+            Some(Change::DeleteTag { user: 9, key, old, .. }) if key == "r" && old == "1"
+        ));
     }
 }

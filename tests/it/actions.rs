@@ -370,6 +370,12 @@ async fn item_counts_are_limited_per_action() {
             "20",
         ),
         (
+            "BatchUpdateUser",
+            json!({"AppId": APP, "Users": users(10)}),
+            json!({"AppId": APP, "Users": users(11)}),
+            "10",
+        ),
+        (
             "UnRegisterUsers",
             json!({"AppId": APP, "UserIds": ids(10)}),
             json!({"AppId": APP, "UserIds": ids(11)}),
@@ -393,7 +399,7 @@ async fn item_counts_are_limited_per_action() {
             "{action}: {v}"
         );
         let empty = match action {
-            "RegisterUsers" => json!({"AppId": APP, "Users": []}),
+            "RegisterUsers" | "BatchUpdateUser" => json!({"AppId": APP, "Users": []}),
             "BatchUpdateUserTags" => json!({"AppId": APP, "UserTags": []}),
             _ => json!({"AppId": APP, "UserIds": []}),
         };

@@ -1,6 +1,6 @@
-//! CountAudience and ListAudience over HTTP: a model-based test of random writes and random
-//! filters against a brute-force evaluation (then again after a restart), every filter
-//! form and error, and paging.
+//! CountAudience and ListAudience over HTTP: a model-based test of random writes (by every
+//! write Action) and random filters against a brute-force evaluation (then again after a
+//! restart), every filter form and error, and paging.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,6 +36,18 @@ impl Model {
         for (k, v) in tags {
             t.insert(k.clone(), v.clone());
         }
+        true
+    }
+
+    /// BatchUpdateUser's Tags: the whole inbox-0 set, if it fits under the cap.
+    fn replace(&mut self, user: i64, tags: &[(String, String)]) -> bool {
+        let Some(inboxes) = self.users.get_mut(&user) else {
+            return false;
+        };
+        if tags.len() > CAP {
+            return false;
+        }
+        inboxes.insert(0, tags.iter().cloned().collect());
         true
     }
 
@@ -179,6 +191,27 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
             } else {
                 model.delete(user, inbox, &tags);
             }
+        }
+        7 => {
+            // Empty, every key (one over the cap), or a few.
+            let tags = match rng.random_range(0..4) {
+                0 => Vec::new(),
+                1 => {
+                    let mut all = Vec::new();
+                    for k in KEYS {
+                        all.push((k.to_owned(), pick(rng, &VALUES).to_owned()));
+                    }
+                    all
+                }
+                _ => random_tags(rng),
+            };
+            let a = call(
+                client,
+                "BatchUpdateUser",
+                json!({"AppId": APP, "Users": [{"UserId": user, "Tags": tags.iter().map(tag_string).collect::<Vec<_>>()}]}),
+            )
+            .await;
+            assert_eq!(failed_infos(&a).is_empty(), model.replace(user, &tags));
         }
         _ => {
             let others: Vec<i64> = vec![user, rng.random_range(1..=USERS)];

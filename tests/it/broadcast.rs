@@ -68,7 +68,12 @@ async fn pulled(client: &Client, user: i64, inbox: u32, limit: u32) -> Vec<Strin
 }
 
 async fn get(client: &Client, id: &str) -> Value {
-    ok(&call(client, "GetBroadcast", json!({"AppId": APP, "BroadcastId": id})).await)["Broadcast"]
+    ok(&call(
+        client,
+        "GetBroadcast",
+        json!({"AppId": APP, "BroadcastId": id}),
+    )
+    .await)["Broadcast"]
         .clone()
 }
 
@@ -146,21 +151,35 @@ async fn user_broadcast_refuses_each_bad_field_naming_it() {
     assert!(r["BroadcastId"].as_str().unwrap().parse::<i64>().unwrap() > 0);
     let expire = r["ExpireTime"].as_i64().unwrap();
     let now = tagcast::store::now_ms();
-    assert!((expire - now - 604_800_000).abs() < 60_000, "{expire} vs {now}");
+    assert!(
+        (expire - now - 604_800_000).abs() < 60_000,
+        "{expire} vs {now}"
+    );
     // The other Actions' errors.
     for (action, body) in [
         ("GetBroadcast", json!({"AppId": APP, "BroadcastId": "x1"})),
         ("RecallBroadcast", json!({"AppId": APP, "BroadcastId": 0})),
         ("ListUserBroadcasts", json!({"AppId": APP, "UserId": 0})),
-        ("ListUserBroadcasts", json!({"AppId": APP, "UserId": 1, "Limit": 101})),
-        ("ListUserBroadcasts", json!({"AppId": APP, "UserId": 1, "Cursor": "bogus"})),
+        (
+            "ListUserBroadcasts",
+            json!({"AppId": APP, "UserId": 1, "Limit": 101}),
+        ),
+        (
+            "ListUserBroadcasts",
+            json!({"AppId": APP, "UserId": 1, "Cursor": "bogus"}),
+        ),
         ("ListBroadcasts", json!({"AppId": APP, "Limit": 0})),
     ] {
         let a = call(&c, action, body.clone()).await;
         assert_error(&a, 400, "InvalidParam");
     }
     for action in ["GetBroadcast", "RecallBroadcast"] {
-        let a = call(&c, action, json!({"AppId": APP, "BroadcastId": "987654321"})).await;
+        let a = call(
+            &c,
+            action,
+            json!({"AppId": APP, "BroadcastId": "987654321"}),
+        )
+        .await;
         let v = assert_error(&a, 404, "BroadcastNotFound");
         assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 200005);
     }
@@ -176,7 +195,10 @@ async fn the_day_quota_refuses_the_next_send_until_utc_midnight_per_app() {
     let a = call(&c, "UserBroadcast", send_body(json!({}))).await;
     let v = assert_error(&a, 429, "FlowLimitExceeded");
     let msg = v["ResponseMetadata"]["Error"]["Message"].as_str().unwrap();
-    assert!(msg.contains("broadcasts_per_day") && msg.contains('3'), "{msg}");
+    assert!(
+        msg.contains("broadcasts_per_day") && msg.contains('3'),
+        "{msg}"
+    );
     let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
     let now = tagcast::store::now_ms();
     let to_midnight = (86_400_000 - now.rem_euclid(86_400_000)) as u64 / 1000;
@@ -197,7 +219,11 @@ async fn the_audience_is_frozen_and_the_pull_lists_newest_first_until_recalled()
     let gold = send(&c, json!({"Tags": ["level:gold"]})).await;
     assert_eq!(gold["AudienceCount"], 3);
     let gold_id = gold["BroadcastId"].as_str().unwrap().to_owned();
-    let both = send(&c, json!({"Filter": {"And": [{"Tag": "level:gold"}, {"Tag": "city:sh"}]}})).await;
+    let both = send(
+        &c,
+        json!({"Filter": {"And": [{"Tag": "level:gold"}, {"Tag": "city:sh"}]}}),
+    )
+    .await;
     let both_id = both["BroadcastId"].as_str().unwrap().to_owned();
     let everyone = send(&c, json!({})).await;
     assert_eq!(everyone["AudienceCount"], 5);
@@ -215,11 +241,20 @@ async fn the_audience_is_frozen_and_the_pull_lists_newest_first_until_recalled()
     )
     .await;
     assert!(failed_infos(&a).is_empty());
-    assert_eq!(pulled(&c, 1, 0, 20).await, [all_id.clone(), gold_id.clone()]);
-    assert_eq!(pulled(&c, 3, 0, 1).await, [all_id.clone(), both_id.clone(), gold_id.clone()]);
+    assert_eq!(
+        pulled(&c, 1, 0, 20).await,
+        [all_id.clone(), gold_id.clone()]
+    );
+    assert_eq!(
+        pulled(&c, 3, 0, 1).await,
+        [all_id.clone(), both_id.clone(), gold_id.clone()]
+    );
     assert_eq!(pulled(&c, 4, 0, 20).await, [all_id.clone()]);
     assert!(pulled(&c, 6, 0, 20).await.is_empty());
-    assert!(pulled(&c, 99, 0, 20).await.is_empty(), "not registered: none");
+    assert!(
+        pulled(&c, 99, 0, 20).await.is_empty(),
+        "not registered: none"
+    );
     assert_eq!(pulled(&c, 2, 7, 20).await, [inbox7_id]);
     let g = get(&c, &gold_id).await;
     assert_eq!(g["AudienceCount"], 3);
@@ -234,12 +269,22 @@ async fn the_audience_is_frozen_and_the_pull_lists_newest_first_until_recalled()
     assert!(pulled(&c, 2, 0, 20).await.is_empty());
     // Recall: gone from every pull, idempotent, still readable.
     for _ in 0..2 {
-        ok(&call(&c, "RecallBroadcast", json!({"AppId": APP, "BroadcastId": gold_id})).await);
+        ok(&call(
+            &c,
+            "RecallBroadcast",
+            json!({"AppId": APP, "BroadcastId": gold_id}),
+        )
+        .await);
     }
     assert_eq!(pulled(&c, 3, 0, 20).await, [all_id.clone(), both_id]);
     assert_eq!(get(&c, &gold_id).await["Recalled"], true);
     // Another app's id is not found, and ListBroadcasts pages newest first.
-    let a = call(&c, "GetBroadcast", json!({"AppId": APP2, "BroadcastId": gold_id})).await;
+    let a = call(
+        &c,
+        "GetBroadcast",
+        json!({"AppId": APP2, "BroadcastId": gold_id}),
+    )
+    .await;
     assert_error(&a, 404, "BroadcastNotFound");
     let first = ok(&call(&c, "ListBroadcasts", json!({"AppId": APP, "Limit": 3})).await);
     let ids: Vec<&str> = first["Broadcasts"]
@@ -251,7 +296,12 @@ async fn the_audience_is_frozen_and_the_pull_lists_newest_first_until_recalled()
     assert_eq!(ids[0], inbox7["BroadcastId"].as_str().unwrap());
     assert_eq!(ids[1], all_id);
     let cursor = first["NextCursor"].as_str().unwrap();
-    let rest = ok(&call(&c, "ListBroadcasts", json!({"AppId": APP, "Cursor": cursor})).await);
+    let rest = ok(&call(
+        &c,
+        "ListBroadcasts",
+        json!({"AppId": APP, "Cursor": cursor}),
+    )
+    .await);
     assert_eq!(rest["Broadcasts"].as_array().unwrap().len(), 1);
     assert_eq!(rest["NextCursor"], "");
 }
@@ -272,7 +322,10 @@ async fn an_expired_broadcast_leaves_the_pull_and_is_purged_with_its_pages() {
     let id = short["BroadcastId"].as_str().unwrap().to_owned();
     let long = send(&c, json!({})).await;
     assert_eq!(pulled(&c, 1, 0, 20).await.len(), 2);
-    assert_eq!(rows(&server.config, "tagcast_outbox", "broadcast_id", &id).await, 2);
+    assert_eq!(
+        rows(&server.config, "tagcast_outbox", "broadcast_id", &id).await,
+        2
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let a = call(&c, "GetBroadcast", json!({"AppId": APP, "BroadcastId": id})).await;
@@ -286,8 +339,14 @@ async fn an_expired_broadcast_leaves_the_pull_and_is_purged_with_its_pages() {
         pulled(&c, 1, 0, 20).await,
         [long["BroadcastId"].as_str().unwrap()]
     );
-    assert_eq!(rows(&server.config, "tagcast_broadcasts", "id", &id).await, 0);
-    assert_eq!(rows(&server.config, "tagcast_outbox", "broadcast_id", &id).await, 0);
+    assert_eq!(
+        rows(&server.config, "tagcast_broadcasts", "id", &id).await,
+        0
+    );
+    assert_eq!(
+        rows(&server.config, "tagcast_outbox", "broadcast_id", &id).await,
+        0
+    );
     let m = server.metrics().await;
     assert!(m.contains("tagcast_broadcasts_purged_total 1"), "{m}");
 }
@@ -346,9 +405,18 @@ async fn every_page_arrives_signed_at_least_once_despite_failures_and_timeouts()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = server.metrics().await;
-    assert!(m.contains(&format!("tagcast_webhook_pages_delivered_total {pages}")), "{m}");
-    assert!(m.contains(&format!("tagcast_webhook_user_ids_delivered_total {}", gold.len())));
-    assert!(!m.contains("tagcast_webhook_attempts_failed_total 0\n"), "{m}");
+    assert!(
+        m.contains(&format!("tagcast_webhook_pages_delivered_total {pages}")),
+        "{m}"
+    );
+    assert!(m.contains(&format!(
+        "tagcast_webhook_user_ids_delivered_total {}",
+        gold.len()
+    )));
+    assert!(
+        !m.contains("tagcast_webhook_attempts_failed_total 0\n"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,7 +439,12 @@ async fn nothing_arrives_after_a_recall() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ok(&call(&c, "RecallBroadcast", json!({"AppId": APP, "BroadcastId": id})).await);
+    ok(&call(
+        &c,
+        "RecallBroadcast",
+        json!({"AppId": APP, "BroadcastId": id}),
+    )
+    .await);
     // An attempt already in flight (at most the timeout) may still land; none after it.
     let settled = Instant::now() + Duration::from_millis(server.config.delivery.timeout_ms + 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -411,7 +484,9 @@ async fn kill_9_during_delivery_loses_no_page() {
         server.take().unwrap().kill9();
         server = Some(ChildServer::spawn_with(tmp.path(), &config));
     }
-    let got = receiver.wait_complete(&id, 30, Duration::from_secs(60)).await;
+    let got = receiver
+        .wait_complete(&id, 30, Duration::from_secs(60))
+        .await;
     assert_eq!(got, ids.iter().copied().collect::<BTreeSet<_>>());
     drop(server);
 }

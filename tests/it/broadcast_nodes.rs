@@ -41,7 +41,11 @@ async fn the_quota_is_shared_and_a_send_on_one_node_is_pulled_on_the_other() {
     register(&ca, APP, &[1, 2, 3]).await;
     let mut sent = Vec::new();
     for round in 0..4 {
-        let (writer, sender) = if round % 2 == 0 { (&cb, &ca) } else { (&ca, &cb) };
+        let (writer, sender) = if round % 2 == 0 {
+            (&cb, &ca)
+        } else {
+            (&ca, &cb)
+        };
         // Acknowledged on one node, then frozen into the audience on the other.
         let t = call(
             writer,
@@ -68,9 +72,22 @@ async fn the_quota_is_shared_and_a_send_on_one_node_is_pulled_on_the_other() {
         assert_error(&a, 429, "FlowLimitExceeded");
     }
     // Recalled on one node: gone from the other's pull.
-    ok(&call(&cb, "RecallBroadcast", json!({"AppId": APP, "BroadcastId": sent[0]})).await);
-    let pull = ok(&call(&ca, "ListUserBroadcasts", json!({"AppId": APP, "UserId": 1})).await);
-    assert!(!pull.to_string().contains(&format!("\"{}\"", sent[0])), "{pull}");
+    ok(&call(
+        &cb,
+        "RecallBroadcast",
+        json!({"AppId": APP, "BroadcastId": sent[0]}),
+    )
+    .await);
+    let pull = ok(&call(
+        &ca,
+        "ListUserBroadcasts",
+        json!({"AppId": APP, "UserId": 1}),
+    )
+    .await);
+    assert!(
+        !pull.to_string().contains(&format!("\"{}\"", sent[0])),
+        "{pull}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,9 +112,15 @@ async fn a_node_killed_mid_delivery_loses_no_page_and_no_page_is_sent_by_two_at_
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     a.kill9();
-    let got = receiver.wait_complete(&id, 40, Duration::from_secs(60)).await;
+    let got = receiver
+        .wait_complete(&id, 40, Duration::from_secs(60))
+        .await;
     assert_eq!(got, ids.iter().copied().collect::<BTreeSet<_>>());
-    assert_eq!(receiver.overlapping(), 0, "a page was sent by two nodes at once");
+    assert_eq!(
+        receiver.overlapping(),
+        0,
+        "a page was sent by two nodes at once"
+    );
     let mut seen: HashMap<String, usize> = HashMap::new();
     for arrival in receiver.arrivals() {
         *seen.entry(arrival.delivery_id).or_default() += 1;

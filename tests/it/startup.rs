@@ -196,6 +196,11 @@ secret_key = "a-long-enough-secret-0001"
         50
     );
     assert_eq!(
+        c.limits.qps_for(tagcast::actions::Action::BatchUpdateUser),
+        50,
+        "a write: the write default"
+    );
+    assert_eq!(
         c.limits.qps_for(tagcast::actions::Action::BatchGetUser),
         100
     );

@@ -8,7 +8,7 @@ use tagcast::audience::filter::Filter;
 use tagcast::metrics::Metrics;
 use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tagcast::store::postgres::{PostgresOptions, PostgresStore};
-use tagcast::store::{Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration};
+use tagcast::store::{Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration, UserUpdate};
 
 use crate::infra::{fresh_database, shared_postgres};
 
@@ -258,6 +258,100 @@ async fn register_updates_given_fields_and_unregister_clears_every_inbox(
     store.close().await;
 }
 
+/// BatchUpdateUser at the store: given fields only, Tags replacing inbox 0 (and the
+/// audience index following), a replace over the cap or of an unregistered user changing
+/// nothing, entries in order.
+async fn update_users_replaces_inbox_0_and_refuses_whole_entries(
+    name: &str,
+    store: Arc<dyn Store>,
+) {
+    let s = store.as_ref();
+    let reg = UserRegistration {
+        user_id: 1,
+        nick_name: Some("before".into()),
+        tags: vec![("a".into(), "1".into()), ("b".into(), "1".into())],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.register_users(1, vec![reg]).await.unwrap(),
+        vec![Outcome::Applied]
+    );
+    s.update_tags(1, 9, TagOp::Upsert, vec![entry(1, &[("x", "y")])])
+        .await
+        .unwrap();
+    let tags_of = |t: &[(&str, &str)]| pairs(t).unwrap();
+    let out = s
+        .update_users(
+            1,
+            vec![
+                UserUpdate {
+                    user_id: 1,
+                    nick_name: Some("n".into()),
+                    tags: Some(tags_of(&[("b", "2"), ("c", "1")])),
+                    ..Default::default()
+                },
+                UserUpdate {
+                    user_id: 2,
+                    tags: Some(Vec::new()),
+                    ..Default::default()
+                },
+                UserUpdate {
+                    user_id: 1,
+                    portrait: Some("refused".into()),
+                    tags: Some(tags_of(&[("p", ""), ("q", ""), ("r", ""), ("s", "")])),
+                    ..Default::default()
+                },
+                UserUpdate {
+                    user_id: 1,
+                    is_robot: Some(true),
+                    ..Default::default()
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Applied,
+            Outcome::UserNotFound,
+            Outcome::TagLimitExceeded {
+                would_have: 4,
+                limit: CAP
+            },
+            Outcome::Applied
+        ],
+        "{name}"
+    );
+    let u = s.get_users(1, 0, vec![1, 2]).await.unwrap();
+    assert_eq!(u[1], None, "{name}");
+    let u = u[0].clone().unwrap();
+    assert_eq!(
+        (u.nick_name.as_str(), u.portrait.as_str(), u.is_robot),
+        ("n", "", true),
+        "{name}"
+    );
+    assert_eq!(u.tags, tags_of(&[("b", "2"), ("c", "1")]), "{name}");
+    assert_eq!(tags(s, 9, 1).await, pairs(&[("x", "y")]), "{name}");
+    let key = |k: &str| Filter::Key(k.into());
+    assert_eq!(
+        s.count_audience(1, 0, &key("a")).await.unwrap(),
+        0,
+        "{name}"
+    );
+    assert_eq!(
+        s.count_audience(1, 0, &key("c")).await.unwrap(),
+        1,
+        "{name}"
+    );
+    assert_eq!(
+        s.count_audience(1, 9, &key("x")).await.unwrap(),
+        1,
+        "{name}"
+    );
+    store.close().await;
+}
+
 async fn a_closed_store_is_unavailable(name: &str, store: Arc<dyn Store>) {
     store.close().await;
     let r = store
@@ -416,6 +510,7 @@ per_backend!(
     entries_apply_in_order_each_atomically_and_report_unregistered_users,
     the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing,
     register_updates_given_fields_and_unregister_clears_every_inbox,
+    update_users_replaces_inbox_0_and_refuses_whole_entries,
     a_closed_store_is_unavailable,
     concurrent_requests_folded_into_one_commit_behave_as_some_serial_order,
 );

@@ -94,7 +94,12 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
     );
     let n = {
         let mut i = s.inner.lock().unwrap();
-        let n = *i.seen.entry(delivery_id.clone()).and_modify(|n| *n += 1).or_insert(1) - 1;
+        let n = *i
+            .seen
+            .entry(delivery_id.clone())
+            .and_modify(|n| *n += 1)
+            .or_insert(1)
+            - 1;
         let f = i.in_flight.entry(delivery_id.clone()).or_default();
         *f += 1;
         if *f > 1 {
@@ -186,7 +191,12 @@ impl Receiver {
 
     /// Waits (at most `limit`) until every page of the broadcast has been acknowledged;
     /// the union of the user ids of its acknowledged pages.
-    pub async fn wait_complete(&self, broadcast_id: &str, pages: u64, limit: Duration) -> BTreeSet<i64> {
+    pub async fn wait_complete(
+        &self,
+        broadcast_id: &str,
+        pages: u64,
+        limit: Duration,
+    ) -> BTreeSet<i64> {
         let deadline = Instant::now() + limit;
         loop {
             let acked = self.acked_pages(broadcast_id);
@@ -210,7 +220,11 @@ impl Receiver {
 
 /// The `[[webhooks]]` entry for `url`, its secret in a file under `dir` (a config written
 /// to a file for a child process never holds a webhook secret inline).
-pub fn webhook(dir: &std::path::Path, url: &str, page_size: usize) -> tagcast::config::WebhookConfig {
+pub fn webhook(
+    dir: &std::path::Path,
+    url: &str,
+    page_size: usize,
+) -> tagcast::config::WebhookConfig {
     let path = dir.join("webhook.secret");
     std::fs::write(&path, SECRET).unwrap();
     tagcast::config::WebhookConfig {

@@ -29,7 +29,7 @@ except ImportError as e:  # pragma: no cover - environment problem
     sys.exit(2)
 
 VERSION = "2020-12-01"
-ACTIONS = ["RegisterUsers", "BatchUpdateUserTags", "BatchGetUser", "UnRegisterUsers"]
+ACTIONS = ["RegisterUsers", "BatchUpdateUserTags", "BatchGetUser", "UnRegisterUsers", "BatchUpdateUser"]
 REGION = "cn-north-1"
 SERVICE = "rtc"
 
@@ -113,7 +113,7 @@ def main():
     steps = []
 
     # 0. Start from a clean slate (a rerun against a persistent server); UserNotFound is fine.
-    r = call(svc, "UnRegisterUsers", {"AppId": app, "UserIds": [10001, 10002]})
+    r = call(svc, "UnRegisterUsers", {"AppId": app, "UserIds": [10001, 10002, 10004, 10005]})
     bad = [f for f in r.get("FailedInfos", []) if f.get("Code") != "UserNotFound"]
     check(bad == [], f"UnRegisterUsers (cleanup): unexpected FailedInfos {bad!r}")
     steps.append("UnRegisterUsers cleanup")
@@ -156,14 +156,31 @@ def main():
         check(u.get("AppId") == app, f"BatchGetUser: user {uid} AppId {u.get('AppId')!r}")
     steps.append("BatchGetUser tags and NickName round-trip")
 
-    # 6. UnRegisterUsers on a throwaway user, then it is gone.
+    # 6. BatchUpdateUser on a throwaway user: the given NickName replaced, a null Ext (what
+    #    the Go SDK sends for a nil map) left alone, Tags replacing inbox 0; an unknown user
+    #    is a FailedInfo.
+    expect_no_failures("RegisterUsers 10004", call(svc, "RegisterUsers", {"AppId": app, "Users": [
+        {"UserId": 10004, "NickName": "old", "Ext": {"a": "1"}, "Tags": ["level:gold", "city:beijing"]}]}))
+    r = call(svc, "BatchUpdateUser", {"AppId": app, "Users": [
+        {"UserId": 10004, "NickName": NICK_2, "Ext": None, "Tags": ["level:silver"]},
+        {"UserId": 10005, "NickName": "nobody"}]}, raw_utf8=True)
+    failed = [(f.get("UserId"), f.get("Code")) for f in r.get("FailedInfos", [])]
+    check(failed == [(10005, "UserNotFound")], f"BatchUpdateUser: FailedInfos {r.get('FailedInfos')!r}")
+    r = call(svc, "BatchGetUser", {"AppId": app, "UserIds": [10004]})
+    u = (r.get("Users") or [{}])[0]
+    got = (u.get("NickName"), u.get("Ext"), u.get("Tags"))
+    check(got == (NICK_2, {"a": "1"}, ["level:silver"]), f"BatchGetUser after BatchUpdateUser: {r!r}")
+    expect_no_failures("UnRegisterUsers 10004", call(svc, "UnRegisterUsers", {"AppId": app, "UserIds": [10004]}))
+    steps.append("BatchUpdateUser replaces given fields and inbox-0 tags, keeps null ones")
+
+    # 7. UnRegisterUsers on a throwaway user, then it is gone.
     expect_no_failures("RegisterUsers 10003", call(svc, "RegisterUsers", {"AppId": app, "Users": [{"UserId": 10003}]}))
     expect_no_failures("UnRegisterUsers 10003", call(svc, "UnRegisterUsers", {"AppId": app, "UserIds": [10003]}))
     r = call(svc, "BatchGetUser", {"AppId": app, "UserIds": [10003]})
     check(r.get("Users") == [] and r.get("NotFoundUsers") == [10003], f"BatchGetUser after UnRegisterUsers: {r!r}")
     steps.append("UnRegisterUsers removes a user")
 
-    # 7. A wrong secret key is rejected with the vendor error envelope.
+    # 8. A wrong secret key is rejected with the vendor error envelope.
     wrong = make_service(host, ak, sk + "-wrong")
     try:
         wrong.json("BatchUpdateUserTags", {}, json.dumps(seed))

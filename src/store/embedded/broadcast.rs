@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::audience::AudienceIndex;
 use crate::audience::filter::Filter;
 use crate::broadcast::{
-    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone,
-    PageKey, Purged, Sent, deserialize_audience, pages, serialize_audience, state, utc_day,
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
+    Sent, deserialize_audience, pages, serialize_audience, state, utc_day,
 };
 use crate::store::{StoreError, ext_json};
 
@@ -117,7 +117,9 @@ fn delivery(conn: &Connection, id: i64) -> rusqlite::Result<Delivery> {
         "SELECT state, COUNT(*) FROM tagcast_outbox WHERE broadcast_id = ?1 GROUP BY state",
     )?;
     let mut d = Delivery::default();
-    let rows = st.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    let rows = st.query_map([id], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
     for row in rows {
         let (s, n) = row?;
         d.pages += n;

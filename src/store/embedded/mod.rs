@@ -28,16 +28,17 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
+    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
+    WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
-use crate::broadcast::{
-    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey,
-    Purged, Sent,
-};
-use crate::store::now_ms;
 use crate::audience::{AudienceIndex, Page};
+use crate::broadcast::{
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
+    Sent,
+};
 use crate::metrics::Metrics;
+use crate::store::now_ms;
 use crate::throttle::LogThrottle;
 use health::Health;
 pub use lock::DataDirLock;
@@ -301,6 +302,14 @@ impl Store for EmbeddedStore {
         self.write(app_id, WriteOp::Register(users)).await
     }
 
+    async fn update_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserUpdate>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::UpdateUsers(users)).await
+    }
+
     async fn unregister_users(
         &self,
         app_id: u32,
@@ -366,7 +375,8 @@ impl Store for EmbeddedStore {
         app_id: u32,
         id: i64,
     ) -> Result<Option<(Info, Delivery)>, StoreError> {
-        self.read(move |conn| broadcast::get(conn, app_id, id)).await
+        self.read(move |conn| broadcast::get(conn, app_id, id))
+            .await
     }
 
     async fn list_broadcasts(
@@ -391,8 +401,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn load_broadcast(&self, id: i64) -> Result<Option<Loaded>, StoreError> {
-        self.read(move |conn| Ok(broadcast::load(conn, id)))
-            .await?
+        self.read(move |conn| Ok(broadcast::load(conn, id))).await?
     }
 
     async fn claim_pages(
@@ -406,7 +415,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError> {
-        self.run(move |conn, _| broadcast::finish(conn, &done)).await
+        self.run(move |conn, _| broadcast::finish(conn, &done))
+            .await
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
@@ -414,7 +424,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
-        self.run(move |conn, _| broadcast::purge(conn, now_ms)).await
+        self.run(move |conn, _| broadcast::purge(conn, now_ms))
+            .await
     }
 
     async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {

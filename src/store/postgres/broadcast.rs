@@ -16,8 +16,8 @@ use tokio_postgres::types::ToSql;
 use super::{Shared, classify, follow, within};
 use crate::audience::filter::Filter;
 use crate::broadcast::{
-    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey,
-    Purged, Sent, deserialize_audience, pages, serialize_audience, state, utc_day,
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
+    Sent, deserialize_audience, pages, serialize_audience, state, utc_day,
 };
 use crate::store::{StoreError, ext_json, now_ms};
 
@@ -278,7 +278,9 @@ impl Shared {
             let client = self.client().await?;
             let row = client
                 .query_opt(
-                    &format!("SELECT {INFO_COLUMNS}, audience FROM tagcast_broadcasts WHERE id = $1"),
+                    &format!(
+                        "SELECT {INFO_COLUMNS}, audience FROM tagcast_broadcasts WHERE id = $1"
+                    ),
                     &[&id],
                 )
                 .await
@@ -332,7 +334,10 @@ impl Shared {
         within(self.options.timeout, work).await
     }
 
-    pub(super) async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError> {
+    pub(super) async fn finish_pages(
+        &self,
+        done: Vec<(PageKey, PageDone)>,
+    ) -> Result<(), StoreError> {
         let mut ids = Vec::with_capacity(done.len());
         let mut urls = Vec::with_capacity(done.len());
         let mut page_numbers = Vec::with_capacity(done.len());

@@ -42,14 +42,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{
-    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, WriteJob, WriteOp,
+    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
+    WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
-use crate::broadcast::{
-    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey,
-    Purged, Sent,
-};
 use crate::audience::{AudienceIndex, Page};
+use crate::broadcast::{
+    Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
+    Sent,
+};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -330,6 +331,14 @@ impl Store for PostgresStore {
         self.submit(app_id, WriteOp::Register(users)).await
     }
 
+    async fn update_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserUpdate>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.submit(app_id, WriteOp::UpdateUsers(users)).await
+    }
+
     async fn unregister_users(
         &self,
         app_id: u32,
@@ -438,7 +447,9 @@ impl Store for PostgresStore {
         per_day: u32,
         outlets: Vec<Outlet>,
     ) -> Result<Sent, StoreError> {
-        self.shared.send_broadcast(b, filter, per_day, outlets).await
+        self.shared
+            .send_broadcast(b, filter, per_day, outlets)
+            .await
     }
 
     async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
