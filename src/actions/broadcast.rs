@@ -14,7 +14,9 @@ use super::register_users::check_profile;
 use super::{Ctx, to_raw};
 use crate::api::{ApiError, ErrorCode};
 use crate::audience::filter::{Filter, FilterFields};
-use crate::broadcast::{Delivery, Info, NewBroadcast, Sent, utc_day};
+use std::sync::Arc;
+
+use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, utc_day};
 use crate::config::TagLimits;
 use crate::store::now_ms;
 
@@ -219,18 +221,48 @@ pub fn parse_pull(body: &[u8]) -> Result<ParsedPull, ApiError> {
     })
 }
 
-/// The fields every answer shows of a broadcast.
+/// The fields every answer shows of a broadcast, borrowed from the cache: the pull
+/// serializes them without copying (it is the hot read).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Public<'a> {
+    broadcast_id: String,
+    sender: i64,
+    msg_type: i64,
+    content: &'a str,
+    ext: &'a BTreeMap<String, String>,
+    inbox_type: u32,
+    create_time: i64,
+    expire_time: i64,
+}
+
+impl<'a> Public<'a> {
+    fn of(i: &'a Info) -> Self {
+        Public {
+            broadcast_id: i.id.to_string(),
+            sender: i.sender,
+            msg_type: i.msg_type,
+            content: &i.content,
+            ext: &i.ext,
+            inbox_type: i.inbox,
+            create_time: i.create_time,
+            expire_time: i.expire_time,
+        }
+    }
+}
+
 fn public_fields(i: &Info) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("BroadcastId".into(), i.id.to_string().into());
-    m.insert("Sender".into(), i.sender.into());
-    m.insert("MsgType".into(), i.msg_type.into());
-    m.insert("Content".into(), i.content.clone().into());
-    m.insert("Ext".into(), json!(i.ext));
-    m.insert("InboxType".into(), i.inbox.into());
-    m.insert("CreateTime".into(), i.create_time.into());
-    m.insert("ExpireTime".into(), i.expire_time.into());
-    m
+    match serde_json::to_value(Public::of(i)) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PullAnswer<'a> {
+    broadcasts: Vec<Public<'a>>,
+    next_cursor: String,
 }
 
 /// GetBroadcast's and ListBroadcasts' view: also the filter as sent, the audience's size,
@@ -258,32 +290,39 @@ pub async fn pull(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
         .store
         .active_broadcasts(p.app_id, p.inbox, p.user_id, now)
         .await?;
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     let mut next = String::new();
     if let Some(ordinal) = ordinal {
-        for id in ids
+        let ids: Vec<i64> = ids
             .into_iter()
             .filter(|id| p.before.is_none_or(|b| *id < b))
-        {
-            let Some(l) = ctx.broadcasts.loaded(ctx.store, id).await? else {
-                continue; // purged since the list was read
+            .collect();
+        let cached = ctx.broadcasts.cache.get_many(&ids);
+        for (id, cached) in ids.into_iter().zip(cached) {
+            let l = match cached {
+                Some(l) => l,
+                None => match ctx.broadcasts.loaded(ctx.store, id).await? {
+                    Some(l) => l,
+                    None => continue, // purged since the list was read
+                },
             };
             if !l.audience.contains(ordinal) {
                 continue;
             }
-            if out.len() == p.limit {
-                next = encode_cursor(out.last().map_or(id, |i: &Value| {
-                    i["BroadcastId"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(id)
-                }));
+            if found.len() == p.limit {
+                next = found
+                    .last()
+                    .map(|l: &Arc<Loaded>| encode_cursor(l.info.id))
+                    .unwrap_or_default();
                 break;
             }
-            out.push(Value::Object(public_fields(&l.info)));
+            found.push(l);
         }
     }
-    to_raw(&json!({"Broadcasts": out, "NextCursor": next}))
+    to_raw(&PullAnswer {
+        broadcasts: found.iter().map(|l| Public::of(&l.info)).collect(),
+        next_cursor: next,
+    })
 }
 
 #[derive(Deserialize)]

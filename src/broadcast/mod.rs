@@ -182,6 +182,12 @@ impl Cache {
         self.entries.lock().expect("cache lock").get(&id).cloned()
     }
 
+    /// The cached ones of `ids`, in order (`None`: not cached), under one lock.
+    pub fn get_many(&self, ids: &[i64]) -> Vec<Option<Arc<Loaded>>> {
+        let entries = self.entries.lock().expect("cache lock");
+        ids.iter().map(|id| entries.get(id).cloned()).collect()
+    }
+
     pub fn insert(&self, loaded: Loaded) -> Arc<Loaded> {
         let loaded = Arc::new(loaded);
         self.entries

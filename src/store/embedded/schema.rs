@@ -89,6 +89,9 @@ pub const MIGRATIONS: &[Migration] = &[
                   recalled       INTEGER NOT NULL DEFAULT 0
               );
               CREATE INDEX tagcast_broadcasts_app ON tagcast_broadcasts (app_id, id);
+              -- The recipient's pull reads only this index (the rows hold whole audiences).
+              CREATE INDEX tagcast_broadcasts_active
+                  ON tagcast_broadcasts (app_id, inbox_type, recalled, id, expire_time);
               CREATE INDEX tagcast_broadcasts_expiry ON tagcast_broadcasts (expire_time);
               CREATE TABLE tagcast_broadcast_days (
                   app_id INTEGER NOT NULL,
