@@ -246,16 +246,26 @@ pub(super) async fn phase(
         "ListUserBroadcasts",
         move |i| json!({"AppId": app, "UserId": u[i as usize], "Limit": 20}),
     );
-    let get_rps = peak_load(srv.addr, options, get, false, "BatchGetUser")
-        .await?
-        .rps();
-    let pulled = peak_load(srv.addr, options, pull, false, "ListUserBroadcasts").await?;
-    let pull_rps = pulled.rps();
+    // Alternating rounds, the median of each: on a shared machine one round of either can
+    // be off by a third.
+    let (mut gets, mut pulls, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let got = peak_load(srv.addr, options, get.clone(), false, "BatchGetUser").await?;
+        gets.push(got.rps());
+        let pulled =
+            peak_load(srv.addr, options, pull.clone(), false, "ListUserBroadcasts").await?;
+        pulls.push(pulled.rps());
+        p99s.push(pulled.percentile_ms(0.99));
+    }
+    for v in [&mut gets, &mut pulls, &mut p99s] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (get_rps, pull_rps) = (gets[1], pulls[1]);
     let ratio = pull_rps / get_rps;
     println!(
-        "[{name}] broadcast     ListUserBroadcasts with {ACTIVE} active broadcasts: {pull_rps:.0} req/s (p99 {:.2} ms); \
-         BatchGetUser of 1 user: {get_rps:.0} req/s; ratio {ratio:.2}",
-        pulled.percentile_ms(0.99)
+        "[{name}] broadcast     ListUserBroadcasts (Limit 20) with {ACTIVE} active broadcasts: {pull_rps:.0} req/s (p99 {:.2} ms); \
+         BatchGetUser of 1 user: {get_rps:.0} req/s; ratio {ratio:.2} (medians of 3 alternating rounds: pull {pulls:.0?}, get {gets:.0?})",
+        p99s[1]
     );
     f.set("list_user_broadcasts_rps", pull_rps);
     f.set("batch_get_user_rps", get_rps);

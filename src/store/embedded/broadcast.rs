@@ -175,29 +175,90 @@ pub(super) fn list(
         .collect()
 }
 
-pub(super) fn active(
+/// The user's ordinal (`None`: not registered).
+pub(super) fn ordinal(
     conn: &Connection,
     app_id: u32,
-    inbox: u32,
     user_id: i64,
-    now: i64,
-) -> rusqlite::Result<(Option<u32>, Vec<i64>)> {
+) -> rusqlite::Result<Option<u32>> {
     let ordinal: Option<Option<i64>> = conn
         .prepare_cached("SELECT ordinal FROM users WHERE app_id = ?1 AND user_id = ?2")?
         .query_row(params![app_id, user_id], |r| r.get(0))
         .optional()?;
-    let Some(Some(ordinal)) = ordinal else {
-        return Ok((None, Vec::new()));
-    };
-    let ids = conn
-        .prepare_cached(
-            "SELECT id FROM tagcast_broadcasts
-             WHERE app_id = ?1 AND inbox_type = ?2 AND recalled = 0 AND expire_time > ?3
-             ORDER BY id DESC",
-        )?
-        .query_map(params![app_id, inbox, now], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok((Some(ordinal as u32), ids))
+    Ok(ordinal.flatten().map(|o| o as u32))
+}
+
+/// A broadcast neither recalled nor purged, as the pull needs it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Active {
+    pub id: i64,
+    pub inbox: u32,
+    pub expire_time: i64,
+}
+
+/// Every app's broadcasts that are neither recalled nor purged, in id order. The single
+/// process owning the directory keeps this list in memory beside the table (send, recall
+/// and purge change both), so the pull reads only the user's ordinal.
+#[derive(Default)]
+pub(super) struct ActiveList(std::sync::Mutex<std::collections::HashMap<u32, Vec<Active>>>);
+
+impl ActiveList {
+    pub(super) fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let list = ActiveList::default();
+        {
+            let mut map = list.0.lock().expect("active lock");
+            let mut st = conn.prepare(
+                "SELECT app_id, id, inbox_type, expire_time FROM tagcast_broadcasts
+                 WHERE recalled = 0 ORDER BY id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    Active {
+                        id: r.get(1)?,
+                        inbox: r.get(2)?,
+                        expire_time: r.get(3)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (app, a) = row?;
+                map.entry(app).or_default().push(a);
+            }
+        }
+        Ok(list)
+    }
+
+    pub(super) fn add(&self, app_id: u32, a: Active) {
+        let mut map = self.0.lock().expect("active lock");
+        let list = map.entry(app_id).or_default();
+        let at = list.partition_point(|x| x.id < a.id);
+        list.insert(at, a);
+    }
+
+    pub(super) fn remove(&self, app_id: u32, id: i64) {
+        if let Some(list) = self.0.lock().expect("active lock").get_mut(&app_id) {
+            list.retain(|a| a.id != id);
+        }
+    }
+
+    pub(super) fn expire(&self, now: i64) {
+        for list in self.0.lock().expect("active lock").values_mut() {
+            list.retain(|a| a.expire_time > now);
+        }
+    }
+
+    /// Ids of the app's broadcasts in `inbox` unexpired at `now`, newest first.
+    pub(super) fn ids(&self, app_id: u32, inbox: u32, now: i64) -> Vec<i64> {
+        let map = self.0.lock().expect("active lock");
+        map.get(&app_id).map_or_else(Vec::new, |list| {
+            list.iter()
+                .rev()
+                .filter(|a| a.inbox == inbox && a.expire_time > now)
+                .map(|a| a.id)
+                .collect()
+        })
+    }
 }
 
 pub(super) fn load(conn: &Connection, id: i64) -> Result<Option<Loaded>, StoreError> {

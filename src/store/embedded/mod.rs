@@ -89,6 +89,8 @@ pub struct EmbeddedStore {
     /// Released once the writer has stopped.
     lock: Mutex<Option<DataDirLock>>,
     index: Arc<AudienceIndex>,
+    /// Broadcasts neither recalled nor purged (see `broadcast.rs`).
+    active: Arc<broadcast::ActiveList>,
 }
 
 pub(crate) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -134,6 +136,10 @@ impl EmbeddedStore {
         // Pages a killed process had claimed are nobody's now.
         broadcast::release_leases(&conn)
             .map_err(|e| format!("releasing webhook page leases in {}: {e}", path.display()))?;
+        let active =
+            Arc::new(broadcast::ActiveList::load(&conn).map_err(|e| {
+                format!("reading the active broadcasts in {}: {e}", path.display())
+            })?);
         let mut readers = Vec::with_capacity(options.read_connections);
         for _ in 0..options.read_connections.max(1) {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -203,6 +209,7 @@ impl EmbeddedStore {
             path,
             lock: Mutex::new(Some(lock)),
             index,
+            active,
         })
     }
 
@@ -359,15 +366,32 @@ impl Store for EmbeddedStore {
     ) -> Result<Sent, StoreError> {
         self.index_built().await?;
         let filter = filter.clone();
-        self.run(move |conn, index| {
-            broadcast::send(conn, index, &b, &filter, per_day, &outlets, now_ms())
-        })
-        .await
+        let (app_id, inbox) = (b.app_id, b.inbox);
+        let sent = self
+            .run(move |conn, index| {
+                broadcast::send(conn, index, &b, &filter, per_day, &outlets, now_ms())
+            })
+            .await?;
+        if let Sent::Created {
+            id, expire_time, ..
+        } = sent
+        {
+            let active = broadcast::Active {
+                id,
+                inbox,
+                expire_time,
+            };
+            self.active.add(app_id, active);
+        }
+        Ok(sent)
     }
 
     async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
-        self.run(move |conn, _| broadcast::recall(conn, app_id, id))
-            .await
+        let found = self
+            .run(move |conn, _| broadcast::recall(conn, app_id, id))
+            .await?;
+        self.active.remove(app_id, id);
+        Ok(found)
     }
 
     async fn get_broadcast(
@@ -396,8 +420,13 @@ impl Store for EmbeddedStore {
         user_id: i64,
         now_ms: i64,
     ) -> Result<(Option<u32>, Vec<i64>), StoreError> {
-        self.read(move |conn| broadcast::active(conn, app_id, inbox, user_id, now_ms))
-            .await
+        let ordinal = self
+            .read(move |conn| broadcast::ordinal(conn, app_id, user_id))
+            .await?;
+        Ok(match ordinal {
+            None => (None, Vec::new()),
+            Some(o) => (Some(o), self.active.ids(app_id, inbox, now_ms)),
+        })
     }
 
     async fn load_broadcast(&self, id: i64) -> Result<Option<Loaded>, StoreError> {
@@ -424,6 +453,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
+        self.active.expire(now_ms);
         self.run(move |conn, _| broadcast::purge(conn, now_ms))
             .await
     }
