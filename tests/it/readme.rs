@@ -240,9 +240,11 @@ fn serve_toml(s: &Session, block: &Block, n: usize) {
     let data = s.path().join(format!("block-{n}-data"));
     let mut script = format!("export TAGCAST_DATA_DIR='{}'\n", data.display());
     for line in block.text.lines() {
-        if let Some(var) = line
-            .split_once("secret_key_env")
-            .and_then(|(_, rest)| rest.split('"').nth(1))
+        // Accounts' secret_key_env and webhooks' secret_env: a fresh secret each.
+        if let Some(var) = ["secret_key_env", "secret_env"]
+            .iter()
+            .find_map(|name| line.trim_start().strip_prefix(name))
+            .and_then(|rest| rest.split('"').nth(1))
         {
             script.push_str(&format!(
                 "export {var}='{}'\n",
