@@ -197,7 +197,7 @@ async fn attempt(
         }
     };
     let Some(webhook) = service.webhooks.iter().find(|w| w.url == c.key.url) else {
-        tracing::warn!(url = %c.key.url, broadcast = c.key.broadcast_id, page = c.key.page, "a pending page's webhook is no longer configured; the page fails");
+        tracing::warn!(url = %crate::config::redact_url(&c.key.url), broadcast = c.key.broadcast_id, page = c.key.page, "a pending page's webhook is no longer configured; the page fails");
         metrics.delivery.pages_failed.inc();
         return PageDone::Failed;
     };
@@ -252,7 +252,7 @@ async fn attempt(
         Err(e) => format!("request failed: {e}"),
     };
     metrics.delivery.attempts_failed.inc();
-    tracing::debug!(delivery = %delivery_id, url = %webhook.url, attempt = c.attempts, cause = %why, "webhook attempt failed");
+    tracing::debug!(delivery = %delivery_id, url = %crate::config::redact_url(&webhook.url), attempt = c.attempts, cause = %why, "webhook attempt failed");
     retry(expire_time)
 }
 

@@ -8,7 +8,7 @@ mod secrets;
 mod webhooks;
 
 pub use secrets::{resolve_accounts, weak_secret_reason};
-pub use webhooks::{DeliveryConfig, Webhook, WebhookConfig, resolve_webhooks};
+pub use webhooks::{DeliveryConfig, Webhook, WebhookConfig, redact_url, resolve_webhooks};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;

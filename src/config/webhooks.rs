@@ -8,6 +8,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// `url` without any `user:password@` (for logs and errors: it may hold credentials).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
 /// Most user ids in one webhook POST.
 pub const MAX_PAGE_SIZE: usize = 100_000;
 
@@ -40,7 +53,7 @@ fn default_page_size() -> usize {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("secret_env", &self.secret_env)
             .field("secret_file", &self.secret_file)
@@ -52,9 +65,9 @@ impl std::fmt::Debug for WebhookConfig {
 
 impl WebhookConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
-        let at = |what: String| format!("webhooks ({}): {what}", self.url);
+        let at = |what: String| format!("webhooks ({}): {what}", redact_url(&self.url));
         let url = reqwest::Url::parse(&self.url)
-            .map_err(|e| format!("webhooks: url {:?} is not a URL: {e}", self.url))?;
+            .map_err(|e| format!("webhooks: url {} is not a URL: {e}", redact_url(&self.url)))?;
         if url.scheme() == "https" {
             // The binary's HTTP client has no TLS (see README, Webhooks).
             return Err(at(
@@ -91,7 +104,7 @@ impl WebhookConfig {
     }
 
     fn read_secret(&self) -> Result<String, String> {
-        let at = |what: String| format!("webhooks ({}): {what}", self.url);
+        let at = |what: String| format!("webhooks ({}): {what}", redact_url(&self.url));
         let secret = if let Some(s) = &self.secret {
             s.clone()
         } else if let Some(var) = &self.secret_env {
@@ -129,7 +142,7 @@ pub struct Webhook {
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("page_size", &self.page_size)
             .finish_non_exhaustive()
     }
@@ -148,7 +161,10 @@ pub fn resolve_webhooks(webhooks: &[WebhookConfig]) -> Result<Vec<Webhook>, Stri
     for w in webhooks {
         w.validate()?;
         if out.iter().any(|o| o.url == w.url) {
-            return Err(format!("webhooks: url {} is configured twice", w.url));
+            return Err(format!(
+                "webhooks: url {} is configured twice",
+                redact_url(&w.url)
+            ));
         }
         out.push(Webhook {
             url: w.url.clone(),
@@ -224,5 +240,30 @@ impl DeliveryConfig {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_a_webhook_url_never_reach_a_message() {
+        assert_eq!(
+            redact_url("http://alice:s3cret@127.0.0.1:9000/hook"),
+            "http://127.0.0.1:9000/hook"
+        );
+        assert_eq!(redact_url("http://127.0.0.1/x"), "http://127.0.0.1/x");
+        let w = WebhookConfig {
+            url: "ftp://alice:s3cret@127.0.0.1/".into(),
+            secret: Some("0123456789abcdef".into()),
+            secret_env: None,
+            secret_file: None,
+            apps: None,
+            page_size: 0,
+        };
+        let e = w.validate().unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("http://"), "{e}");
+        assert!(!format!("{w:?}").contains("s3cret"));
     }
 }

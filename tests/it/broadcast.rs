@@ -249,7 +249,7 @@ async fn the_audience_is_frozen_and_the_pull_lists_newest_first_until_recalled()
         pulled(&c, 3, 0, 1).await,
         [all_id.clone(), both_id.clone(), gold_id.clone()]
     );
-    assert_eq!(pulled(&c, 4, 0, 20).await, [all_id.clone()]);
+    assert_eq!(pulled(&c, 4, 0, 20).await, std::slice::from_ref(&all_id));
     assert!(pulled(&c, 6, 0, 20).await.is_empty());
     assert!(
         pulled(&c, 99, 0, 20).await.is_empty(),

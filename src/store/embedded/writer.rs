@@ -39,8 +39,11 @@ pub(super) enum Msg {
     Probe,
     /// Work of its own on the writer's connection (broadcasts and their outbox), run after
     /// the batch taken with it has committed; it answers its caller itself.
-    Run(Box<dyn FnOnce(&mut Connection, &AudienceIndex, &Health) + Send>),
+    Run(WriterWork),
 }
+
+/// Work run on the writer thread with its connection.
+pub(super) type WriterWork = Box<dyn FnOnce(&mut Connection, &AudienceIndex, &Health) + Send>;
 
 /// Longest one checkpoint waits for readers to let go of the log.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
