@@ -187,25 +187,27 @@ async fn user_broadcast_refuses_each_bad_field_naming_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_day_quota_refuses_the_next_send_until_utc_midnight_per_app() {
-    let server = TestServer::with(|c| c.limits.broadcasts_per_day = 3).await;
+    // The vendor's default, 20: the 21st of the day is refused.
+    let server = TestServer::start().await;
+    assert_eq!(server.config.limits.broadcasts_per_day, 20);
     let c = server.client();
-    for _ in 0..3 {
+    for _ in 0..20 {
         send(&c, json!({})).await;
     }
     let a = call(&c, "UserBroadcast", send_body(json!({}))).await;
     let v = assert_error(&a, 429, "FlowLimitExceeded");
     let msg = v["ResponseMetadata"]["Error"]["Message"].as_str().unwrap();
     assert!(
-        msg.contains("broadcasts_per_day") && msg.contains('3'),
+        msg.contains("broadcasts_per_day") && msg.contains("20"),
         "{msg}"
     );
     let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
     let now = tagcast::store::now_ms();
     let to_midnight = (86_400_000 - now.rem_euclid(86_400_000)) as u64 / 1000;
     assert!(retry.abs_diff(to_midnight) <= 5, "{retry} vs {to_midnight}");
-    // A refused send changes nothing: the day still holds 3, and another app is unaffected.
-    let listed = ok(&call(&c, "ListBroadcasts", json!({"AppId": APP})).await);
-    assert_eq!(listed["Broadcasts"].as_array().unwrap().len(), 3);
+    // A refused send changes nothing: the day still holds 20, and another app is unaffected.
+    let listed = ok(&call(&c, "ListBroadcasts", json!({"AppId": APP, "Limit": 100})).await);
+    assert_eq!(listed["Broadcasts"].as_array().unwrap().len(), 20);
     ok(&call(&c, "UserBroadcast", send_body(json!({"AppId": APP2}))).await);
 }
 
