@@ -83,10 +83,11 @@ pub const MIGRATIONS: &[Migration] = &[
                   ext            TEXT    NOT NULL,
                   selector       TEXT    NOT NULL,
                   audience_count INTEGER NOT NULL,
-                  audience       BLOB    NOT NULL,
                   create_time    INTEGER NOT NULL,
                   expire_time    INTEGER NOT NULL,
-                  recalled       INTEGER NOT NULL DEFAULT 0
+                  recalled       INTEGER NOT NULL DEFAULT 0,
+                  -- Last: reading the other columns never walks its overflow pages.
+                  audience       BLOB    NOT NULL
               );
               CREATE INDEX tagcast_broadcasts_app ON tagcast_broadcasts (app_id, id);
               -- The recipient's pull reads only this index (the rows hold whole audiences).

@@ -89,10 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
                   ext            text    NOT NULL,
                   selector       text    NOT NULL,
                   audience_count bigint  NOT NULL,
-                  audience       bytea   NOT NULL,
                   create_time    bigint  NOT NULL,
                   expire_time    bigint  NOT NULL,
-                  recalled       boolean NOT NULL DEFAULT false
+                  recalled       boolean NOT NULL DEFAULT false,
+                  -- Last: reading the other columns never walks its overflow pages.
+                  audience       bytea    NOT NULL
               );
               CREATE INDEX tagcast_broadcasts_app ON tagcast_broadcasts (app_id, id);
               -- The recipient's pull reads only this index (the rows hold whole audiences).
