@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::register_users::{User, check_profile};
+use super::register_users::{User, check_profile, parse_users};
 use super::{Ctx, apply_valid, decode};
 use crate::api::ApiError;
 use crate::config::TagLimits;
@@ -16,13 +15,6 @@ use crate::store::{DEFAULT_INBOX, TagOp, UserUpdate};
 
 /// The vendor's limit per call.
 pub const MAX_USERS: usize = 10;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Body {
-    app_id: i64,
-    users: Vec<User>,
-}
 
 /// A decoded and validated request; per-user problems are kept per user.
 pub struct Parsed {
@@ -32,13 +24,7 @@ pub struct Parsed {
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
 pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
-    let body: Body = decode::decode(body)?;
-    let app_id = decode::app_id(body.app_id)?;
-    decode::count("Users", body.users.len(), MAX_USERS)?;
-    let mut users = Vec::with_capacity(body.users.len());
-    for (i, u) in body.users.into_iter().enumerate() {
-        users.push(user(&format!("Users[{i}]"), u, limits)?);
-    }
+    let (app_id, users) = parse_users(body, limits, MAX_USERS, user)?;
     Ok(Parsed { app_id, users })
 }
 

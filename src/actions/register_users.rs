@@ -97,14 +97,29 @@ pub struct Parsed {
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
 pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
+    let (app_id, users) = parse_users(body, limits, MAX_USERS, user)?;
+    Ok(Parsed { app_id, users })
+}
+
+/// A user id and its parsed entry, or why the entry is refused (its FailedInfo message).
+pub(super) type PerUser<T> = (i64, Result<T, String>);
+
+/// The users of a `{"AppId", "Users": [...]}` body (1 to `max`), each through `one` with
+/// its path (`Users[i]`): RegisterUsers' and BatchUpdateUser's shared shape.
+pub(super) fn parse_users<T>(
+    body: &[u8],
+    limits: &TagLimits,
+    max: usize,
+    one: impl Fn(&str, User, &TagLimits) -> Result<PerUser<T>, ApiError>,
+) -> Result<(u32, Vec<PerUser<T>>), ApiError> {
     let body: Body = decode::decode(body)?;
     let app_id = decode::app_id(body.app_id)?;
-    decode::count("Users", body.users.len(), MAX_USERS)?;
+    decode::count("Users", body.users.len(), max)?;
     let mut users = Vec::with_capacity(body.users.len());
     for (i, u) in body.users.into_iter().enumerate() {
-        users.push(user(&format!("Users[{i}]"), u, limits)?);
+        users.push(one(&format!("Users[{i}]"), u, limits)?);
     }
-    Ok(Parsed { app_id, users })
+    Ok((app_id, users))
 }
 
 /// One user: a structural problem fails (`Err`), a bad field is kept for its FailedInfo.
