@@ -163,23 +163,29 @@ fn register_generator(signer: Arc<Signer>, app_id: u32, total: u64, tags: usize)
     })
 }
 
-/// A pool of signed BatchUpdateUserTags requests (10 users x 2 tags, Op 0) cycling
-/// through `users` registered users; signed up front so the client's CPU goes to sending.
-fn update_pool(signer: &Signer, app_id: u32, users: u64) -> Generator {
-    let pool: Vec<Request> = (0..4096u64)
-        .map(|n| {
-            let entries: Vec<Value> = (0..USERS_PER_REQUEST as u64)
-                .map(|i| {
-                    let u = (n * USERS_PER_REQUEST as u64 + i) % users;
-                    json!({"UserId": user_id(u), "Tags": {"level": tag_value(n), "city": tag_value(n + 1)}})
-                })
-                .collect();
-            let body = json!({"AppId": app_id, "InboxType": 0, "UserTags": entries, "Op": 0}).to_string();
-            signer.request("BatchUpdateUserTags", body.into_bytes())
-        })
-        .collect();
-    let pool = Arc::new(pool);
-    Arc::new(move |n| pool[(n % pool.len() as u64) as usize].clone())
+/// BatchUpdateUserTags request `n` (10 users x 2 tags, Op 0), signed when it is sent:
+/// request n writes users `10n..10n+10` modulo `users`, and every pass over the users
+/// writes values other than the pass before, so no request rewrites what a user holds.
+fn update_generator(signer: Arc<Signer>, app_id: u32, users: u64) -> Generator {
+    let per_pass = users.div_ceil(USERS_PER_REQUEST as u64).max(1);
+    Arc::new(move |n| {
+        let (pass, slot) = (n / per_pass, n % per_pass);
+        let mut body = format!(r#"{{"AppId":{app_id},"InboxType":0,"Op":0,"UserTags":["#);
+        for i in 0..USERS_PER_REQUEST as u64 {
+            let u = (slot * USERS_PER_REQUEST as u64 + i) % users;
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                r#"{{"UserId":{},"Tags":{{"level":"{}","city":"{}"}}}}"#,
+                user_id(u),
+                tag_value(slot + pass),
+                tag_value(slot + pass + 1)
+            ));
+        }
+        body.push_str("]}");
+        signer.request("BatchUpdateUserTags", body.into_bytes())
+    })
 }
 
 fn healthz() -> Generator {
@@ -255,6 +261,49 @@ async fn peak_load(
     Ok(r)
 }
 
+/// [`peak_load`], with the server's CPU time per good answer over the measured part
+/// (user and system time of the whole server process, no profiler attached), µs.
+async fn peak_load_cpu(
+    srv: &ServerProcess,
+    options: &Options,
+    generator: Generator,
+    expect_all_ok: bool,
+    what: &str,
+) -> Result<(RunResult, f64), String> {
+    let d = options.duration;
+    let warm = Pace::Closed { duration: d / 4 };
+    run_load(srv.addr, options, warm, generator.clone(), expect_all_ok).await?;
+    let before = srv.cpu_time()?;
+    let r = run_load(
+        srv.addr,
+        options,
+        Pace::Closed { duration: d },
+        generator,
+        expect_all_ok,
+    )
+    .await?;
+    let cpu = srv.cpu_time()? - before;
+    check(what, &r)?;
+    let per_request = cpu.as_secs_f64() * 1e6 / r.ok.max(1) as f64;
+    Ok((r, per_request))
+}
+
+/// A pool of signed BatchGetUser requests for 10 of `users` registered users each,
+/// cycling through them.
+fn get_pool(signer: &Signer, app_id: u32, users: u64) -> Generator {
+    let pool: Vec<Request> = (0..4096u64)
+        .map(|n| {
+            let ids: Vec<u64> = (0..USERS_PER_REQUEST as u64)
+                .map(|i| user_id((n * USERS_PER_REQUEST as u64 + i) % users))
+                .collect();
+            let body = json!({"AppId": app_id, "InboxType": 0, "UserIds": ids}).to_string();
+            signer.request("BatchGetUser", body.into_bytes())
+        })
+        .collect();
+    let pool = Arc::new(pool);
+    Arc::new(move |n| pool[(n % pool.len() as u64) as usize].clone())
+}
+
 /// Everything for one backend. `fresh` gives an empty place for the server's data
 /// (called once for the end-to-end server and once for the scale data set).
 async fn bench_backend(
@@ -293,14 +342,17 @@ async fn bench_backend(
     );
 
     // HTTP ceiling.
-    let ceiling = peak_load(addr, options, healthz(), false, "GET /healthz").await?;
+    let (ceiling, cpu_healthz) =
+        peak_load_cpu(&srv, options, healthz(), false, "GET /healthz").await?;
     println!(
-        "[{name}] HTTP ceiling  GET /healthz: {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+        "[{name}] HTTP ceiling  GET /healthz: {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  \
+         server CPU {cpu_healthz:.1} µs/request",
         ceiling.rps(),
         ceiling.percentile_ms(0.5),
         ceiling.percentile_ms(0.99)
     );
     f.set("http_ceiling_rps", ceiling.rps());
+    f.set("cpu_us_healthz", cpu_healthz);
 
     // Register the users the updates cycle through.
     let batches = options.e2e_users.div_ceil(REGISTER_BATCH);
@@ -315,18 +367,20 @@ async fn bench_backend(
     check("RegisterUsers", &reg)?;
 
     // End to end, closed loop: the peak.
-    let pool = update_pool(&signer, account.app_id, options.e2e_users);
-    let e2e = peak_load(addr, options, pool, true, "BatchUpdateUserTags").await?;
+    let pool = update_generator(signer.clone(), account.app_id, options.e2e_users);
+    let (e2e, cpu_write) =
+        peak_load_cpu(&srv, options, pool, true, "BatchUpdateUserTags").await?;
     let peak = e2e.rps();
     println!(
         "[{name}] end to end    BatchUpdateUserTags 10 users x 2 tags: {peak:>7.0} req/s = {:.0} user-updates/s  \
-         p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+         p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  server CPU {cpu_write:.1} µs/request",
         peak * USERS_PER_REQUEST as f64,
         e2e.percentile_ms(0.5),
         e2e.percentile_ms(0.95),
         e2e.percentile_ms(0.99),
         e2e.max_ms()
     );
+    f.set("cpu_us_write", cpu_write);
     f.set("e2e_rps", peak);
     f.set("e2e_user_updates_per_s", peak * USERS_PER_REQUEST as f64);
     f.set("e2e_p50_ms", e2e.percentile_ms(0.5));
@@ -334,9 +388,24 @@ async fn bench_backend(
     f.set("e2e_p99_ms", e2e.percentile_ms(0.99));
     f.set("e2e_max_ms", e2e.max_ms());
 
+    // Reads, closed loop: BatchGetUser of 10 of the users just written.
+    let gets = get_pool(&signer, account.app_id, options.e2e_users);
+    let (read, cpu_read) = peak_load_cpu(&srv, options, gets, false, "BatchGetUser").await?;
+    println!(
+        "[{name}] reads         BatchGetUser 10 users: {:>7.0} req/s  p50 {:.2} ms  p99 {:.2} ms  \
+         server CPU {cpu_read:.1} µs/request; read / HTTP ceiling = {:.3}",
+        read.rps(),
+        read.percentile_ms(0.5),
+        read.percentile_ms(0.99),
+        read.rps() / ceiling.rps()
+    );
+    f.set("read_rps", read.rps());
+    f.set("cpu_us_read", cpu_read);
+    f.set("ratio_read_http_ceiling", read.rps() / ceiling.rps());
+
     // Latency under load: open loop at fractions of the peak (fresh signatures: a full
     // run can outlast the 15-minute signature window).
-    let pool = update_pool(&signer, account.app_id, options.e2e_users);
+    let pool = update_generator(signer.clone(), account.app_id, options.e2e_users);
     let mut points = Vec::new();
     for &level in &options.levels {
         let rate = peak * level;

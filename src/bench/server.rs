@@ -107,6 +107,9 @@ impl WalSampler {
 
 pub struct ServerProcess {
     child: Child,
+    /// The server's log (stderr) at its default level, request lines included, as an
+    /// operator runs it; removed after a clean stop.
+    log: PathBuf,
     pub addr: SocketAddr,
     /// From spawning the process to its "listening" line (printed once it listens).
     pub start_to_listen: Duration,
@@ -115,14 +118,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn start(config: &Path) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("locating tagcast: {e}"))?;
+        let log = config.with_extension("log");
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| format!("creating {}: {e}", log.display()))?;
         let started = Instant::now();
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_file)
             .spawn()
             .map_err(|e| format!("starting tagcast serve: {e}"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -132,7 +138,10 @@ impl ServerProcess {
             _ => {
                 let _ = child.kill();
                 let status = child.wait().map_err(|e| e.to_string())?;
-                return Err(format!("tagcast serve exited during start ({status})"));
+                return Err(format!(
+                    "tagcast serve exited during start ({status}); its log: {}",
+                    log_tail(&log)
+                ));
             }
         };
         let start_to_listen = started.elapsed();
@@ -145,6 +154,7 @@ impl ServerProcess {
             .ok_or_else(|| format!("unexpected first line from tagcast serve: {first:?}"))?;
         Ok(ServerProcess {
             child,
+            log,
             addr,
             start_to_listen,
         })
@@ -158,14 +168,37 @@ impl ServerProcess {
         Some(kb / 1024.0)
     }
 
+    /// CPU time the server process has used so far, user and system, all threads
+    /// (Linux: fields 14 and 15 of /proc/<pid>/stat, in clock ticks).
+    pub fn cpu_time(&self) -> Result<Duration, String> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+        // The command name (field 2) may hold spaces: count fields after its ')'.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64, String> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| format!("unexpected {path}: {stat:?}"))
+        };
+        // Fields 14 and 15 of the whole line are 12 and 13 after the name.
+        let total = ticks(11)? + ticks(12)?;
+        Ok(Duration::from_secs_f64(total as f64 / clock_ticks_per_second()))
+    }
+
     /// SIGTERM (graceful: queued writes commit), then wait.
     pub fn stop(mut self) -> Result<(), String> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let status = self.child.wait().map_err(|e| e.to_string())?;
         if !status.success() {
-            return Err(format!("tagcast serve exited with {status}"));
+            return Err(format!(
+                "tagcast serve exited with {status}; its log: {}",
+                log_tail(&self.log)
+            ));
         }
+        let _ = std::fs::remove_file(&self.log);
         Ok(())
     }
 }
@@ -177,6 +210,29 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The last lines of a server's log, for an error message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("{} (last lines:\n{tail})", log.display())
+}
+
+/// `getconf CLK_TCK`: the unit of /proc's CPU times (100 on every Linux we know of).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t: &f64| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 /// Bytes in the files under `dir`.
