@@ -13,6 +13,16 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tagcast::config::{Config, LogFormat, StoreKind};
 
+// A server allocator: each request allocates and frees many small buffers on whichever
+// worker runs it, where glibc's malloc spent a fifth of a read's CPU (docs/benchmarks.md,
+// "Per-request cost", has mimalloc against jemalloc).
+#[cfg(not(feature = "jemalloc"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tagcast",
