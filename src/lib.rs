@@ -20,6 +20,7 @@ pub mod devservers;
 pub mod gateway;
 pub mod import;
 pub mod limiter;
+pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod signing;

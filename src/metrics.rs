@@ -32,6 +32,7 @@ pub struct Metrics {
     wal_bytes: Gauge,
     wal_restarts: Counter,
     store_writable: Gauge,
+    log_lines_dropped: Counter,
     /// Webhook delivery (src/broadcast/delivery.rs).
     pub delivery: DeliveryMetrics,
 }
@@ -115,6 +116,12 @@ impl Metrics {
             "1 while the store accepts writes; 0 after a write failed (disk full, I/O error, corruption) until one succeeds again",
             store_writable.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log's queue was full (stderr slower than the lines came)",
+            log_lines_dropped.clone(),
+        );
         let delivery = DeliveryMetrics::default();
         let d = &delivery;
         for (name, help, metric) in [
@@ -168,6 +175,7 @@ impl Metrics {
             wal_bytes,
             wal_restarts,
             store_writable,
+            log_lines_dropped,
         }
     }
 
@@ -211,11 +219,13 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(
-            &mut out,
-            &self.registry.lock().expect("registry lock"),
-        )
-        .expect("writing to a String cannot fail");
+        let registry = self.registry.lock().expect("registry lock");
+        // The log counts its drops itself; brought up to date under the registry's lock.
+        let dropped = crate::logging::dropped_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use tagcast::accounts::BOOTSTRAP_APP_ID;
-use tagcast::config::{Config, LogFormat, StoreKind};
+use tagcast::config::{Config, StoreKind};
 use tagcast::server::{self, AccountSource, Prepared, Shutdown};
 
 use crate::ServeArgs;
@@ -15,7 +15,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     // runtime): from here on SIGTERM/SIGINT end the process cleanly.
     let mut shutdown = Shutdown::install()?;
     let config = load_config(args)?;
-    init_logging(config.log_format);
+    // Held to the end of `run`: dropping it writes out the lines still queued.
+    let _log = tagcast::logging::init(config.log_format);
     // Every client connection is a descriptor: take all the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open file limit"),
@@ -54,20 +55,6 @@ fn load_config(args: ServeArgs) -> Result<Config, String> {
         config.limits.redis_url = Some(v);
     }
     Ok(config)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn print_banner(config: &Config, prepared: &Prepared) {
