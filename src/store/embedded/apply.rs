@@ -3,12 +3,14 @@
 //! being the only writer, it needs no row locks for the read-then-write of the tag cap.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use rustc_hash::FxHashMap;
 
 use crate::audience::index::Builder;
 use crate::store::plan::{Batch, Change, Plan, Snapshot, UserState};
-use crate::store::{StoredUser, Tag, WriteJob, ext_json, now_ms};
+use crate::store::{StoredUser, WriteJob, ext_json, now_ms};
 
 /// Reads the state of every user `jobs` name, and the next ordinal of the apps where the
 /// plan may register users.
@@ -190,53 +192,137 @@ pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
     Ok(b)
 }
 
+/// Ids per set-based statement (`user_id IN (?2, ..., ?17)`); a shorter list is padded
+/// with NULL, which matches nothing. A fixed list rather than a table-valued `rarray`:
+/// SQLite re-prepares a statement whose virtual-table argument was rebound, at every run.
+const CHUNK: usize = 16;
+
+/// `?first, ?first+1, ..., ?first+CHUNK-1`.
+fn placeholders(first: usize) -> String {
+    (first..first + CHUNK)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+static USERS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
+         FROM users WHERE app_id = ?1 AND user_id IN ({})",
+        placeholders(2)
+    )
+});
+
+// Ordered by the primary key (app_id, user_id, inbox_type, key): a user's tags come
+// sorted by key.
+static TAGS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT user_id, key, value FROM tags
+         WHERE app_id = ?1 AND inbox_type = ?{} AND user_id IN ({})
+         ORDER BY user_id, key",
+        CHUNK + 2,
+        placeholders(2)
+    )
+});
+
+/// Binds `?1` = `app_id`, `?2..` = `ids` (at most [`CHUNK`], padded with NULL).
+fn bind_chunk(stmt: &mut rusqlite::Statement<'_>, app_id: u32, ids: &[i64]) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(1, app_id)?;
+    for i in 0..CHUNK {
+        match ids.get(i) {
+            Some(id) => stmt.raw_bind_parameter(i + 2, id)?,
+            None => stmt.raw_bind_parameter(i + 2, rusqlite::types::Null)?,
+        }
+    }
+    Ok(())
+}
+
+/// The users `user_ids` names (in that order; `None` for one not registered) with their
+/// tags of `inbox`: set-based statements, [`CHUNK`] users each, in one read transaction,
+/// so the WAL read lock is taken once per request, not twice per user.
 pub fn get_users(
     conn: &Connection,
     app_id: u32,
     inbox: u32,
     user_ids: &[i64],
 ) -> rusqlite::Result<Vec<Option<StoredUser>>> {
-    let mut user_stmt = conn.prepare_cached(
-        "SELECT nick_name, portrait, ext, is_robot, create_time, modify_time FROM users WHERE app_id = ?1 AND user_id = ?2",
-    )?;
-    let mut tag_stmt = conn
-        .prepare_cached("SELECT key, value FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3 ORDER BY key")?;
+    let _read = ReadTransaction::begin(conn)?;
+    let mut users = conn.prepare_cached(&USERS_SQL)?;
+    let mut found: FxHashMap<i64, StoredUser> = FxHashMap::default();
+    for chunk in user_ids.chunks(CHUNK) {
+        bind_chunk(&mut users, app_id, chunk)?;
+        let mut rows = users.raw_query();
+        while let Some(r) = rows.next()? {
+            let ext: BTreeMap<String, String> = serde_json::from_str(r.get_ref(3)?.as_str()?)
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+            let user_id = r.get(0)?;
+            found.insert(
+                user_id,
+                StoredUser {
+                    user_id,
+                    nick_name: r.get(1)?,
+                    portrait: r.get(2)?,
+                    ext,
+                    is_robot: r.get(4)?,
+                    create_time_ms: r.get(5)?,
+                    modify_time_ms: r.get(6)?,
+                    tags: Vec::new(),
+                },
+            );
+        }
+    }
+    if !found.is_empty() {
+        let mut tags = conn.prepare_cached(&TAGS_SQL)?;
+        for chunk in user_ids.chunks(CHUNK) {
+            bind_chunk(&mut tags, app_id, chunk)?;
+            tags.raw_bind_parameter(CHUNK + 2, inbox)?;
+            let mut rows = tags.raw_query();
+            while let Some(r) = rows.next()? {
+                if let Some(u) = found.get_mut(&r.get(0)?) {
+                    u.tags.push((r.get(1)?, r.get(2)?));
+                }
+            }
+        }
+    }
     let mut out = Vec::with_capacity(user_ids.len());
-    for &user_id in user_ids {
-        let row = user_stmt
-            .query_row(params![app_id, user_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .optional()?;
-        let Some((nick_name, portrait, ext, is_robot, create_time_ms, modify_time_ms)) = row else {
-            out.push(None);
-            continue;
-        };
-        let tags = tag_stmt
-            .query_map(params![app_id, user_id, inbox], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<Tag>>>()?;
-        let ext: BTreeMap<String, String> = serde_json::from_str(&ext).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-        })?;
-        out.push(Some(StoredUser {
-            user_id,
-            nick_name,
-            portrait,
-            ext,
-            is_robot,
-            create_time_ms,
-            modify_time_ms,
-            tags,
-        }));
+    for (i, id) in user_ids.iter().enumerate() {
+        // A user asked for twice is answered twice; the last ask takes it without a copy.
+        let asked_again = user_ids[i + 1..].contains(id);
+        out.push(if asked_again {
+            found.get(id).cloned()
+        } else {
+            found.remove(id)
+        });
     }
     Ok(out)
+}
+
+/// `BEGIN` now, `COMMIT` when dropped: the statements between share one snapshot and one
+/// WAL read lock.
+pub struct ReadTransaction<'c>(&'c Connection);
+
+impl<'c> ReadTransaction<'c> {
+    pub fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        if !conn.is_autocommit() {
+            // One left open by a COMMIT that failed: end it first.
+            conn.prepare_cached("ROLLBACK")?.execute([])?;
+        }
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(ReadTransaction(conn))
+    }
+}
+
+impl Drop for ReadTransaction<'_> {
+    fn drop(&mut self) {
+        // A read transaction has nothing to commit; this only ends it.
+        if let Err(e) = self.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+            tracing::warn!(error = %e, "ending a read transaction");
+        }
+    }
 }
