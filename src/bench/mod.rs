@@ -368,8 +368,7 @@ async fn bench_backend(
 
     // End to end, closed loop: the peak.
     let pool = update_generator(signer.clone(), account.app_id, options.e2e_users);
-    let (e2e, cpu_write) =
-        peak_load_cpu(&srv, options, pool, true, "BatchUpdateUserTags").await?;
+    let (e2e, cpu_write) = peak_load_cpu(&srv, options, pool, true, "BatchUpdateUserTags").await?;
     let peak = e2e.rps();
     println!(
         "[{name}] end to end    BatchUpdateUserTags 10 users x 2 tags: {peak:>7.0} req/s = {:.0} user-updates/s  \

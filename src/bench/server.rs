@@ -119,8 +119,8 @@ impl ServerProcess {
     pub fn start(config: &Path) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("locating tagcast: {e}"))?;
         let log = config.with_extension("log");
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let started = Instant::now();
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
@@ -184,7 +184,9 @@ impl ServerProcess {
         };
         // Fields 14 and 15 of the whole line are 12 and 13 after the name.
         let total = ticks(11)? + ticks(12)?;
-        Ok(Duration::from_secs_f64(total as f64 / clock_ticks_per_second()))
+        Ok(Duration::from_secs_f64(
+            total as f64 / clock_ticks_per_second(),
+        ))
     }
 
     /// SIGTERM (graceful: queued writes commit), then wait.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use rustc_hash::FxHashMap;
 
 use crate::audience::index::Builder;
@@ -13,33 +13,49 @@ use crate::store::plan::{Batch, Change, Plan, Snapshot, UserState};
 use crate::store::{StoredUser, WriteJob, ext_json, now_ms};
 
 /// Reads the state of every user `jobs` name, and the next ordinal of the apps where the
-/// plan may register users.
+/// plan may register users: set-based, [`CHUNK`] users of one app per statement, in key
+/// order (the users come sorted).
 pub fn read_snapshot(conn: &Connection, jobs: &[WriteJob]) -> rusqlite::Result<Snapshot> {
     let batch = Batch { jobs };
-    let mut ordinal =
-        conn.prepare_cached("SELECT ordinal FROM users WHERE app_id = ?1 AND user_id = ?2")?;
-    let mut tags = conn.prepare_cached(
-        "SELECT inbox_type, key, value FROM tags WHERE app_id = ?1 AND user_id = ?2",
-    )?;
+    let mut ordinals = conn.prepare_cached(&ORDINALS_SQL)?;
+    let mut tags = conn.prepare_cached(&ALL_TAGS_SQL)?;
     let mut snapshot = Snapshot::default();
-    for (app, user) in batch.users() {
-        let Some(o) = ordinal
-            .query_row(params![app, user], |r| r.get::<_, Option<u32>>(0))
-            .optional()?
-        else {
-            continue;
-        };
-        let mut state = UserState {
-            ordinal: Some(o.ok_or_else(|| {
-                rusqlite::Error::InvalidColumnType(0, "ordinal".into(), rusqlite::types::Type::Null)
-            })?),
-            ..Default::default()
-        };
-        let mut rows = tags.query(params![app, user])?;
-        while let Some(r) = rows.next()? {
-            state.tags.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+    let users = batch.users();
+    let mut ids = Vec::with_capacity(CHUNK);
+    for group in users.chunk_by(|a, b| a.0 == b.0) {
+        let app = group[0].0;
+        for chunk in group.chunks(CHUNK) {
+            ids.clear();
+            ids.extend(chunk.iter().map(|&(_, u)| u));
+            bind_chunk(&mut ordinals, app, &ids)?;
+            let mut rows = ordinals.raw_query();
+            while let Some(r) = rows.next()? {
+                let ordinal = r.get::<_, Option<u32>>(1)?.ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        1,
+                        "ordinal".into(),
+                        rusqlite::types::Type::Null,
+                    )
+                })?;
+                let state = UserState {
+                    ordinal: Some(ordinal),
+                    ..Default::default()
+                };
+                snapshot.users.insert((app, r.get(0)?), state);
+            }
+            if !chunk.iter().any(|u| snapshot.users.contains_key(u)) {
+                continue;
+            }
+            bind_chunk(&mut tags, app, &ids)?;
+            let mut rows = tags.raw_query();
+            while let Some(r) = rows.next()? {
+                // Tags of a user that is not registered (`tagcast check` reports them)
+                // are not part of its state.
+                if let Some(state) = snapshot.users.get_mut(&(app, r.get(0)?)) {
+                    state.tags.insert((r.get(1)?, r.get(2)?), r.get(3)?);
+                }
+            }
         }
-        snapshot.users.insert((app, user), state);
     }
     let mut next =
         conn.prepare_cached("SELECT next_ordinal FROM tagcast_apps WHERE app_id = ?1")?;
@@ -56,6 +72,8 @@ pub fn read_snapshot(conn: &Connection, jobs: &[WriteJob]) -> rusqlite::Result<S
 /// Writes a plan's changes, in order, and the apps' next ordinals.
 pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
     let now = now_ms();
+    // The tag statements, looked up in the cache once per batch rather than per change.
+    let (mut set_tag, mut delete_tag) = (None, None);
     let mut changes = plan.changes.iter().peekable();
     while let Some(change) = changes.next() {
         match change {
@@ -110,7 +128,7 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                 value,
                 ..
             } => {
-                conn.prepare_cached(
+                statement(&mut set_tag, conn,
                     "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = excluded.value",
                 )?
@@ -123,7 +141,9 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                 key,
                 ..
             } => {
-                conn.prepare_cached(
+                statement(
+                    &mut delete_tag,
+                    conn,
                     "DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3 AND key = ?4",
                 )?
                 .execute(params![app, user, inbox, key])?;
@@ -144,6 +164,18 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
         .execute(params![app, next])?;
     }
     Ok(())
+}
+
+/// The statement in `slot`, taken from the connection's cache the first time.
+fn statement<'s, 'c>(
+    slot: &'s mut Option<CachedStatement<'c>>,
+    conn: &'c Connection,
+    sql: &str,
+) -> rusqlite::Result<&'s mut CachedStatement<'c>> {
+    if slot.is_none() {
+        *slot = Some(conn.prepare_cached(sql)?);
+    }
+    Ok(slot.as_mut().expect("set just above"))
 }
 
 /// Every registered user and every tag, into an index builder (at start). Both tables are
@@ -225,8 +257,26 @@ static TAGS_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+static ORDINALS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT user_id, ordinal FROM users WHERE app_id = ?1 AND user_id IN ({})",
+        placeholders(2)
+    )
+});
+
+static ALL_TAGS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT user_id, inbox_type, key, value FROM tags WHERE app_id = ?1 AND user_id IN ({})",
+        placeholders(2)
+    )
+});
+
 /// Binds `?1` = `app_id`, `?2..` = `ids` (at most [`CHUNK`], padded with NULL).
-fn bind_chunk(stmt: &mut rusqlite::Statement<'_>, app_id: u32, ids: &[i64]) -> rusqlite::Result<()> {
+fn bind_chunk(
+    stmt: &mut rusqlite::Statement<'_>,
+    app_id: u32,
+    ids: &[i64],
+) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(1, app_id)?;
     for i in 0..CHUNK {
         match ids.get(i) {
@@ -321,7 +371,11 @@ impl<'c> ReadTransaction<'c> {
 impl Drop for ReadTransaction<'_> {
     fn drop(&mut self) {
         // A read transaction has nothing to commit; this only ends it.
-        if let Err(e) = self.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+        if let Err(e) = self
+            .0
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+        {
             tracing::warn!(error = %e, "ending a read transaction");
         }
     }

@@ -102,7 +102,10 @@ pub(crate) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result
     // plans again) a statement at its first step after a rebind of certain parameters,
     // which was a fifth of a BatchGetUser's CPU (issue 11). Our statements have one good
     // plan whatever the ids.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(conn)
 }
 
