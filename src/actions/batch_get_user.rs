@@ -57,7 +57,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     let mut seen = HashSet::new();
     let mut user_ids = Vec::with_capacity(body.user_ids.len());
     for (i, id) in body.user_ids.into_iter().enumerate() {
-        let id = decode::user_id(&format!("UserIds[{i}]"), id)?;
+        let id = decode::user_id(id, || format!("UserIds[{i}]"))?;
         if seen.insert(id) {
             user_ids.push(id);
         }

@@ -35,7 +35,7 @@ fn user(
     limits: &TagLimits,
 ) -> Result<(i64, Result<UserUpdate, String>), ApiError> {
     let update = UserUpdate {
-        user_id: decode::user_id(&format!("{path}.UserId"), u.user_id)?,
+        user_id: decode::user_id(u.user_id, || format!("{path}.UserId"))?,
         nick_name: u.nick_name,
         portrait: u.portrait,
         ext: u.ext.map(|m| m.0.into_iter().collect::<BTreeMap<_, _>>()),

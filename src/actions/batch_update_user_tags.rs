@@ -57,7 +57,7 @@ fn entries(body: Body) -> Result<Vec<TagEntry>, ApiError> {
                 .enumerate()
                 .map(|(i, ut)| {
                     Ok(TagEntry {
-                        user_id: decode::user_id(&format!("UserTags[{i}].UserId"), ut.user_id)?,
+                        user_id: decode::user_id(ut.user_id, || format!("UserTags[{i}].UserId"))?,
                         tags: ut.tags.unwrap_or_default().0,
                     })
                 })
@@ -71,7 +71,7 @@ fn entries(body: Body) -> Result<Vec<TagEntry>, ApiError> {
                 .enumerate()
                 .map(|(i, id)| {
                     Ok(TagEntry {
-                        user_id: decode::user_id(&format!("UserIds[{i}]"), id)?,
+                        user_id: decode::user_id(id, || format!("UserIds[{i}]"))?,
                         tags: tags.clone(),
                     })
                 })

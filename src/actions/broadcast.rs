@@ -215,7 +215,7 @@ pub fn parse_pull(body: &[u8]) -> Result<ParsedPull, ApiError> {
     Ok(ParsedPull {
         app_id: decode::app_id(b.app_id)?,
         inbox: decode::inbox_type(b.inbox_type)?,
-        user_id: decode::user_id("UserId", b.user_id)?,
+        user_id: decode::user_id(b.user_id, || "UserId".into())?,
         before: decode_cursor(b.cursor)?,
         limit: limit(b.limit)?,
     })

@@ -2,7 +2,6 @@
 //! the whole request (`JsonParsingError`, `InvalidParam`); problems with one user's tags
 //! are returned as a message for that user's FailedInfo.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
@@ -38,8 +37,13 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             return Err(ApiError::invalid("the body must be a JSON object"));
         }
     }
+    // Plain serde first: the path of the field at fault is tracked only when there is one
+    // to report, by decoding the body again.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -59,6 +63,8 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             format!("the body is not valid JSON: {e}"),
         )
     })?;
+    // Unreachable in practice (the plain decode failed, so one of the two above fails
+    // too); returned as decoded rather than assumed.
     Ok(value)
 }
 
@@ -78,15 +84,14 @@ impl<'de> Deserialize<'de> for StringMap {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringMap, A::Error> {
                 let mut out: Vec<(String, String)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(4).min(128));
-                let mut seen = HashSet::new();
                 while let Some((k, v)) = map.next_entry::<String, String>()? {
-                    if !seen.insert(k.clone()) {
-                        return Err(de::Error::custom(format!(
-                            "duplicate key {:?}",
-                            truncate(&k, 64)
-                        )));
-                    }
                     out.push((k, v));
+                }
+                if let Some(k) = duplicate_key(&out) {
+                    return Err(de::Error::custom(format!(
+                        "duplicate key {:?}",
+                        truncate(k, 64)
+                    )));
                 }
                 Ok(StringMap(out))
             }
@@ -115,12 +120,14 @@ pub fn inbox_type(v: Option<i64>) -> Result<u32, ApiError> {
     }
 }
 
-pub fn user_id(path: &str, v: i64) -> Result<i64, ApiError> {
+/// A user id; `path` names the field, built only when the id is refused.
+pub fn user_id(v: i64, path: impl FnOnce() -> String) -> Result<i64, ApiError> {
     if v >= 1 {
         Ok(v)
     } else {
         Err(ApiError::invalid(format!(
-            "{path} must be a positive 64-bit integer, got {v}"
+            "{} must be a positive 64-bit integer, got {v}",
+            path()
         )))
     }
 }
@@ -138,22 +145,32 @@ pub fn count(field: &str, len: usize, max: usize) -> Result<(), ApiError> {
 /// `"k:v"` splits at the first `:`; `"k"` is key `k` with value `""`. A key given twice is
 /// ambiguous and fails the request.
 pub fn tag_strings(field: &str, list: Vec<String>) -> Result<Vec<Tag>, ApiError> {
-    let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
     for s in list {
         let (k, v) = match s.split_once(':') {
             Some((k, v)) => (k.to_owned(), v.to_owned()),
             None => (s, String::new()),
         };
-        if !seen.insert(k.clone()) {
-            return Err(ApiError::invalid(format!(
-                "{field}: key {:?} appears twice",
-                truncate(&k, 64)
-            )));
-        }
         out.push((k, v));
     }
+    if let Some(k) = duplicate_key(&out) {
+        return Err(ApiError::invalid(format!(
+            "{field}: key {:?} appears twice",
+            truncate(k, 64)
+        )));
+    }
     Ok(out)
+}
+
+/// A key that appears more than once in `pairs`, if any. Tag lists are small (the cap is
+/// 100 per user): sorted indexes find one without copying a key.
+fn duplicate_key(pairs: &[(String, String)]) -> Option<&str> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_unstable_by(|&a, &b| pairs[a].0.cmp(&pairs[b].0));
+    order
+        .windows(2)
+        .find(|w| pairs[w[0]].0 == pairs[w[1]].0)
+        .map(|w| pairs[w[0]].0.as_str())
 }
 
 /// Checks keys (and, for upserts, values) against the limits; the message names the key

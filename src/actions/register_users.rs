@@ -133,7 +133,7 @@ fn user(
         _ => format!("{path}.{f}"),
     };
     let reg = UserRegistration {
-        user_id: decode::user_id(&field("UserId"), u.user_id)?,
+        user_id: decode::user_id(u.user_id, || field("UserId"))?,
         nick_name: u.nick_name,
         portrait: u.portrait,
         ext: u.ext.map(|m| m.0.into_iter().collect::<BTreeMap<_, _>>()),

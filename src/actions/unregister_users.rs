@@ -32,7 +32,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         .user_ids
         .into_iter()
         .enumerate()
-        .map(|(i, id)| decode::user_id(&format!("UserIds[{i}]"), id))
+        .map(|(i, id)| decode::user_id(id, || format!("UserIds[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Parsed { app_id, user_ids })
 }
