@@ -194,20 +194,28 @@ pub struct ChildServer {
     pub endpoint: String,
     /// Its stderr (the log), line by line, when started with [`ChildServer::spawn_logged`].
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Its stderr, open and never read, when started with [`ChildServer::spawn_stalled_log`].
+    _stalled_log: Option<std::process::ChildStderr>,
 }
 
 impl ChildServer {
     /// Starts the real binary with `config` written to a file in `dir`.
     pub fn spawn_with(dir: &Path, config: &Config) -> Self {
-        Self::spawn(dir, config, "error", false)
+        Self::spawn(dir, config, "error", LogMode::Inherit)
     }
 
     /// As [`ChildServer::spawn_with`], keeping every log line at `RUST_LOG=filter`.
     pub fn spawn_logged(dir: &Path, config: &Config, filter: &str) -> Self {
-        Self::spawn(dir, config, filter, true)
+        Self::spawn(dir, config, filter, LogMode::Keep)
     }
 
-    fn spawn(dir: &Path, config: &Config, filter: &str, keep_log: bool) -> Self {
+    /// As [`ChildServer::spawn_with`] at `RUST_LOG=info`, with a stderr that nobody reads:
+    /// once the pipe is full, every write to it would block.
+    pub fn spawn_stalled_log(dir: &Path, config: &Config) -> Self {
+        Self::spawn(dir, config, "info", LogMode::Stall)
+    }
+
+    fn spawn(dir: &Path, config: &Config, filter: &str, mode: LogMode) -> Self {
         let config_path = dir.join("tagcast.toml");
         std::fs::write(&config_path, config.to_toml()).unwrap();
         let mut child = tagcast_command()
@@ -215,14 +223,17 @@ impl ChildServer {
             .arg(&config_path)
             .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(if keep_log {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
+            .stderr(match mode {
+                LogMode::Inherit => Stdio::inherit(),
+                LogMode::Keep | LogMode::Stall => Stdio::piped(),
             })
             .spawn()
             .expect("tagcast binary starts");
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stalled_log = match mode {
+            LogMode::Stall => child.stderr.take(),
+            _ => None,
+        };
         if let Some(stderr) = child.stderr.take() {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -252,6 +263,7 @@ impl ChildServer {
             child,
             endpoint,
             log,
+            _stalled_log: stalled_log,
         }
     }
 
@@ -309,6 +321,13 @@ impl ChildServer {
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         self.child.wait().unwrap()
     }
+}
+
+/// What becomes of a [`ChildServer`]'s stderr.
+enum LogMode {
+    Inherit,
+    Keep,
+    Stall,
 }
 
 impl Drop for ChildServer {
