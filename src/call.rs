@@ -98,9 +98,7 @@ impl Client {
         now: OffsetDateTime,
     ) -> Result<Answer, CallError> {
         let invalid = |what: String| CallError::Invalid(what);
-        let url: reqwest::Url = format!("{}/?{query}", self.endpoint)
-            .parse()
-            .map_err(|e| invalid(format!("endpoint {:?}: {e}", self.endpoint)))?;
+        let url = endpoint_url(&self.endpoint, &format!("/?{query}")).map_err(invalid)?;
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
@@ -133,13 +131,13 @@ impl Client {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| unreachable(&self.endpoint, self.timeout, &e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| self.unreachable(&e))?
+            .map_err(|e| unreachable(&self.endpoint, self.timeout, &e))?
             .to_vec();
         Ok(Answer {
             status,
@@ -149,25 +147,40 @@ impl Client {
     }
 }
 
-impl Client {
-    /// What a user should read when nothing answered: the cause, and what to check.
-    fn unreachable(&self, e: &reqwest::Error) -> CallError {
-        let endpoint = &self.endpoint;
-        let causes = error_chain(e);
-        let text = if e.is_timeout() {
-            format!(
-                "no answer from {endpoint} within {} s ({causes})",
-                self.timeout.as_secs()
-            )
-        } else if causes.contains("Connection refused") {
-            format!("connection refused: is tagcast running at {endpoint}?")
-        } else if e.is_connect() {
-            format!("cannot connect to {endpoint}: {causes}")
-        } else {
-            format!("{endpoint} did not answer as an HTTP server: {causes}")
-        };
-        CallError::Unreachable(text)
+/// `endpoint` (`http://host:port`) with `path` after it; an endpoint without a scheme is
+/// named with the fix (`--endpoint 127.0.0.1:8080` means `http://127.0.0.1:8080`).
+pub fn endpoint_url(endpoint: &str, path: &str) -> Result<reqwest::Url, String> {
+    let endpoint = endpoint.trim_end_matches('/');
+    if !endpoint.contains("://") {
+        return Err(format!(
+            "endpoint {endpoint:?} has no scheme: write http://{endpoint}"
+        ));
     }
+    let url: reqwest::Url = format!("{endpoint}{path}")
+        .parse()
+        .map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
+    if url.host_str().is_none() {
+        return Err(format!("endpoint {endpoint:?} has no host"));
+    }
+    Ok(url)
+}
+
+/// What a user should read when nothing answered: the cause, and what to check.
+pub fn unreachable(endpoint: &str, timeout: Duration, e: &reqwest::Error) -> CallError {
+    let causes = error_chain(e);
+    let text = if e.is_timeout() {
+        format!(
+            "no answer from {endpoint} within {} s ({causes})",
+            timeout.as_secs()
+        )
+    } else if causes.contains("Connection refused") {
+        format!("connection refused: is tagcast running at {endpoint}?")
+    } else if e.is_connect() {
+        format!("cannot connect to {endpoint}: {causes}")
+    } else {
+        format!("{endpoint} did not answer as an HTTP server: {causes}")
+    };
+    CallError::Unreachable(text)
 }
 
 /// An error and its causes, innermost last, without repeats.
@@ -187,35 +200,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The Action the user most likely meant by `name` (case-insensitive, or within three
 /// edits), for answers of `InvalidActionOrVersion`.
 pub fn closest_action(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    Action::ALL
-        .iter()
-        .map(|a| {
-            (
-                edit_distance(&lower, &a.name().to_ascii_lowercase()),
-                a.name(),
-            )
-        })
-        .filter(|(d, _)| *d <= 3)
-        .min()
-        .map(|(_, n)| n)
-        .filter(|n| *n != name)
-}
-
-/// Levenshtein distance over bytes (Action names are ASCII).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[b.len()]
+    crate::api::names::closest(name, Action::ALL.iter().map(|a| a.name()), 3).filter(|n| *n != name)
 }
 
 /// Where `tagcast call`'s key came from.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::actions::Rules;
 use crate::actions::register_users::parse_user;
-use crate::config::TagLimits;
 use crate::store::{DEFAULT_INBOX, Outcome, Store, TagEntry, TagOp, UserRegistration};
 
 /// What to do with a line that is not a valid user, or a user the store refuses.
@@ -34,22 +34,30 @@ pub struct Options {
     /// The inbox the users' tags go to.
     pub inbox: u32,
     pub on_error: OnError,
-    pub limits: TagLimits,
+    /// The tag limits and unknown fields, as the API reads them.
+    pub rules: Rules,
     /// Users per write request.
     pub chunk: usize,
     /// Write requests in flight at once.
     pub in_flight: usize,
+    /// A longer line is refused (and never held whole).
+    pub max_line_bytes: usize,
 }
 
+/// Longest line unless `--max-line-bytes` says otherwise: a user with 100 tags of the
+/// longest keys and values and a full profile is about 130 KiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+
 impl Options {
-    pub fn new(app_id: u32, limits: TagLimits) -> Self {
+    pub fn new(app_id: u32, rules: Rules) -> Self {
         Options {
             app_id,
             inbox: DEFAULT_INBOX,
             on_error: OnError::Fail,
-            limits,
+            rules,
             chunk: 1000,
             in_flight: 8,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
@@ -108,9 +116,11 @@ pub async fn run(
 ) -> Summary {
     let started = Instant::now();
     let (tx, mut rx) = mpsc::channel::<Read>(options.in_flight.max(1) * 2);
-    let limits = options.limits.clone();
+    let rules = options.rules.clone();
     let chunk_size = options.chunk.max(1);
-    let reader = tokio::task::spawn_blocking(move || read_lines(input, &limits, chunk_size, &tx));
+    let max_line = options.max_line_bytes.max(1);
+    let reader =
+        tokio::task::spawn_blocking(move || read_lines(input, &rules, chunk_size, max_line, &tx));
     let mut summary = Summary::default();
     let mut writes: JoinSet<Written> = JoinSet::new();
     let mut done_reading = false;
@@ -212,11 +222,59 @@ async fn write(
         .collect())
 }
 
+/// What [`read_line`] found.
+enum Line {
+    /// The line is in the buffer.
+    Read,
+    /// Longer than the limit: skipped to its end, never held whole; its length so far.
+    TooLong(usize),
+}
+
+/// Reads one line (up to and without regard to its `\n`) into `buf`, at most `max`
+/// bytes of it; `None` at the end of the input.
+fn read_line(
+    input: &mut Box<dyn BufRead + Send>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    use std::io::Read as _;
+    let got = input.by_ref().take(max as u64 + 1).read_until(b'\n', buf)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if buf.len() <= max || buf.last() == Some(&b'\n') && buf.len() == max + 1 {
+        return Ok(Some(Line::Read));
+    }
+    // Skip the rest of the line without keeping it.
+    let mut len = buf.len();
+    buf.clear();
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                len += i + 1;
+                input.consume(i + 1);
+                break;
+            }
+            None => {
+                let k = chunk.len();
+                len += k;
+                input.consume(k);
+            }
+        }
+    }
+    Ok(Some(Line::TooLong(len)))
+}
+
 /// The reader thread: parses lines into chunks; returns the number of lines read.
 fn read_lines(
     mut input: Box<dyn BufRead + Send>,
-    limits: &TagLimits,
+    rules: &Rules,
     chunk_size: usize,
+    max_line: usize,
     tx: &mpsc::Sender<Read>,
 ) -> u64 {
     let mut chunk = Chunk {
@@ -227,19 +285,23 @@ fn read_lines(
     let mut n = 0u64;
     loop {
         buf.clear();
-        match input.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
+        let line = match read_line(&mut input, &mut buf, max_line) {
+            Ok(None) => break,
+            Ok(Some(line)) => line,
             Err(e) => {
                 let _ = tx.blocking_send(Read::Failed(format!("reading line {}: {e}", n + 1)));
                 return n;
             }
-        }
+        };
         n += 1;
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_user(&buf, limits) {
+        let parsed = match line {
+            Line::TooLong(len) => Err(format!(
+                "the line is {len} bytes or more; lines are at most {max_line} bytes (--max-line-bytes)"
+            )),
+            Line::Read if buf.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Read => parse_user(&buf, rules),
+        };
+        match parsed {
             Ok(u) => {
                 chunk.users.push(u);
                 chunk.lines.push(n);

@@ -35,6 +35,22 @@ pub struct Metrics {
     log_lines_dropped: Counter,
     /// Webhook delivery (src/broadcast/delivery.rs).
     pub delivery: DeliveryMetrics,
+    /// Connections and request bodies (src/server.rs, src/gateway).
+    pub http: HttpMetrics,
+}
+
+/// What slow or many clients make the server hold.
+#[derive(Default)]
+pub struct HttpMetrics {
+    pub connections_open: Gauge,
+    /// Connections answered 503 and closed because `http.max_connections` were open.
+    pub connections_refused: Counter,
+    /// Bytes of request bodies held now (at most `http.max_body_memory_mb`).
+    pub body_bytes: Gauge,
+    /// Requests answered 503 because their body did not fit in `http.max_body_memory_mb`.
+    pub bodies_refused: Counter,
+    /// Requests hyper could not parse, answered with the envelope.
+    pub malformed_requests: Counter,
 }
 
 /// Webhook pages and the outbox.
@@ -163,8 +179,35 @@ impl Metrics {
             "Age of the broadcast of the oldest pending webhook page, all nodes (0: none)",
             d.oldest_pending_seconds.clone(),
         );
+        let http = HttpMetrics::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open now (at most http.max_connections)",
+            http.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed because http.max_connections were open",
+            http.connections_refused.clone(),
+        );
+        registry.register(
+            "request_body_bytes",
+            "Bytes of request bodies held now, all connections (at most http.max_body_memory_mb)",
+            http.body_bytes.clone(),
+        );
+        registry.register(
+            "request_bodies_refused",
+            "Requests answered 503 because their body did not fit in http.max_body_memory_mb",
+            http.bodies_refused.clone(),
+        );
+        registry.register(
+            "malformed_requests",
+            "Requests that were not valid HTTP/1.1 (or had too many or too large headers), answered with the envelope",
+            http.malformed_requests.clone(),
+        );
         Metrics {
             delivery,
+            http,
             registry: Mutex::new(registry),
             requests,
             latency,

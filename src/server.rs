@@ -21,10 +21,15 @@ use tokio::net::TcpListener;
 
 use crate::accounts::{self, Tenancy};
 use crate::config::{AccountConfig, Config, resolve_accounts};
+use crate::gateway::bare::Enveloped;
 use crate::gateway::envelope::RequestIds;
 use crate::gateway::{AppState, app};
 use crate::limiter::{LocalLimiter, RateLimiter, RedisLimiter};
 use crate::metrics::Metrics;
+
+/// Connections over `http.max_connections` being answered 503 at once; past this many,
+/// one is closed without an answer (a flood must not grow a queue of its own).
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// Where the accounts in force came from.
 pub enum AccountSource {
@@ -45,22 +50,46 @@ pub struct Prepared {
     pub source: AccountSource,
 }
 
-/// Validates the configuration and the secrets, binds the listener, takes the data
-/// directory's lock (embedded store), resolves the accounts (creating development
-/// credentials on a first start without any) and opens the store, in that order.
-pub async fn prepare(config: &Config) -> Result<Prepared, String> {
+/// A configuration as `serve` accepts it: its address, and the accounts and webhooks
+/// with their secrets read.
+pub struct Checked {
+    pub listen: SocketAddr,
+    pub accounts: Vec<AccountConfig>,
+    pub webhooks: Vec<crate::config::Webhook>,
+}
+
+/// Everything `serve` checks before it binds: the configuration, every secret (read and
+/// judged: short and placeholder ones are refused), the webhooks, and that generated
+/// development credentials are never exposed. `tagcast check` runs the same checks.
+pub fn check_config(config: &Config) -> Result<Checked, String> {
     config.validate()?;
     let listen = config.listen_addr()?;
-    let configured = resolve_accounts(&config.accounts)?;
+    let accounts = resolve_accounts(&config.accounts)?;
     let webhooks = crate::config::resolve_webhooks(&config.webhooks)?;
-    let bootstrap = configured.is_empty();
-    if bootstrap && !listen.ip().is_loopback() {
+    if accounts.is_empty() && !listen.ip().is_loopback() {
         return Err(format!(
             "refusing to listen on {listen}: no [[accounts]] are configured, and the generated development \
              credentials must not be reachable from other machines. Configure accounts in the config file \
              (see README, Configuration) or listen on 127.0.0.1."
         ));
     }
+    Ok(Checked {
+        listen,
+        accounts,
+        webhooks,
+    })
+}
+
+/// Validates the configuration and the secrets, binds the listener, takes the data
+/// directory's lock (embedded store), resolves the accounts (creating development
+/// credentials on a first start without any) and opens the store, in that order.
+pub async fn prepare(config: &Config) -> Result<Prepared, String> {
+    let Checked {
+        listen,
+        accounts: configured,
+        webhooks,
+    } = check_config(config)?;
+    let bootstrap = configured.is_empty();
     // Bind before touching the data directory: a port in use must leave nothing behind.
     let listener = TcpListener::bind(listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -104,9 +133,19 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         limits: config.limits.clone(),
         metrics,
         regions: config.regions.clone(),
-        tags: config.tags.clone(),
+        rules: crate::actions::Rules {
+            tags: config.tags.clone(),
+            unknown_fields: config.api.unknown_fields,
+        },
         http: config.http.clone(),
         request_ids: RequestIds::default(),
+        body_memory: Arc::new(tokio::sync::Semaphore::new(
+            config
+                .http
+                .max_body_memory_mb
+                .saturating_mul(1 << 20)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
         broadcasts: Arc::new(crate::broadcast::Service::new(
             config.limits.broadcasts_per_day,
             webhooks,
@@ -143,18 +182,38 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.http.header_timeout());
+    // One permit per connection (`http.max_connections`); refusals have a small budget
+    // of their own, past which a connection is closed at once.
+    let connections = Arc::new(tokio::sync::Semaphore::new(state.http.max_connections));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let Ok(open) = connections.clone().try_acquire_owned() else {
+                        state.metrics.http.connections_refused.inc();
+                        if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                crate::gateway::bare::refuse(stream, &state).await;
+                                drop(refusing);
+                            });
+                        }
+                        continue;
+                    };
                     let service = TowerToHyperService::new(router.clone());
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    let io = TokioIo::new(Enveloped::new(stream, state.clone()));
+                    let conn = graceful.watch(builder.serve_connection(io, service));
+                    let metrics = state.metrics.clone();
+                    metrics.http.connections_open.inc();
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
+                        metrics.http.connections_open.dec();
+                        drop(open);
                     });
                 }
                 Err(e) => {

@@ -4,15 +4,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tagcast::actions::{Action, parse_only};
-use tagcast::config::TagLimits;
+use tagcast::actions::{Action, Rules, parse_only};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
     let action = Action::ALL[usize::from(pick) % Action::ALL.len()];
-    if let Err(e) = parse_only(action, body, &TagLimits::default()) {
+    if let Err(e) = parse_only(action, body, &Rules::default()) {
         let code = e.code.wire().1;
         assert!(
             code == "JsonParsingError" || code == "InvalidParam",

@@ -8,10 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::decode;
-use super::{Ctx, to_raw};
+use super::{Ctx, Rules, to_raw};
 use crate::api::ApiError;
 use crate::audience::filter::{Filter, FilterFields};
-use crate::config::TagLimits;
 
 /// Most user ids in one ListAudience page, and the default.
 pub const MAX_LIMIT: i64 = 1000;
@@ -28,7 +27,7 @@ struct Body {
     // error would not name the field.
     tags: Option<Vec<String>>,
     tag_op: Option<i64>,
-    filter: Option<serde_json::Value>,
+    filter: Option<decode::Json>,
 }
 
 /// A decoded and validated audience request.
@@ -42,8 +41,8 @@ pub struct Parsed {
 }
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
-pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
-    let body: Body = decode::decode(body)?;
+pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
+    let body: Body = decode::decode(body, rules.unknown_fields)?;
     let app_id = decode::app_id(body.app_id)?;
     let inbox = decode::inbox_type(body.inbox_type)?;
     let limit = body.limit.unwrap_or(DEFAULT_LIMIT);
@@ -59,9 +58,9 @@ pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
     let filter = FilterFields {
         tags: body.tags,
         tag_op: body.tag_op,
-        filter: body.filter,
+        filter: body.filter.map(|j| j.0),
     }
-    .parse(limits, limits.max_filter_tags)?;
+    .parse(&rules.tags, rules.tags.max_filter_tags)?;
     Ok(Parsed {
         app_id,
         inbox,
@@ -105,7 +104,7 @@ struct ListAnswer {
 }
 
 pub async fn count(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let p = parse(body, ctx.tags)?;
+    let p = parse(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
     let count = ctx
         .store
@@ -115,7 +114,7 @@ pub async fn count(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiE
 }
 
 pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let p = parse(body, ctx.tags)?;
+    let p = parse(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
     let page = ctx
         .store

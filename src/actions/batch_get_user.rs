@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::decode;
-use super::{Ctx, to_raw};
+use super::{Ctx, Rules, to_raw};
 use crate::api::ApiError;
 
 pub const MAX_USERS: usize = 50;
@@ -49,8 +49,8 @@ pub struct Parsed {
 }
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
-pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
-    let body: Body = decode::decode(body)?;
+pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
+    let body: Body = decode::decode(body, rules.unknown_fields)?;
     let app_id = decode::app_id(body.app_id)?;
     let inbox = decode::inbox_type(body.inbox_type)?;
     decode::count("UserIds", body.user_ids.len(), MAX_USERS)?;
@@ -74,7 +74,7 @@ pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, Api
         app_id,
         inbox,
         user_ids: ids,
-    } = parse(body)?;
+    } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let found = ctx.store.get_users(app_id, inbox, ids.clone()).await?;
     let mut answer = Answer {

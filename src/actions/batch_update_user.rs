@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use super::register_users::{User, check_profile, parse_users};
-use super::{Ctx, apply_valid, decode};
+use super::{Ctx, Rules, apply_valid, decode};
 use crate::api::ApiError;
 use crate::config::TagLimits;
 use crate::store::{DEFAULT_INBOX, TagOp, UserUpdate};
@@ -23,8 +23,8 @@ pub struct Parsed {
 }
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
-pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
-    let (app_id, users) = parse_users(body, limits, MAX_USERS, user)?;
+pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
+    let (app_id, users) = parse_users(body, rules, MAX_USERS, user)?;
     Ok(Parsed { app_id, users })
 }
 
@@ -58,7 +58,7 @@ fn user(
 }
 
 pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let Parsed { app_id, users } = parse(body, ctx.tags)?;
+    let Parsed { app_id, users } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
     apply_valid(users, app_id, DEFAULT_INBOX, |valid| {

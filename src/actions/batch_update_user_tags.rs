@@ -6,9 +6,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
-use super::{Ctx, apply_valid};
+use super::{Ctx, Rules, apply_valid};
 use crate::api::ApiError;
-use crate::config::TagLimits;
 use crate::store::{TagEntry, TagOp};
 
 /// Most entries (seed shape) or users (SDK shape) in one call.
@@ -92,8 +91,8 @@ pub struct Parsed {
 }
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
-pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
-    let body: Body = decode::decode(body)?;
+pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
+    let body: Body = decode::decode(body, rules.unknown_fields)?;
     let app_id = decode::app_id(body.app_id)?;
     let inbox = decode::inbox_type(body.inbox_type)?;
     let op = op(body.op)?;
@@ -102,7 +101,7 @@ pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
         .map(|e| {
             (
                 e.user_id,
-                decode::check_tags(&e.tags, op, limits).map(|()| e),
+                decode::check_tags(&e.tags, op, &rules.tags).map(|()| e),
             )
         })
         .collect();
@@ -120,7 +119,7 @@ pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, Api
         inbox,
         op,
         entries,
-    } = parse(body, ctx.tags)?;
+    } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
     apply_valid(entries, app_id, inbox, |valid| {

@@ -11,13 +11,12 @@ use serde_json::{Map, Value, json};
 
 use super::decode::{self, StringMap};
 use super::register_users::check_profile;
-use super::{Ctx, to_raw};
+use super::{Ctx, Rules, to_raw};
 use crate::api::{ApiError, ErrorCode};
 use crate::audience::filter::{Filter, FilterFields};
 use std::sync::Arc;
 
-use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, utc_day};
-use crate::config::TagLimits;
+use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, signature_token, utc_day};
 use crate::store::now_ms;
 
 /// MsgTTL bounds, seconds (vendor).
@@ -41,17 +40,27 @@ struct SendBody {
     ext: Option<StringMap>,
     tags: Option<Vec<String>>,
     tag_op: Option<i64>,
-    filter: Option<Value>,
+    filter: Option<decode::Json>,
+    client_token: Option<String>,
 }
+
+/// The longest `ClientToken`.
+pub const MAX_CLIENT_TOKEN: usize = 64;
 
 /// A decoded and validated UserBroadcast.
 pub struct ParsedSend {
     pub broadcast: NewBroadcast,
     pub filter: Filter,
+    /// `ClientToken`, when given.
+    pub client_token: Option<String>,
 }
 
-pub fn parse_send(body: &[u8], limits: &TagLimits) -> Result<ParsedSend, ApiError> {
-    let b: SendBody = decode::decode(body)?;
+/// `parse_send`'s broadcast has this token until the handler gives it the request's.
+const NO_TOKEN: &str = "";
+
+pub fn parse_send(body: &[u8], rules: &Rules) -> Result<ParsedSend, ApiError> {
+    let b: SendBody = decode::decode(body, rules.unknown_fields)?;
+    let filter_json = b.filter.map(|j| j.0);
     let app_id = decode::app_id(b.app_id)?;
     let inbox = decode::inbox_type(b.inbox_type)?;
     if b.sender < 1 {
@@ -78,6 +87,20 @@ pub fn parse_send(body: &[u8], limits: &TagLimits) -> Result<ParsedSend, ApiErro
             b.content.len()
         )));
     }
+    if let Some(t) = &b.client_token {
+        let printable = t.bytes().all(|c| (0x20..=0x7e).contains(&c));
+        if t.is_empty() || t.len() > MAX_CLIENT_TOKEN || !printable {
+            return Err(ApiError::invalid(format!(
+                "ClientToken must be 1 to {MAX_CLIENT_TOKEN} printable ASCII characters, got {} bytes{}",
+                t.len(),
+                if printable {
+                    ""
+                } else {
+                    " with other characters"
+                }
+            )));
+        }
+    }
     let ext: BTreeMap<String, String> =
         b.ext.map(|m| m.0.into_iter().collect()).unwrap_or_default();
     check_profile(None, None, Some(&ext)).map_err(ApiError::invalid)?;
@@ -85,15 +108,15 @@ pub fn parse_send(body: &[u8], limits: &TagLimits) -> Result<ParsedSend, ApiErro
     let selector = json!({
         "Tags": b.tags.clone().unwrap_or_default(),
         "TagOp": b.tag_op.unwrap_or(0),
-        "Filter": b.filter.clone().unwrap_or(Value::Null),
+        "Filter": filter_json.clone().unwrap_or(Value::Null),
     })
     .to_string();
     let filter = FilterFields {
         tags: b.tags,
         tag_op: b.tag_op,
-        filter: b.filter,
+        filter: filter_json,
     }
-    .parse(limits, limits.max_filter_tags)?;
+    .parse(&rules.tags, rules.tags.max_filter_tags)?;
     Ok(ParsedSend {
         broadcast: NewBroadcast {
             app_id,
@@ -104,8 +127,10 @@ pub fn parse_send(body: &[u8], limits: &TagLimits) -> Result<ParsedSend, ApiErro
             ext,
             selector,
             ttl_secs: b.msg_ttl as u32,
+            token: NO_TOKEN.to_owned(),
         },
         filter,
+        client_token: b.client_token,
     })
 }
 
@@ -118,9 +143,21 @@ struct SendAnswer {
 }
 
 pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let ParsedSend { broadcast, filter } = parse_send(body, ctx.tags)?;
+    let ParsedSend {
+        mut broadcast,
+        filter,
+        client_token,
+    } = parse_send(body, ctx.rules)?;
     let app_id = broadcast.app_id;
     ctx.authorize(app_id)?;
+    // Idempotent (API.md §7): the client's token, else the signature, which a replay of
+    // the captured request repeats (hashed: the store need not hold a usable signature).
+    broadcast.token = match client_token {
+        Some(t) => format!("ct:{t}"),
+        None => signature_token(&hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            ctx.signature.to_ascii_lowercase().as_bytes(),
+        ))),
+    };
     let service = ctx.broadcasts;
     let sent = ctx
         .store
@@ -131,9 +168,17 @@ pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
             id,
             audience_count,
             expire_time,
-            ..
+            replayed,
         } => {
-            service.wake.notify_one();
+            if replayed {
+                tracing::info!(
+                    broadcast = id,
+                    "UserBroadcast repeated with the token of an earlier send; nothing sent"
+                );
+            } else {
+                service.wake.notify_one();
+                service.outbox_changed.notify_one();
+            }
             to_raw(&SendAnswer {
                 broadcast_id: id.to_string(),
                 audience_count,
@@ -210,8 +255,8 @@ pub struct ParsedPull {
     pub limit: usize,
 }
 
-pub fn parse_pull(body: &[u8]) -> Result<ParsedPull, ApiError> {
-    let b: PullBody = decode::decode(body)?;
+pub fn parse_pull(body: &[u8], rules: &Rules) -> Result<ParsedPull, ApiError> {
+    let b: PullBody = decode::decode(body, rules.unknown_fields)?;
     Ok(ParsedPull {
         app_id: decode::app_id(b.app_id)?,
         inbox: decode::inbox_type(b.inbox_type)?,
@@ -283,7 +328,7 @@ fn full_fields(i: &Info, d: &Delivery) -> Value {
 }
 
 pub async fn pull(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let p = parse_pull(body)?;
+    let p = parse_pull(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
     let now = now_ms();
     let (ordinal, ids) = ctx
@@ -333,8 +378,8 @@ struct OneBody {
 }
 
 /// GetBroadcast and RecallBroadcast: the app and the broadcast.
-pub fn parse_one(body: &[u8]) -> Result<(u32, i64), ApiError> {
-    let b: OneBody = decode::decode(body)?;
+pub fn parse_one(body: &[u8], rules: &Rules) -> Result<(u32, i64), ApiError> {
+    let b: OneBody = decode::decode(body, rules.unknown_fields)?;
     let app_id = decode::app_id(b.app_id)?;
     let id = match &b.broadcast_id {
         Value::String(s) => s.parse::<i64>().ok(),
@@ -358,7 +403,7 @@ fn not_found(app_id: u32, id: i64) -> ApiError {
 }
 
 pub async fn get(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let (app_id, id) = parse_one(body)?;
+    let (app_id, id) = parse_one(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let (info, delivery) = ctx
         .store
@@ -369,11 +414,12 @@ pub async fn get(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiErr
 }
 
 pub async fn recall(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let (app_id, id) = parse_one(body)?;
+    let (app_id, id) = parse_one(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     if !ctx.store.recall_broadcast(app_id, id).await? {
         return Err(not_found(app_id, id));
     }
+    ctx.broadcasts.outbox_changed.notify_one();
     to_raw(&json!({}))
 }
 
@@ -385,8 +431,8 @@ struct ListBody {
     limit: Option<i64>,
 }
 
-pub fn parse_list(body: &[u8]) -> Result<(u32, Option<i64>, usize), ApiError> {
-    let b: ListBody = decode::decode(body)?;
+pub fn parse_list(body: &[u8], rules: &Rules) -> Result<(u32, Option<i64>, usize), ApiError> {
+    let b: ListBody = decode::decode(body, rules.unknown_fields)?;
     Ok((
         decode::app_id(b.app_id)?,
         decode_cursor(b.cursor)?,
@@ -395,7 +441,7 @@ pub fn parse_list(body: &[u8]) -> Result<(u32, Option<i64>, usize), ApiError> {
 }
 
 pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let (app_id, before, limit) = parse_list(body)?;
+    let (app_id, before, limit) = parse_list(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     // One more than asked: whether there is a next page.
     let mut found = ctx.store.list_broadcasts(app_id, before, limit + 1).await?;

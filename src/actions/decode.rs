@@ -7,15 +7,17 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::strict::{Strict, UnknownFields};
 use crate::api::{ApiError, ErrorCode};
 use crate::config::TagLimits;
 use crate::signing::truncate;
 use crate::store::{Tag, TagOp};
 
 /// Parses a JSON body into `T`. Not JSON: `JsonParsingError`. JSON of the wrong shape
-/// (types, missing fields, duplicate fields): `InvalidParam`, naming the field's path.
-/// serde_json refuses nesting deeper than 128 levels without recursing further.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// (types, missing fields, duplicate fields, a field `T` does not declare unless `unknown`
+/// says to skip it): `InvalidParam`, naming the field's path. serde_json refuses nesting
+/// deeper than 128 levels without recursing further.
+pub fn decode<T: DeserializeOwned>(body: &[u8], unknown: UnknownFields) -> Result<T, ApiError> {
     let not_json = |e: serde_json::Error| {
         ApiError::new(
             ErrorCode::JsonParsingError,
@@ -37,35 +39,118 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             return Err(ApiError::invalid("the body must be a JSON object"));
         }
     }
-    // Plain serde first: the path of the field at fault is tracked only when there is one
-    // to report, by decoding the body again.
-    if let Ok(value) = serde_json::from_slice(body) {
+    // The path of the field at fault is tracked only when there is one to report, by
+    // decoding the body again.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    if let Ok(value) = T::deserialize(Strict::new(&mut de, unknown))
+        && de.end().is_ok()
+    {
         return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if path == "." => {
-                ApiError::invalid(format!("body: {inner}"))
+    let value =
+        serde_path_to_error::deserialize::<_, T>(Strict::new(&mut de, unknown)).map_err(|e| {
+            // An unknown field fails while its key is read: the path ends in `?`.
+            let path = e.path().to_string();
+            let path = path.trim_end_matches('?').trim_end_matches('.');
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let what = without_position(&inner);
+                    ApiError::invalid(if path.is_empty() {
+                        what
+                    } else {
+                        format!("{path}: {what}")
+                    })
+                }
+                _ => not_json(inner),
             }
-            serde_json::error::Category::Data => ApiError::invalid(format!("{path}: {inner}")),
-            _ => ApiError::new(
-                ErrorCode::JsonParsingError,
-                format!("the body is not valid JSON: {inner}"),
-            ),
-        }
-    })?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            ErrorCode::JsonParsingError,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    // Unreachable in practice (the plain decode failed, so one of the two above fails
+        })?;
+    de.end().map_err(not_json)?;
+    // Unreachable in practice (the first decode failed, so one of the two above fails
     // too); returned as decoded rather than assumed.
     Ok(value)
+}
+
+/// A data error's message without serde_json's " at line L column C": the field's path
+/// says where, and a body is one line anyway.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(t) => t.to_owned(),
+        None => text,
+    }
+}
+
+/// Any JSON value (a filter tree), refusing an object that repeats a key at any depth:
+/// `serde_json::Value` would keep the last one silently, so that
+/// `{"Not":{"Tag":"a:b"},"Not":{"Tag":"z:1"}}` meant the second filter only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Json(pub serde_json::Value);
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_json::Value;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Json;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json, E> {
+                Ok(Json(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
+                Ok(Json(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
+                Ok(Json(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
+                Ok(Json(
+                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
+                Ok(Json(Value::String(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Json, E> {
+                Ok(Json(Value::String(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+                Ok(Json(Value::Null))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Json, E> {
+                Ok(Json(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+                Json::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(Json(v)) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(Json(Value::Array(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.contains_key(&k) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate key {:?}",
+                            truncate(&k, 64)
+                        )));
+                    }
+                    let Json(v) = map.next_value()?;
+                    out.insert(k, v);
+                }
+                Ok(Json(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A JSON object of string values, in the order sent, refusing duplicate keys (a map

@@ -8,6 +8,7 @@ pub mod batch_update_user_tags;
 pub mod broadcast;
 pub mod decode;
 pub mod register_users;
+pub mod strict;
 pub mod unregister_users;
 
 use serde::Serialize;
@@ -16,16 +17,27 @@ use serde_json::value::RawValue;
 use crate::accounts::{AccountId, Tenancy};
 use crate::api::ApiError;
 pub use crate::api::{Action, VERSION};
-use crate::config::TagLimits;
+use crate::config::{TagLimits, UnknownFields};
 use crate::store::{Outcome, Store};
 
-/// What a handler may use: the store, tenancy for the caller's account, and tag limits.
+/// What parsing a body depends on: the tag limits and what a field no struct declares
+/// does (`api.unknown_fields`).
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub tags: TagLimits,
+    pub unknown_fields: UnknownFields,
+}
+
+/// What a handler may use: the store, tenancy for the caller's account, and the rules.
 pub struct Ctx<'a> {
     pub store: &'a dyn Store,
     pub tenancy: &'a Tenancy,
     pub account: AccountId,
-    pub tags: &'a TagLimits,
+    pub rules: &'a Rules,
     pub broadcasts: &'a crate::broadcast::Service,
+    /// The request's verified signature (hex, either case): UserBroadcast's replay token
+    /// when the body has no ClientToken.
+    pub signature: &'a str,
     /// Set by the handler once it knows the AppId, for the request log line.
     pub app_id: Option<u32>,
 }
@@ -62,18 +74,20 @@ pub async fn dispatch(
 
 /// Decodes and validates a body for `action` without any state: what a request would be
 /// refused for before it reaches tenancy or the store. The fuzz targets call this.
-pub fn parse_only(action: Action, body: &[u8], limits: &TagLimits) -> Result<(), ApiError> {
+pub fn parse_only(action: Action, body: &[u8], rules: &Rules) -> Result<(), ApiError> {
     match action {
-        Action::BatchUpdateUserTags => batch_update_user_tags::parse(body, limits).map(drop),
-        Action::RegisterUsers => register_users::parse(body, limits).map(drop),
-        Action::UnRegisterUsers => unregister_users::parse(body).map(drop),
-        Action::BatchGetUser => batch_get_user::parse(body).map(drop),
-        Action::BatchUpdateUser => batch_update_user::parse(body, limits).map(drop),
-        Action::CountAudience | Action::ListAudience => audience::parse(body, limits).map(drop),
-        Action::UserBroadcast => broadcast::parse_send(body, limits).map(drop),
-        Action::ListUserBroadcasts => broadcast::parse_pull(body).map(drop),
-        Action::GetBroadcast | Action::RecallBroadcast => broadcast::parse_one(body).map(drop),
-        Action::ListBroadcasts => broadcast::parse_list(body).map(drop),
+        Action::BatchUpdateUserTags => batch_update_user_tags::parse(body, rules).map(drop),
+        Action::RegisterUsers => register_users::parse(body, rules).map(drop),
+        Action::UnRegisterUsers => unregister_users::parse(body, rules).map(drop),
+        Action::BatchGetUser => batch_get_user::parse(body, rules).map(drop),
+        Action::BatchUpdateUser => batch_update_user::parse(body, rules).map(drop),
+        Action::CountAudience | Action::ListAudience => audience::parse(body, rules).map(drop),
+        Action::UserBroadcast => broadcast::parse_send(body, rules).map(drop),
+        Action::ListUserBroadcasts => broadcast::parse_pull(body, rules).map(drop),
+        Action::GetBroadcast | Action::RecallBroadcast => {
+            broadcast::parse_one(body, rules).map(drop)
+        }
+        Action::ListBroadcasts => broadcast::parse_list(body, rules).map(drop),
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
-use super::{Ctx, apply_valid};
+use super::{Ctx, Rules, apply_valid};
 use crate::api::ApiError;
 use crate::config::TagLimits;
 use crate::signing::truncate;
@@ -96,8 +96,8 @@ pub struct Parsed {
 }
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
-pub fn parse(body: &[u8], limits: &TagLimits) -> Result<Parsed, ApiError> {
-    let (app_id, users) = parse_users(body, limits, MAX_USERS, user)?;
+pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
+    let (app_id, users) = parse_users(body, rules, MAX_USERS, user)?;
     Ok(Parsed { app_id, users })
 }
 
@@ -108,16 +108,16 @@ pub(super) type PerUser<T> = (i64, Result<T, String>);
 /// its path (`Users[i]`): RegisterUsers' and BatchUpdateUser's shared shape.
 pub(super) fn parse_users<T>(
     body: &[u8],
-    limits: &TagLimits,
+    rules: &Rules,
     max: usize,
     one: impl Fn(&str, User, &TagLimits) -> Result<PerUser<T>, ApiError>,
 ) -> Result<(u32, Vec<PerUser<T>>), ApiError> {
-    let body: Body = decode::decode(body)?;
+    let body: Body = decode::decode(body, rules.unknown_fields)?;
     let app_id = decode::app_id(body.app_id)?;
     decode::count("Users", body.users.len(), max)?;
     let mut users = Vec::with_capacity(body.users.len());
     for (i, u) in body.users.into_iter().enumerate() {
-        users.push(one(&format!("Users[{i}]"), u, limits)?);
+        users.push(one(&format!("Users[{i}]"), u, &rules.tags)?);
     }
     Ok((app_id, users))
 }
@@ -151,14 +151,23 @@ fn user(
 
 /// One RegisterUsers-style user object (a line of `tagcast import`), with the same
 /// validation as the Action; the message names the field and the limit.
-pub fn parse_user(line: &[u8], limits: &TagLimits) -> Result<UserRegistration, String> {
-    let u: User = decode::decode(line).map_err(|e| e.message)?;
-    let (user_id, verdict) = user("", u, limits).map_err(|e| e.message)?;
+pub fn parse_user(line: &[u8], rules: &Rules) -> Result<UserRegistration, String> {
+    let u: User = decode::decode(line, rules.unknown_fields).map_err(|e| {
+        // A line is one line: its column is where, and "body" is the API's word.
+        e.message
+            .replace("the body is not valid JSON: ", "not valid JSON: ")
+            .replace(" at line 1 column ", " at column ")
+            .replace(
+                "the body must be a JSON object",
+                "a line must be a JSON object",
+            )
+    })?;
+    let (user_id, verdict) = user("", u, &rules.tags).map_err(|e| e.message)?;
     verdict.map_err(|m| format!("user {user_id}: {m}"))
 }
 
 pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let Parsed { app_id, users } = parse(body, ctx.tags)?;
+    let Parsed { app_id, users } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
     apply_valid(users, app_id, DEFAULT_INBOX, |valid| {

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::decode;
-use super::{Ctx, apply_valid};
+use super::{Ctx, Rules, apply_valid};
 use crate::api::ApiError;
 use crate::store::DEFAULT_INBOX;
 
@@ -24,8 +24,8 @@ pub struct Parsed {
 }
 
 /// Decodes and validates without touching any state (also the fuzzing entry point).
-pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
-    let body: Body = decode::decode(body)?;
+pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
+    let body: Body = decode::decode(body, rules.unknown_fields)?;
     let app_id = decode::app_id(body.app_id)?;
     decode::count("UserIds", body.user_ids.len(), MAX_USERS)?;
     let user_ids = body
@@ -38,7 +38,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
 }
 
 pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
-    let Parsed { app_id, user_ids } = parse(body)?;
+    let Parsed { app_id, user_ids } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
     let items = user_ids.into_iter().map(|id| (id, Ok(id))).collect();

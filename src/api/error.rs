@@ -7,64 +7,54 @@ use crate::signing::AuthError;
 use crate::store::StoreError;
 use crate::throttle::LogThrottle;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    MissingParameter,
-    InvalidActionOrVersion,
-    MethodNotAllowed,
-    MissingAuthenticationToken,
-    MissingRequestInfo,
-    MissingSignature,
-    InvalidTimestamp,
-    InvalidAccessKey,
-    SignatureDoesNotMatch,
-    AccessDenied,
-    AppNotFound,
-    BroadcastNotFound,
-    FlowLimitExceeded,
-    JsonParsingError,
-    InvalidParam,
-    PayloadTooLarge,
-    RequestTimeout,
-    ServiceUnavailableTemp,
-    InternalError,
+/// The error codes, one row each: name => (HTTP status, Code, CodeN). Vendor codes keep the
+/// vendor's CodeN; the codes the vendor documents without a number get ours, from 200001
+/// up (see README). Writes the enum, [`ErrorCode::ALL`] and [`ErrorCode::wire`], so a code
+/// cannot be added without its wire form.
+macro_rules! error_codes {
+    ($($name:ident => ($status:ident, $code:literal, $n:literal),)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($name,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the table's order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name,)*];
+
+            /// (HTTP status, Code, CodeN).
+            pub fn wire(self) -> (StatusCode, &'static str, u32) {
+                match self {
+                    $(ErrorCode::$name => (StatusCode::$status, $code, $n),)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// (HTTP status, Code, CodeN). Vendor codes keep the vendor's CodeN; the codes the
-    /// vendor documents without a number get ours, from 200001 up (see README).
-    pub fn wire(self) -> (StatusCode, &'static str, u32) {
-        use ErrorCode::*;
-        match self {
-            MissingParameter => (StatusCode::BAD_REQUEST, "MissingParameter", 100002),
-            MissingAuthenticationToken => (
-                StatusCode::UNAUTHORIZED,
-                "MissingAuthenticationToken",
-                100003,
-            ),
-            MissingRequestInfo => (StatusCode::BAD_REQUEST, "MissingRequestInfo", 100004),
-            MissingSignature => (StatusCode::UNAUTHORIZED, "MissingSignature", 100005),
-            InvalidTimestamp => (StatusCode::BAD_REQUEST, "InvalidTimestamp", 100006),
-            InvalidActionOrVersion => (StatusCode::NOT_FOUND, "InvalidActionOrVersion", 100008),
-            InvalidAccessKey => (StatusCode::UNAUTHORIZED, "InvalidAccessKey", 100009),
-            SignatureDoesNotMatch => (StatusCode::UNAUTHORIZED, "SignatureDoesNotMatch", 100010),
-            AccessDenied => (StatusCode::FORBIDDEN, "AccessDenied", 100013),
-            InternalError => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", 100014),
-            FlowLimitExceeded => (StatusCode::TOO_MANY_REQUESTS, "FlowLimitExceeded", 100018),
-            ServiceUnavailableTemp => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailableTemp",
-                100019,
-            ),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", 100020),
-            JsonParsingError => (StatusCode::BAD_REQUEST, "JsonParsingError", 200001),
-            InvalidParam => (StatusCode::BAD_REQUEST, "InvalidParam", 200002),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidParam", 200002),
-            AppNotFound => (StatusCode::NOT_FOUND, "AppNotFound", 200003),
-            BroadcastNotFound => (StatusCode::NOT_FOUND, "BroadcastNotFound", 200005),
-            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout", 200004),
-        }
-    }
+error_codes! {
+    MissingParameter => (BAD_REQUEST, "MissingParameter", 100002),
+    MissingAuthenticationToken => (UNAUTHORIZED, "MissingAuthenticationToken", 100003),
+    MissingRequestInfo => (BAD_REQUEST, "MissingRequestInfo", 100004),
+    MissingSignature => (UNAUTHORIZED, "MissingSignature", 100005),
+    InvalidTimestamp => (BAD_REQUEST, "InvalidTimestamp", 100006),
+    InvalidActionOrVersion => (NOT_FOUND, "InvalidActionOrVersion", 100008),
+    InvalidAccessKey => (UNAUTHORIZED, "InvalidAccessKey", 100009),
+    SignatureDoesNotMatch => (UNAUTHORIZED, "SignatureDoesNotMatch", 100010),
+    AccessDenied => (FORBIDDEN, "AccessDenied", 100013),
+    InternalError => (INTERNAL_SERVER_ERROR, "InternalError", 100014),
+    FlowLimitExceeded => (TOO_MANY_REQUESTS, "FlowLimitExceeded", 100018),
+    ServiceUnavailableTemp => (SERVICE_UNAVAILABLE, "ServiceUnavailableTemp", 100019),
+    MethodNotAllowed => (METHOD_NOT_ALLOWED, "MethodNotAllowed", 100020),
+    JsonParsingError => (BAD_REQUEST, "JsonParsingError", 200001),
+    InvalidParam => (BAD_REQUEST, "InvalidParam", 200002),
+    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "InvalidParam", 200002),
+    HeadersTooLarge => (REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidParam", 200002),
+    UriTooLong => (URI_TOO_LONG, "InvalidParam", 200002),
+    AppNotFound => (NOT_FOUND, "AppNotFound", 200003),
+    RequestTimeout => (REQUEST_TIMEOUT, "RequestTimeout", 200004),
+    BroadcastNotFound => (NOT_FOUND, "BroadcastNotFound", 200005),
+    MalformedRequest => (BAD_REQUEST, "MalformedRequest", 200007),
 }
 
 /// An error answer: the code and a message naming the field or limit at fault.
@@ -145,56 +135,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_matches_the_contract() {
-        // API.md §2 table, row by row.
+    fn every_code_matches_the_contract() {
+        // API.md §2, §5, §7 and README's error table, row by row: every code the server
+        // can answer, so adding one without its row here fails.
         let rows = [
+            ("MissingParameter", 400, "MissingParameter", 100002),
             (
-                ErrorCode::MissingAuthenticationToken,
+                "MissingAuthenticationToken",
                 401,
                 "MissingAuthenticationToken",
                 100003,
             ),
+            ("MissingRequestInfo", 400, "MissingRequestInfo", 100004),
+            ("MissingSignature", 401, "MissingSignature", 100005),
+            ("InvalidTimestamp", 400, "InvalidTimestamp", 100006),
             (
-                ErrorCode::MissingRequestInfo,
-                400,
-                "MissingRequestInfo",
-                100004,
+                "InvalidActionOrVersion",
+                404,
+                "InvalidActionOrVersion",
+                100008,
             ),
-            (ErrorCode::MissingSignature, 401, "MissingSignature", 100005),
-            (ErrorCode::InvalidTimestamp, 400, "InvalidTimestamp", 100006),
-            (ErrorCode::InvalidAccessKey, 401, "InvalidAccessKey", 100009),
+            ("InvalidAccessKey", 401, "InvalidAccessKey", 100009),
             (
-                ErrorCode::SignatureDoesNotMatch,
+                "SignatureDoesNotMatch",
                 401,
                 "SignatureDoesNotMatch",
                 100010,
             ),
-            (ErrorCode::AccessDenied, 403, "AccessDenied", 100013),
+            ("AccessDenied", 403, "AccessDenied", 100013),
+            ("InternalError", 500, "InternalError", 100014),
+            ("FlowLimitExceeded", 429, "FlowLimitExceeded", 100018),
             (
-                ErrorCode::FlowLimitExceeded,
-                429,
-                "FlowLimitExceeded",
-                100018,
-            ),
-            (ErrorCode::MethodNotAllowed, 405, "MethodNotAllowed", 100020),
-            (
-                ErrorCode::ServiceUnavailableTemp,
+                "ServiceUnavailableTemp",
                 503,
                 "ServiceUnavailableTemp",
                 100019,
             ),
-            (ErrorCode::InternalError, 500, "InternalError", 100014),
-            // §7.
-            (
-                ErrorCode::BroadcastNotFound,
-                404,
-                "BroadcastNotFound",
-                200005,
-            ),
+            ("MethodNotAllowed", 405, "MethodNotAllowed", 100020),
+            ("JsonParsingError", 400, "JsonParsingError", 200001),
+            ("InvalidParam", 400, "InvalidParam", 200002),
+            ("PayloadTooLarge", 413, "InvalidParam", 200002),
+            ("HeadersTooLarge", 431, "InvalidParam", 200002),
+            ("UriTooLong", 414, "InvalidParam", 200002),
+            ("AppNotFound", 404, "AppNotFound", 200003),
+            ("RequestTimeout", 408, "RequestTimeout", 200004),
+            ("BroadcastNotFound", 404, "BroadcastNotFound", 200005),
+            ("MalformedRequest", 400, "MalformedRequest", 200007),
         ];
-        for (code, status, name, n) in rows {
+        assert_eq!(ErrorCode::ALL.len(), rows.len(), "a code without its row");
+        for (code, (name, status, wire, n)) in ErrorCode::ALL.iter().zip(rows) {
+            assert_eq!(format!("{code:?}"), name);
             let (s, c, cn) = code.wire();
-            assert_eq!((s.as_u16(), c, cn), (status, name, n));
+            assert_eq!((s.as_u16(), c, cn), (status, wire, n), "{name}");
         }
     }
 

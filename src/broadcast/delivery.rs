@@ -2,18 +2,26 @@
 //!
 //! The delivery loop claims due pages from the outbox (under a lease, so with several
 //! nodes one node at a time sends a page), POSTs each with the signature headers, and
-//! records the outcome in batches: a 2xx delivers the page; anything else, a timeout or a
-//! connection error schedules a retry after `retry_base_ms` doubling per attempt (at most
-//! `retry_max_ms`), with full jitter over the upper half; a retry that would come after
-//! the broadcast's expiry fails the page instead. Nothing is acknowledged before it is in
-//! the store, so a restart or kill -9 resumes every pending page (at least once).
+//! records the outcome in batches: a 2xx delivers the page; anything else (a redirect
+//! included: none is followed), a timeout or a connection error schedules a retry after
+//! `retry_base_ms` doubling per attempt (at most `retry_max_ms`), with full jitter over the
+//! upper half; a retry that would come after the broadcast's expiry fails the page
+//! instead. Nothing is acknowledged before it is in the store, so a restart or kill -9
+//! resumes every pending page (at least once).
+//!
+//! One bad receiver hurts only itself: each webhook has at most `delivery.per_webhook`
+//! pages in flight on a node, the free slots are handed out one at a time across the
+//! webhooks under their share (starting with a different one each round), and each
+//! webhook's pages are claimed from its broadcasts in turn (`outbox.rs`). Failed attempts
+//! are logged, at most one line per webhook per 30 s with the count of the others.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use super::{Claimed, Loaded, PageDone, PageKey, Service, page_ordinals, pages};
 use crate::config::Webhook;
@@ -77,6 +85,38 @@ pub async fn run(
     let _ = sweeper.await;
 }
 
+/// A configured webhook as the delivery loop tracks it.
+struct Hook {
+    webhook: Webhook,
+    /// Pages of this webhook in flight on this node.
+    in_flight: AtomicUsize,
+    /// Failed attempts: one line per 30 s.
+    failures: LogThrottle,
+}
+
+/// Hands `free` slots out one at a time, webhook after webhook starting with `first`, to
+/// the webhooks with fewer than `share` pages in flight; how many each gets.
+fn share_slots(in_flight: &[usize], share: usize, free: usize, first: usize) -> Vec<usize> {
+    let n = in_flight.len();
+    let mut wants = vec![0; n];
+    let mut left = free;
+    while left > 0 {
+        let mut gave = false;
+        for k in 0..n {
+            let i = (first + k) % n;
+            if left > 0 && in_flight[i] + wants[i] < share {
+                wants[i] += 1;
+                left -= 1;
+                gave = true;
+            }
+        }
+        if !gave {
+            break;
+        }
+    }
+    wants
+}
+
 async fn deliver(
     store: Arc<dyn Store>,
     service: Arc<Service>,
@@ -84,27 +124,59 @@ async fn deliver(
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = service.delivery.clone();
+    let share = cfg.per_webhook();
     let http = reqwest::Client::builder()
         .timeout(cfg.timeout())
-        .pool_max_idle_per_host(cfg.concurrency)
+        // A 3xx is a failed attempt: following it would send the signed page elsewhere,
+        // or (a 302) turn it into a body-less GET whose 200 would count as delivered.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(share)
         .build()
         .expect("a plain HTTP client builds");
+    let hooks: Arc<Vec<Hook>> = Arc::new(
+        service
+            .webhooks
+            .iter()
+            .map(|w| Hook {
+                webhook: w.clone(),
+                in_flight: AtomicUsize::new(0),
+                failures: LogThrottle::new(Duration::from_secs(30)),
+            })
+            .collect(),
+    );
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    // An attempt ended: a webhook at its share may take another page.
+    let freed = Arc::new(Notify::new());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let finisher = tokio::spawn(finish(store.clone(), done_rx));
+    let finisher = tokio::spawn(finish(store.clone(), done_rx, share as u32));
     let warn = LogThrottle::new(Duration::from_secs(30));
     let poll = Duration::from_millis(cfg.poll_ms);
+    let mut first = 0usize;
     while !*stop.borrow() {
-        let free = permits.available_permits();
-        if free == 0 {
-            // Wait for one attempt to end.
+        let in_flight: Vec<usize> = hooks
+            .iter()
+            .map(|h| h.in_flight.load(Ordering::SeqCst))
+            .collect();
+        let wants = share_slots(&in_flight, share, permits.available_permits(), first);
+        first = (first + 1) % hooks.len();
+        let asks: Vec<(String, usize)> = wants
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (hooks[i].webhook.url.clone(), *n))
+            .collect();
+        if asks.is_empty() {
+            // Every slot is taken, or every webhook has its share in flight.
             tokio::select! {
-                p = permits.clone().acquire_owned() => drop(p),
+                _ = freed.notified() => {}
                 _ = stop.changed() => {}
             }
             continue;
         }
-        let claimed = match store.claim_pages(now_ms(), cfg.lease_ms as i64, free).await {
+        let claimed = match store
+            .claim_pages(now_ms(), cfg.lease_ms as i64, share as u32, asks.clone())
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 if let Some(repeated) = warn.admit() {
@@ -113,31 +185,42 @@ async fn deliver(
                 Vec::new()
             }
         };
-        let idle = claimed.len() < free;
+        // A webhook that got all it asked for may have more due at once.
+        let more = asks
+            .iter()
+            .any(|(url, n)| claimed.iter().filter(|c| &c.key.url == url).count() >= *n);
         for c in claimed {
+            let Some(i) = hooks.iter().position(|h| h.webhook.url == c.key.url) else {
+                continue;
+            };
             let permit = permits
                 .clone()
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let (store, service, metrics, http, done) = (
+                .try_acquire_owned()
+                .expect("only this loop takes slots, and it asked for free ones");
+            hooks[i].in_flight.fetch_add(1, Ordering::SeqCst);
+            let (store, service, metrics, http, done, hooks, freed) = (
                 store.clone(),
                 service.clone(),
                 metrics.clone(),
                 http.clone(),
                 done_tx.clone(),
+                hooks.clone(),
+                freed.clone(),
             );
             tokio::spawn(async move {
                 let key = c.key.clone();
-                let outcome = attempt(&*store, &service, &metrics, &http, c).await;
+                let outcome = attempt(&*store, &service, &metrics, &http, &hooks[i], c).await;
                 let _ = done.send((key, outcome));
+                hooks[i].in_flight.fetch_sub(1, Ordering::SeqCst);
                 drop(permit);
+                freed.notify_one();
             });
         }
-        if idle {
+        if !more {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
                 _ = service.wake.notified() => {}
+                _ = freed.notified() => {}
                 _ = stop.changed() => {}
             }
         }
@@ -150,7 +233,11 @@ async fn deliver(
 }
 
 /// Records outcomes in batches; keeps a batch and retries while the store refuses.
-async fn finish(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<(PageKey, PageDone)>) {
+async fn finish(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<(PageKey, PageDone)>,
+    window: u32,
+) {
     let warn = LogThrottle::new(Duration::from_secs(30));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -161,7 +248,7 @@ async fn finish(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<(PageKey,
             }
         }
         loop {
-            match store.finish_pages(batch.clone()).await {
+            match store.finish_pages(batch.clone(), window).await {
                 Ok(()) => break,
                 Err(e) => {
                     if let Some(repeated) = warn.admit() {
@@ -184,23 +271,12 @@ async fn attempt(
     service: &Service,
     metrics: &Metrics,
     http: &reqwest::Client,
+    hook: &Hook,
     c: Claimed,
 ) -> PageDone {
     let cfg = &service.delivery;
-    let retry = |expire_time: i64| {
-        let at = now_ms() + backoff_ms(c.attempts, cfg.retry_base_ms, cfg.retry_max_ms) as i64;
-        if at >= expire_time {
-            metrics.delivery.pages_failed.inc();
-            PageDone::Failed
-        } else {
-            PageDone::Retry { at_ms: at }
-        }
-    };
-    let Some(webhook) = service.webhooks.iter().find(|w| w.url == c.key.url) else {
-        tracing::warn!(url = %crate::config::redact_url(&c.key.url), broadcast = c.key.broadcast_id, page = c.key.page, "a pending page's webhook is no longer configured; the page fails");
-        metrics.delivery.pages_failed.inc();
-        return PageDone::Failed;
-    };
+    let webhook = &hook.webhook;
+    let delivery_id = format!("{}-{}", c.key.broadcast_id, c.key.page);
     let loaded = match service.loaded(store, c.key.broadcast_id).await {
         Ok(Some(l)) => l,
         // Purged meanwhile (its pages go with it).
@@ -213,21 +289,45 @@ async fn attempt(
         }
     };
     let expire_time = loaded.info.expire_time;
+    let failed = |cause: String| {
+        metrics.delivery.attempts_failed.inc();
+        let at = now_ms() + backoff_ms(c.attempts, cfg.retry_base_ms, cfg.retry_max_ms) as i64;
+        let (next, done) = if at >= expire_time {
+            metrics.delivery.pages_failed.inc();
+            (
+                "none: the broadcast expires first; the page failed".to_owned(),
+                PageDone::Failed,
+            )
+        } else {
+            (
+                format!("in {:.1} s", (at - now_ms()) as f64 / 1000.0),
+                PageDone::Retry { at_ms: at },
+            )
+        };
+        if let Some(repeated) = hook.failures.admit() {
+            tracing::warn!(
+                url = %crate::config::redact_url(&webhook.url),
+                delivery = %delivery_id,
+                attempt = c.attempts,
+                cause = %cause,
+                retry = %next,
+                repeated,
+                "webhook attempt failed"
+            );
+        }
+        done
+    };
     if now_ms() >= expire_time {
         metrics.delivery.pages_failed.inc();
         return PageDone::Failed;
     }
     let body = match page_body(store, webhook, &loaded, c.key.page).await {
         Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, broadcast = c.key.broadcast_id, "building a webhook page failed; retrying");
-            return retry(expire_time);
-        }
+        Err(e) => return failed(format!("building the page failed: {e}")),
     };
     let ids = body.1;
     let body = body.0;
     let timestamp = (now_ms() / 1000) as u64;
-    let delivery_id = format!("{}-{}", c.key.broadcast_id, c.key.page);
     let sent = http
         .post(&webhook.url)
         .header("Content-Type", "application/json")
@@ -240,20 +340,24 @@ async fn attempt(
         .body(body)
         .send()
         .await;
-    let why = match sent {
+    let cause = match sent {
         Ok(r) if r.status().is_success() => {
             metrics.delivery.pages_delivered.inc();
             metrics.delivery.user_ids_delivered.inc_by(ids);
+            hook.failures.reset();
             return PageDone::Delivered;
         }
+        Ok(r) if r.status().is_redirection() => format!(
+            "HTTP {} (a redirect: tagcast follows none; point the webhook at the final URL)",
+            r.status().as_u16()
+        ),
         Ok(r) => format!("HTTP {}", r.status().as_u16()),
         Err(e) if e.is_timeout() => format!("no answer within {} ms", cfg.timeout_ms),
         Err(e) if e.is_connect() => "connection failed".to_owned(),
-        Err(e) => format!("request failed: {e}"),
+        // Without the URL: it may carry credentials (it is logged redacted above).
+        Err(e) => format!("request failed: {}", e.without_url()),
     };
-    metrics.delivery.attempts_failed.inc();
-    tracing::debug!(delivery = %delivery_id, url = %crate::config::redact_url(&webhook.url), attempt = c.attempts, cause = %why, "webhook attempt failed");
-    retry(expire_time)
+    failed(cause)
 }
 
 /// The JSON of page `page` for `webhook`, and how many user ids it holds.
@@ -286,6 +390,15 @@ async fn page_body(
     Ok((serde_json::to_vec(&body).expect("a page serializes"), n))
 }
 
+/// The outbox gauges from the store (pages left to send on every node).
+async fn refresh_gauges(store: &dyn Store, metrics: &Metrics, now: i64) {
+    if let Ok(s) = store.outbox_stats().await {
+        metrics.delivery.pages_pending.set(s.pending as i64);
+        let age = s.oldest_pending_ms.map_or(0, |t| (now - t).max(0) / 1000);
+        metrics.delivery.oldest_pending_seconds.set(age);
+    }
+}
+
 /// Purges expired broadcasts and refreshes the outbox gauges every `sweep_ms`.
 async fn sweep(
     store: Arc<dyn Store>,
@@ -316,13 +429,11 @@ async fn sweep(
             }
         }
         service.cache.evict_expired(now);
-        if let Ok(s) = store.outbox_stats().await {
-            metrics.delivery.pages_pending.set(s.pending as i64);
-            let age = s.oldest_pending_ms.map_or(0, |t| (now - t).max(0) / 1000);
-            metrics.delivery.oldest_pending_seconds.set(age);
-        }
+        refresh_gauges(&*store, &metrics, now).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            // A send or a recall on this node: the gauges follow at once.
+            _ = service.outbox_changed.notified() => {}
             _ = stop.changed() => {}
         }
     }

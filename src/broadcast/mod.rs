@@ -11,6 +11,7 @@
 //!   and records the outcome; the sweeper purges expired broadcasts with their pages.
 
 pub mod delivery;
+pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,18 @@ pub struct NewBroadcast {
     /// `Tags`, `TagOp` and `Filter` as sent, as a JSON object (GetBroadcast returns them).
     pub selector: String,
     pub ttl_secs: u32,
+    /// What makes a second send of the same broadcast a replay (API.md §7): the
+    /// request's `ClientToken`, else its signature (`sig:<hex>`).
+    pub token: String,
+}
+
+/// How long a send's token makes a repeat of it a replay (API.md §7).
+pub const TOKEN_TTL_MS: i64 = DAY_MS;
+
+/// The token of a UserBroadcast without a ClientToken: its signature, which a replay of
+/// the captured request repeats and no other request has.
+pub fn signature_token(signature_hex: &str) -> String {
+    format!("sig:{signature_hex}")
 }
 
 /// A stored broadcast, without its audience.
@@ -68,22 +81,16 @@ pub struct Delivery {
     pub dropped: u64,
 }
 
-/// Outbox page states, as stored.
-pub mod state {
-    pub const PENDING: i64 = 0;
-    pub const DELIVERED: i64 = 1;
-    pub const FAILED: i64 = 2;
-    pub const DROPPED: i64 = 3;
-}
-
 /// What UserBroadcast's store call decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     Created {
         id: i64,
         audience_count: u64,
-        create_time: i64,
         expire_time: i64,
+        /// A send with the token of an earlier one: nothing was sent or counted, and this
+        /// is the earlier send's answer.
+        replayed: bool,
     },
     /// The app has sent `limit` broadcasts this UTC day already.
     OverQuota { limit: u32 },
@@ -227,6 +234,8 @@ pub struct Service {
     pub delivery: DeliveryConfig,
     /// Wakes this node's delivery loop (a broadcast was just sent here).
     pub wake: tokio::sync::Notify,
+    /// A send or recall here changed the outbox: the sweeper refreshes its gauges.
+    pub outbox_changed: tokio::sync::Notify,
 }
 
 impl Service {
@@ -237,6 +246,7 @@ impl Service {
             webhooks,
             delivery,
             wake: tokio::sync::Notify::new(),
+            outbox_changed: tokio::sync::Notify::new(),
         }
     }
 

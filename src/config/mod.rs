@@ -27,6 +27,7 @@ pub struct Config {
     /// Regions accepted in the credential scope; the first is the default in answers.
     pub regions: Vec<String>,
     pub log_format: LogFormat,
+    pub api: ApiConfig,
     pub limits: Limits,
     pub tags: TagLimits,
     pub http: HttpLimits,
@@ -44,6 +45,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./tagcast-data"),
             regions: vec!["cn-north-1".into(), "ap-southeast-1".into()],
             log_format: LogFormat::Text,
+            api: ApiConfig::default(),
             limits: Limits::default(),
             tags: TagLimits::default(),
             http: HttpLimits::default(),
@@ -60,6 +62,25 @@ impl Default for Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// How request bodies are read (API.md §5).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub unknown_fields: UnknownFields,
+}
+
+/// What a body field that the Action does not know does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    /// `InvalidParam`, naming the field and the closest known one: a misspelt `Tags` must
+    /// never widen a broadcast to everyone.
+    #[default]
+    Refuse,
+    /// Skipped, for clients that send fields of their own (the official SDKs send none).
+    Ignore,
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -160,6 +181,12 @@ pub struct HttpLimits {
     pub body_timeout_secs: u64,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub shutdown_grace_secs: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// MiB of request bodies held at once, all connections together; a body that does
+    /// not fit is answered 503 at once. With `max_connections`, what bounds the memory
+    /// slow clients can make the server hold.
+    pub max_body_memory_mb: usize,
 }
 
 impl Default for HttpLimits {
@@ -169,6 +196,8 @@ impl Default for HttpLimits {
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             shutdown_grace_secs: 30,
+            max_connections: 4096,
+            max_body_memory_mb: 128,
         }
     }
 }
@@ -317,13 +346,26 @@ impl Config {
         toml::to_string(self).expect("the configuration types serialize to TOML")
     }
 
+    /// The address to listen on: `IP:port`, or `host:port` with the host resolved
+    /// (`localhost:8080`), its first address.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        self.listen.parse().map_err(|e| {
+        if let Ok(addr) = self.listen.parse() {
+            return Ok(addr);
+        }
+        use std::net::ToSocketAddrs;
+        let bad = |why: String| {
             format!(
-                "listen = {:?} is not an address like 127.0.0.1:8080: {e}",
+                "listen = {:?} is not an address like 127.0.0.1:8080 or localhost:8080: {why}",
                 self.listen
             )
-        })
+        };
+        let mut addrs = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| bad(e.to_string()))?;
+        addrs
+            .next()
+            .ok_or_else(|| bad("the host has no address".into()))
     }
 
     pub fn default_region(&self) -> &str {
@@ -354,11 +396,19 @@ impl Config {
         if t.max_key_bytes == 0 || t.max_per_user == 0 {
             return Err("tags.max_key_bytes and tags.max_per_user must be at least 1".into());
         }
-        if self.http.max_body_bytes == 0
-            || self.http.header_timeout_secs == 0
-            || self.http.body_timeout_secs == 0
+        let h = &self.http;
+        if h.max_body_bytes == 0
+            || h.header_timeout_secs == 0
+            || h.body_timeout_secs == 0
+            || h.max_connections == 0
         {
-            return Err("http.max_body_bytes, http.header_timeout_secs and http.body_timeout_secs must be at least 1".into());
+            return Err("http.max_body_bytes, http.header_timeout_secs, http.body_timeout_secs and http.max_connections must be at least 1".into());
+        }
+        if h.max_body_memory_mb << 20 < h.max_body_bytes {
+            return Err(format!(
+                "http.max_body_memory_mb ({} MiB) must hold at least one body of http.max_body_bytes ({} bytes)",
+                h.max_body_memory_mb, h.max_body_bytes
+            ));
         }
         if self.store.kind == StoreKind::Postgres && self.store.url.is_none() {
             return Err("store.kind = \"postgres\" needs store.url (or --store-url)".into());

@@ -194,6 +194,10 @@ pub struct DeliveryConfig {
     pub retry_max_ms: u64,
     /// Pages in flight at once per node.
     pub concurrency: usize,
+    /// Pages in flight at once per webhook on a node, and pages of one broadcast open at
+    /// once per webhook on all nodes (at most `concurrency`): a receiver that hangs holds
+    /// this many of the slots, never all of them.
+    pub per_webhook: usize,
     /// How often a node looks for due pages when nothing woke it.
     pub poll_ms: u64,
     /// How often expired broadcasts are purged.
@@ -208,6 +212,7 @@ impl Default for DeliveryConfig {
             retry_base_ms: 1_000,
             retry_max_ms: 300_000,
             concurrency: 16,
+            per_webhook: 4,
             poll_ms: 250,
             sweep_ms: 1_000,
         }
@@ -226,9 +231,11 @@ impl DeliveryConfig {
         ]
         .contains(&0)
             || d.concurrency == 0
+            || d.per_webhook == 0
         {
-            return Err("delivery.timeout_ms, retry_base_ms, retry_max_ms, poll_ms, sweep_ms and concurrency must be at least 1".into());
+            return Err("delivery.timeout_ms, retry_base_ms, retry_max_ms, poll_ms, sweep_ms, concurrency and per_webhook must be at least 1".into());
         }
+
         if d.lease_ms <= d.timeout_ms {
             return Err(format!(
                 "delivery.lease_ms ({}) must be longer than delivery.timeout_ms ({}): a page still in flight must not be taken over",
@@ -240,6 +247,11 @@ impl DeliveryConfig {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// `per_webhook`, at most `concurrency`.
+    pub fn per_webhook(&self) -> usize {
+        self.per_webhook.min(self.concurrency)
     }
 }
 

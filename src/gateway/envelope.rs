@@ -64,8 +64,8 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-/// Builds the HTTP answer for a request's outcome. The only place an error body is written.
-pub fn respond(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCode, Response) {
+/// The envelope's JSON for a request's outcome, and its HTTP status.
+fn body(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCode, Vec<u8>) {
     let (status, error, result) = match outcome {
         Ok(result) => (StatusCode::OK, None, Some(result)),
         Err(e) => {
@@ -94,6 +94,13 @@ pub fn respond(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCod
     };
     let body = serde_json::to_vec(&envelope)
         .expect("the envelope holds only strings, numbers and raw JSON");
+    (status, body)
+}
+
+/// Builds the HTTP answer for a request's outcome. The only place an error body is written
+/// (with [`raw_error`], for answers written below the HTTP server).
+pub fn respond(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCode, Response) {
+    let (status, body) = body(meta, outcome);
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -116,6 +123,27 @@ pub fn respond(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCod
         }
     }
     (status, response)
+}
+
+/// A whole HTTP/1.1 error answer as bytes, with `Connection: close`: for the answers
+/// written where there is no request to route (a connection over `http.max_connections`,
+/// a request hyper could not parse).
+pub fn raw_error(meta: &Meta, e: &ApiError) -> Vec<u8> {
+    let (status, body) = body(meta, Err(e));
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        meta.request_id
+    );
+    if let Some(secs) = e.retry_after {
+        out.push_str(&format!("retry-after: {secs}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
 }
 
 /// RequestIds in the vendor's style: UTC time to the second, then a per-process random

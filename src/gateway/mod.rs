@@ -3,6 +3,7 @@
 //! dispatch to the Action, and wrap whatever came out, success or error, in the vendor
 //! envelope with a fresh RequestId. Also the three plain GETs outside the signed API.
 
+pub mod bare;
 pub mod envelope;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::accounts::{AccountId, Tenancy};
 use crate::actions::{self, Ctx};
 use crate::api::{Action, VERSION};
 use crate::api::{ApiError, ErrorCode};
-use crate::config::{HttpLimits, Limits, TagLimits};
+use crate::config::{HttpLimits, Limits};
 use crate::limiter::{Decision, RateLimiter};
 use crate::metrics::Metrics;
 use crate::signing::{ParsedAuth, VerifyPolicy, truncate};
@@ -39,10 +40,13 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub regions: Vec<String>,
-    pub tags: TagLimits,
+    /// How bodies are parsed: tag limits, unknown fields.
+    pub rules: actions::Rules,
     pub http: HttpLimits,
     pub request_ids: RequestIds,
     pub broadcasts: Arc<crate::broadcast::Service>,
+    /// Bytes of request bodies that may be held at once (`http.max_body_memory_mb`).
+    pub body_memory: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -140,7 +144,7 @@ async fn handle(
                 ),
             )
         })?;
-    let body = read_body(body, &parts.headers, &state.http).await?;
+    let (body, _held) = read_body(body, &parts.headers, state).await?;
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     auth.verify(
@@ -180,8 +184,9 @@ async fn handle(
         store: state.store.as_ref(),
         tenancy: &state.tenancy,
         account,
-        tags: &state.tags,
+        rules: &state.rules,
         broadcasts: &state.broadcasts,
+        signature: auth.signature(),
         app_id: None,
     };
     let result = actions::dispatch(action, &body, &mut ctx).await;
@@ -251,14 +256,69 @@ fn route(method: &Method, uri: &axum::http::Uri, meta: &mut Meta) -> Result<Acti
     }
 }
 
+/// Bytes of request bodies held, counted against `http.max_body_memory_mb` until dropped
+/// (after the answer).
+struct Held {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Held {
+    /// Counts `bytes` more, if they fit; `false` when they do not.
+    fn take(&mut self, budget: &Arc<tokio::sync::Semaphore>, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        let Ok(more) = budget.clone().try_acquire_many_owned(n) else {
+            return false;
+        };
+        match &mut self._permit {
+            Some(p) => p.merge(more),
+            None => self._permit = Some(more),
+        }
+        self.bytes += bytes;
+        self.metrics.http.body_bytes.inc_by(bytes as i64);
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.metrics.http.body_bytes.dec_by(self.bytes as i64);
+    }
+}
+
 /// Refuses an announced oversized body before reading any of it, and a streamed one as
-/// soon as it passes the limit; a body that does not arrive in time is cut off.
+/// soon as it passes the limit; a body that does not arrive in time is cut off. Every
+/// byte held counts against `http.max_body_memory_mb` (an announced length at once), so
+/// any number of slow clients hold at most that much; a body that does not fit is 503.
 async fn read_body(
     mut body: Body,
     headers: &HeaderMap,
-    limits: &HttpLimits,
-) -> Result<Bytes, ApiError> {
+    state: &AppState,
+) -> Result<(Bytes, Held), ApiError> {
+    let limits: &HttpLimits = &state.http;
     let max = limits.max_body_bytes;
+    let mut held = Held {
+        _permit: None,
+        bytes: 0,
+        metrics: state.metrics.clone(),
+    };
+    let full = |body: Body| {
+        linger(body);
+        state.metrics.http.bodies_refused.inc();
+        ApiError::new(
+            ErrorCode::ServiceUnavailableTemp,
+            format!(
+                "the server holds as many request bodies as it may (http.max_body_memory_mb = {}); retry shortly",
+                limits.max_body_memory_mb
+            ),
+        )
+    };
     let too_large = |what: String| {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -273,6 +333,11 @@ async fn read_body(
         linger(body);
         return Err(too_large(format!("{len} bytes")));
     }
+    if let Some(len) = announced
+        && !held.take(&state.body_memory, len as usize)
+    {
+        return Err(full(body));
+    }
     let deadline = tokio::time::Instant::now() + limits.body_timeout();
     let mut buf = BytesMut::with_capacity(announced.map_or(8192, |n| n as usize));
     loop {
@@ -286,7 +351,7 @@ async fn read_body(
                     ),
                 ));
             }
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok((buf.freeze(), held)),
             Ok(Some(Err(e))) => {
                 return Err(ApiError::invalid(format!(
                     "reading the request body failed: {e}"
@@ -299,6 +364,11 @@ async fn read_body(
                 if buf.len() + data.len() > max {
                     linger(body);
                     return Err(too_large("larger".into()));
+                }
+                // A body longer than announced (hyper refuses that) or streamed.
+                let beyond = (buf.len() + data.len()).saturating_sub(held.bytes);
+                if !held.take(&state.body_memory, beyond) {
+                    return Err(full(body));
                 }
                 buf.extend_from_slice(&data);
             }

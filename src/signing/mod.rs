@@ -88,6 +88,12 @@ pub struct VerifyPolicy<'a> {
 }
 
 impl ParsedAuth {
+    /// The signature the client sent (hex, either case). Once [`ParsedAuth::verify`]
+    /// passed, it names this request: a replay carries the same (UserBroadcast's token).
+    pub fn signature(&self) -> &str {
+        &self.signature_hex
+    }
+
     /// Parses Authorization and X-Date and checks everything that needs no secret and no
     /// body: form, the clock window against `policy.now`, service and region of the scope.
     pub fn parse(headers: &HeaderMap, policy: &VerifyPolicy<'_>) -> Result<Self, AuthError> {

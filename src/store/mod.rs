@@ -182,9 +182,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
 
     /// UserBroadcast: freezes the audience `filter` selects now (counting every write
-    /// acknowledged before the call, on any node), and stores the broadcast with it, the
-    /// day's count (refused over `per_day`) and one outbox page per `page_size` ids per
-    /// outlet, in one transaction, durable before it returns.
+    /// acknowledged before the call, on any node), and stores the broadcast with it, its
+    /// token, the day's count (refused over `per_day`) and one outbox lane per outlet, in
+    /// one transaction, durable before it returns. A token sent within
+    /// [`crate::broadcast::TOKEN_TTL_MS`] before (on any node) sends nothing and answers
+    /// that send (`replayed`).
     async fn send_broadcast(
         &self,
         broadcast: NewBroadcast,
@@ -225,22 +227,28 @@ pub trait Store: Send + Sync + 'static {
     /// A broadcast with its audience (for the cache), purged or unknown: `None`.
     async fn load_broadcast(&self, id: i64) -> Result<Option<Loaded>, StoreError>;
 
-    /// Claims up to `limit` pending pages due at `now_ms` that no live lease holds, for
-    /// `lease_ms`; counts the attempt.
+    /// Claims, for each (webhook URL, n) of `wants`, up to n pages due at `now_ms` that no
+    /// live lease holds, for `lease_ms`, taking the URL's lanes in turn, at most `window`
+    /// open pages per lane (`broadcast/outbox.rs`); counts the attempt.
     async fn claim_pages(
         &self,
         now_ms: i64,
         lease_ms: i64,
-        limit: usize,
+        window: u32,
+        wants: Vec<(String, usize)>,
     ) -> Result<Vec<Claimed>, StoreError>;
 
-    /// Records how attempts ended (a page recalled meanwhile stays dropped).
-    async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError>;
+    /// Records how attempts ended (a page recalled or purged meanwhile stays as it is).
+    async fn finish_pages(
+        &self,
+        done: Vec<(PageKey, PageDone)>,
+        window: u32,
+    ) -> Result<(), StoreError>;
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
-    /// Removes every broadcast expired at `now_ms` with its audience and pages, and quota
-    /// days before yesterday.
+    /// Removes every broadcast expired at `now_ms` with its audience and outbox lanes,
+    /// quota days before yesterday, and broadcast tokens past their time.
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError>;
 
     /// The user ids of `ordinals` of the app, skipping ordinals no longer registered (as of

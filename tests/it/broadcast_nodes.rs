@@ -131,3 +131,40 @@ async fn a_node_killed_mid_delivery_loses_no_page_and_no_page_is_sent_by_two_at_
     assert_eq!(receiver.bad_signatures(), 0);
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_replayed_on_two_nodes_at_once_sends_one_broadcast() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = node_config(tmp.path(), &fresh_database(shared_postgres()));
+    let (a, b) = (
+        node(tmp.path(), "a", &config),
+        node(tmp.path(), "b", &config),
+    );
+    register(&a.client(), APP, &[1, 2, 3]).await;
+    let body =
+        json!({"AppId": APP, "Sender": 1, "MsgTTL": 3600, "MsgType": 1, "Content": "twice?"})
+            .to_string()
+            .into_bytes();
+    // The same signed request at both nodes, as a load balancer in front of them would
+    // pass it on (its Host is the balancer's).
+    let host = "tagcast.internal:8080";
+    let (on_a, on_b) = tokio::join!(
+        crate::replays::replay(&a.endpoint, host, &body, 15),
+        crate::replays::replay(&b.endpoint, host, &body, 15),
+    );
+    let (ra, rb) = (
+        crate::replays::the_same_result(&on_a),
+        crate::replays::the_same_result(&on_b),
+    );
+    assert_eq!(ra, rb, "one send, on whichever node came first");
+    // One ClientToken sent to both nodes at once: one broadcast.
+    let token = send_body(json!({"ClientToken": "both-nodes"}));
+    let (ca, cb) = (a.client(), b.client());
+    let (x, y) = tokio::join!(
+        call(&ca, "UserBroadcast", token.clone()),
+        call(&cb, "UserBroadcast", token.clone()),
+    );
+    assert_eq!(ok(&x), ok(&y));
+    let listed = ok(&call(&a.client(), "ListBroadcasts", json!({"AppId": APP})).await);
+    assert_eq!(listed["Broadcasts"].as_array().unwrap().len(), 2);
+}

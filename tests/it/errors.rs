@@ -360,13 +360,22 @@ async fn malformed_bodies_are_400_json_parsing_error_or_invalid_param() {
             .contains("UserTags[0].UserId"),
         "{v}"
     );
-    // Unknown fields are ignored.
-    ok(&call(
+    // Unknown fields are refused, naming the field (API.md §5; strict_bodies.rs has
+    // every Action and the opt-out).
+    let a = call(
         &c,
         "BatchGetUser",
         json!({"AppId": APP, "UserIds": [1], "Future": {"x": 1}}),
     )
-    .await);
+    .await;
+    let v = assert_error(&a, 400, "InvalidParam");
+    assert!(
+        v["ResponseMetadata"]["Error"]["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown field \"Future\""),
+        "{v}"
+    );
     // Still serving.
     ok(&get_users(&c, &[1]).await);
 }

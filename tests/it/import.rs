@@ -80,10 +80,11 @@ async fn bad_lines_are_skipped_and_reported_or_stop_the_run_and_the_rest_is_serv
     .await;
     assert_eq!(code, 3, "{out}{err}");
     assert!(
-        out.contains("4 users imported") && out.contains("3 lines refused"),
+        out.contains("4 users imported") && out.contains("8 lines read, 3 refused"),
         "{out}"
     );
-    assert!(err.contains("line 5: the body is not valid JSON"), "{err}");
+    assert!(err.contains("line 5: not valid JSON: "), "{err}");
+    assert!(!err.contains("line 1 column"), "a line is one line: {err}");
     assert!(err.contains("line 6: user 4: tag key"), "{err}");
     assert!(err.contains("line 7: UserId must be a positive"), "{err}");
 

@@ -8,17 +8,20 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 pub const SECRET: &str = "whsec-test-7f3a9c1e5b";
 
 /// What the receiver does with the n-th request (0-based) for a delivery id.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Answer {
     Ok,
     Fail,
     /// Answer 200 after this long (longer than the server's timeout: a timeout).
     Slow(Duration),
+    /// Answer this 3xx status with this `Location`.
+    Redirect(u16, String),
 }
 
 type Behaviour = dyn Fn(&str, usize) -> Answer + Send + Sync;
@@ -81,10 +84,10 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
     sig.to_str().is_ok_and(|s| s == want)
 }
 
-async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if !verify(&headers, &body) {
         s.inner.lock().unwrap().bad_signatures += 1;
-        return StatusCode::UNAUTHORIZED;
+        return StatusCode::UNAUTHORIZED.into_response();
     }
     let v: Value = serde_json::from_slice(&body).unwrap();
     let delivery_id = v["DeliveryId"].as_str().unwrap().to_owned();
@@ -119,11 +122,11 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
     }
     let guard = InFlight(s.inner.clone(), delivery_id.clone());
     let answer = (s.behaviour)(&delivery_id, n);
-    if let Answer::Slow(d) = answer {
-        tokio::time::sleep(d).await;
+    if let Answer::Slow(d) = &answer {
+        tokio::time::sleep(*d).await;
     }
     drop(guard);
-    let acked = !matches!(answer, Answer::Fail);
+    let acked = matches!(answer, Answer::Ok | Answer::Slow(_));
     let mut i = s.inner.lock().unwrap();
     i.arrivals.push(Arrival {
         delivery_id,
@@ -139,10 +142,48 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
         at: Instant::now(),
         acked,
     });
-    if acked {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+    drop(i);
+    match answer {
+        Answer::Redirect(status, location) => (
+            StatusCode::from_u16(status).unwrap(),
+            [(axum::http::header::LOCATION, location)],
+        )
+            .into_response(),
+        _ if acked => StatusCode::OK.into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Counts every request to it, whatever it is, and answers 200: where a followed redirect
+/// would have gone.
+pub struct Elsewhere {
+    pub url: String,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Elsewhere {
+    pub async fn start() -> Self {
+        let hits: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let counted = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { StatusCode::OK }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/landed", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Elsewhere {
+            url,
+            hits,
+            _task: task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -170,6 +211,12 @@ impl Receiver {
 
     pub fn arrivals(&self) -> Vec<Arrival> {
         self.inner.lock().unwrap().arrivals.clone()
+    }
+
+    /// Requests received so far, answered or not (a receiver that hangs records no
+    /// arrival).
+    pub fn received(&self) -> usize {
+        self.inner.lock().unwrap().seen.values().sum()
     }
 
     pub fn bad_signatures(&self) -> usize {

@@ -71,7 +71,9 @@ const EXIT_PROBLEMS: u8 = 1;
 
 pub async fn check(args: CheckArgs) -> Result<ExitCode, String> {
     let config = args.store.load()?;
-    config.validate()?;
+    // The configuration as `serve` would take it (secrets included): a check that passes
+    // a file the server then refuses helps nobody.
+    tagcast::server::check_config(&config).map_err(|e| format!("the configuration: {e}"))?;
     let report = match (&args.file, config.store.kind) {
         (Some(file), _) => {
             if !file.is_file() {
@@ -178,9 +180,11 @@ pub fn keys(command: KeysCommand) -> Result<ExitCode, String> {
 }
 
 pub async fn ready(args: ReadyArgs) -> Result<ExitCode, String> {
-    let url = format!("{}/readyz", args.endpoint.trim_end_matches('/'));
+    let endpoint = args.endpoint.trim_end_matches('/');
+    let url = tagcast::call::endpoint_url(endpoint, "/readyz")?;
+    let timeout = Duration::from_secs(5);
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(timeout)
         .build()
         .map_err(|e| e.to_string())?;
     if !(args.wait.is_finite() && args.wait >= 0.0) {
@@ -191,14 +195,14 @@ pub async fn ready(args: ReadyArgs) -> Result<ExitCode, String> {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(args.wait);
     loop {
-        let why = match client.get(&url).send().await {
+        let why = match client.get(url.clone()).send().await {
             Ok(r) if r.status().is_success() => return Ok(ExitCode::SUCCESS),
             Ok(r) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
                 format!("HTTP {status}: {}", body.trim())
             }
-            Err(e) => e.to_string(),
+            Err(e) => tagcast::call::unreachable(endpoint, timeout, &e).to_string(),
         };
         if std::time::Instant::now() >= deadline {
             eprintln!("tagcast ready: {url}: {why}");

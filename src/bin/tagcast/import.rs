@@ -26,9 +26,40 @@ pub struct ImportArgs {
     /// it) or stop there.
     #[arg(long, value_enum, default_value_t = OnError::Fail)]
     on_error: OnError,
+    /// Import into an AppId that no configured account owns (no key could read it until
+    /// one does).
+    #[arg(long)]
+    allow_unowned_app: bool,
+    /// A longer line is a bad line (refused without being read into memory whole).
+    #[arg(long, value_name = "BYTES", default_value_t = import::DEFAULT_MAX_LINE_BYTES)]
+    max_line_bytes: usize,
     /// JSON Lines, one RegisterUsers user per line ({"UserId":1,"Tags":["k:v"],...}); `-`
     /// for standard input.
     file: PathBuf,
+}
+
+/// `n` and the noun for it.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The AppIds a server on this configuration serves: its accounts', or (none configured)
+/// the development account's in the data directory, which a first start creates with
+/// the seed's AppId.
+fn owned_apps(config: &tagcast::config::Config) -> Result<Vec<i64>, String> {
+    if !config.accounts.is_empty() {
+        return Ok(config
+            .accounts
+            .iter()
+            .flat_map(|a| a.apps.clone())
+            .collect());
+    }
+    let path = config.data_dir.join(tagcast::accounts::BOOTSTRAP_FILE);
+    if path.exists() {
+        let accounts = tagcast::accounts::read_credentials_file(&path)?;
+        return Ok(accounts.into_iter().flat_map(|a| a.apps).collect());
+    }
+    Ok(vec![tagcast::accounts::BOOTSTRAP_APP_ID])
 }
 
 /// Exit code when lines were skipped (`--on-error skip`).
@@ -41,15 +72,18 @@ pub async fn run(args: ImportArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("--app: {}", e.message))?;
     let inbox = tagcast::actions::decode::inbox_type(Some(args.inbox))
         .map_err(|e| format!("--inbox: {}", e.message))?;
-    if !config.accounts.is_empty()
-        && !config
-            .accounts
-            .iter()
-            .any(|a| a.apps.contains(&i64::from(app_id)))
-    {
-        eprintln!(
-            "tagcast import: warning: no account in the configuration owns AppId {app_id}; no key can read what is imported until one does"
-        );
+    let owned = owned_apps(&config)?;
+    if !owned.contains(&i64::from(app_id)) && !args.allow_unowned_app {
+        let list: Vec<String> = owned.iter().map(i64::to_string).collect();
+        return Err(format!(
+            "--app {app_id}: no account owns that AppId, so no key could read what is imported \
+             (the configured apps: {}); check --app, or pass --allow-unowned-app",
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        ));
     }
     let input: Box<dyn BufRead + Send> = if args.file.as_os_str() == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
@@ -62,9 +96,14 @@ pub async fn run(args: ImportArgs) -> Result<ExitCode, String> {
     // and the import refuses naming its PID.
     let lock = tagcast::store::lock_data_dir(&config, "import")?;
     let store = tagcast::store::open(&config, lock, Arc::new(Metrics::new())).await?;
-    let mut options = Options::new(app_id, config.tags.clone());
+    let rules = tagcast::actions::Rules {
+        tags: config.tags.clone(),
+        unknown_fields: config.api.unknown_fields,
+    };
+    let mut options = Options::new(app_id, rules);
     options.inbox = inbox;
     options.on_error = args.on_error;
+    options.max_line_bytes = args.max_line_bytes.max(1);
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut shown = Instant::now();
@@ -96,10 +135,10 @@ pub async fn run(args: ImportArgs) -> Result<ExitCode, String> {
         args.file.display().to_string()
     };
     println!(
-        "tagcast import: {} users imported into AppId {app_id} (InboxType {inbox}) from {source}, {} lines refused, {} lines read, in {:.1} s ({:.0} users/s)",
-        summary.imported,
+        "tagcast import: {} into AppId {app_id} (InboxType {inbox}) from {source}: {} read, {} refused, in {:.1} s ({:.0} users/s)",
+        plural(summary.imported, "user imported", "users imported"),
+        plural(summary.lines, "line", "lines"),
         summary.refused,
-        summary.lines,
         summary.elapsed.as_secs_f64(),
         summary.users_per_s()
     );

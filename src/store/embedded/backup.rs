@@ -29,6 +29,64 @@ pub struct Copied {
     pub replaced: Option<PathBuf>,
 }
 
+/// Refuses a backup target inside the data directory, or that is one of the store's own
+/// files by another name (a link): writing there while the server runs replaces the
+/// live store under it, and acknowledged writes are lost at the next start.
+fn check_target(data_dir: &Path, to: &Path) -> Result<(), String> {
+    let dir = std::fs::canonicalize(data_dir)
+        .map_err(|e| format!("reading {}: {e}", data_dir.display()))?;
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent)
+        .map_err(|e| format!("--to {}: its directory: {e}", to.display()))?;
+    if parent.starts_with(&dir) {
+        return Err(format!(
+            "--to {} is inside the data directory {}; write the backup elsewhere (a backup \
+             beside the store it copies is lost with it, and one over the store's own files \
+             would replace the live store)",
+            to.display(),
+            dir.display()
+        ));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(target) = std::fs::metadata(to) {
+        for own in [DB_FILE, super::WAL_FILE, "tagcast.db-shm"] {
+            if let Ok(m) = std::fs::metadata(dir.join(own))
+                && (m.dev(), m.ino()) == (target.dev(), target.ino())
+            {
+                return Err(format!(
+                    "--to {} is the store's own {own} (the same file by another name); \
+                     write the backup elsewhere",
+                    to.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the copy in progress unless it is [`Partial::keep`]t: a backup that fails, or
+/// is interrupted (SIGINT/SIGTERM/SIGHUP: the copy is cut short by SQLite's interrupt),
+/// leaves nothing behind. A backup killed outright (SIGKILL) leaves its `.partial`; the
+/// next backup to the same target removes it first.
+struct Partial(Option<PathBuf>);
+
+impl Partial {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Writes a consistent copy of the store in `data_dir` to `to`.
 pub fn backup(data_dir: &Path, to: &Path, overwrite: bool) -> Result<Copied, String> {
     let started = Instant::now();
@@ -39,6 +97,7 @@ pub fn backup(data_dir: &Path, to: &Path, overwrite: bool) -> Result<Copied, Str
             db.display()
         ));
     }
+    check_target(data_dir, to)?;
     if to.exists() && !overwrite {
         return Err(format!(
             "{} already exists; pass --force to overwrite it",
@@ -52,13 +111,24 @@ pub fn backup(data_dir: &Path, to: &Path, overwrite: bool) -> Result<Copied, Str
     let target = partial
         .to_str()
         .ok_or_else(|| format!("{} is not a UTF-8 path", partial.display()))?;
-    conn.execute("VACUUM INTO ?1", [target])
-        .map_err(|e| format!("copying {} to {}: {e}", db.display(), partial.display()))?;
+    let guard = Partial(Some(partial.clone()));
+    let signals = interrupt_on_signal(conn.get_interrupt_handle())?;
+    let copied = conn.execute("VACUUM INTO ?1", [target]);
+    signals.close();
+    if let Err(e) = copied {
+        return Err(match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::OperationInterrupted) => {
+                "interrupted by a signal; nothing was written".to_owned()
+            }
+            _ => format!("copying {} to {}: {e}", db.display(), partial.display()),
+        });
+    }
     drop(conn);
     let (users, schema_version) = verify_copy(&partial)?;
     sync_file(&partial)?;
     std::fs::rename(&partial, to)
         .map_err(|e| format!("renaming {} to {}: {e}", partial.display(), to.display()))?;
+    guard.keep();
     sync_parent(to)?;
     Ok(Copied {
         path: to.to_owned(),
@@ -180,6 +250,23 @@ fn own_like_directory(file: &Path, dir: &Path) -> Result<(), String> {
             owner.uid()
         )
     })
+}
+
+/// Interrupts the copy when SIGINT, SIGTERM or SIGHUP arrives (until `close`), so the
+/// partial copy is removed rather than left behind.
+fn interrupt_on_signal(
+    interrupt: rusqlite::InterruptHandle,
+) -> Result<signal_hook::iterator::Handle, String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            interrupt.interrupt();
+        }
+    });
+    Ok(handle)
 }
 
 fn partial_name(path: &Path) -> PathBuf {

@@ -1,6 +1,8 @@
-//! Broadcasts and their outbox in SQLite (the tables of schema v4). Writes run on the
-//! writer thread ([`super::writer::Msg::Run`]), after the batch queued with them, so a
-//! broadcast's audience holds every write acknowledged before it; reads use the pool.
+//! Broadcasts and their outbox in SQLite (the tables of schema v4 and v5). Writes run on
+//! the writer thread ([`super::writer::Msg::Run`]), after the batch queued with them, so a
+//! broadcast's audience holds every write acknowledged before it; reads use the pool. The
+//! outbox's rules (lanes, open pages, turns) are `broadcast/outbox.rs`'s; this file reads
+//! and writes their rows.
 
 use std::collections::BTreeMap;
 
@@ -8,9 +10,10 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::audience::AudienceIndex;
 use crate::audience::filter::Filter;
+use crate::broadcast::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
-    Sent, deserialize_audience, pages, serialize_audience, state, utc_day,
+    Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
 use crate::store::{StoreError, ext_json};
 
@@ -44,9 +47,25 @@ pub(super) fn send(
     outlets: &[Outlet],
     now: i64,
 ) -> rusqlite::Result<Sent> {
-    let audience = index.select(b.app_id, b.inbox, filter);
-    let count = audience.len();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // The only writer: a token in the table is a send that committed.
+    let earlier = tx
+        .prepare_cached(
+            "SELECT broadcast_id, audience_count, expire_time FROM tagcast_broadcast_tokens
+             WHERE app_id = ?1 AND token = ?2 AND created > ?3",
+        )?
+        .query_row(params![b.app_id, b.token, now - TOKEN_TTL_MS], |r| {
+            Ok(Sent::Created {
+                id: r.get(0)?,
+                audience_count: r.get::<_, i64>(1)? as u64,
+                expire_time: r.get(2)?,
+                replayed: true,
+            })
+        })
+        .optional()?;
+    if let Some(earlier) = earlier {
+        return Ok(earlier);
+    }
     let (day, _) = utc_day(now);
     let sent: i64 = tx.query_row(
         "INSERT INTO tagcast_broadcast_days (app_id, day, sent) VALUES (?1, ?2, 1)
@@ -58,6 +77,8 @@ pub(super) fn send(
         // Dropping the transaction rolls the count back.
         return Ok(Sent::OverQuota { limit: per_day });
     }
+    let audience = index.select(b.app_id, b.inbox, filter);
+    let count = audience.len();
     let expire_time = now + i64::from(b.ttl_secs) * 1000;
     tx.execute(
         "INSERT INTO tagcast_broadcasts (app_id, inbox_type, sender, msg_type, content, ext,
@@ -78,23 +99,33 @@ pub(super) fn send(
         ],
     )?;
     let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO tagcast_broadcast_tokens
+             (app_id, token, broadcast_id, audience_count, expire_time, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (app_id, token) DO UPDATE SET broadcast_id = excluded.broadcast_id,
+             audience_count = excluded.audience_count, expire_time = excluded.expire_time,
+             created = excluded.created",
+        params![b.app_id, b.token, id, count as i64, expire_time, now],
+    )?;
     {
+        // One lane per webhook, whatever the page count.
         let mut st = tx.prepare_cached(
-            "INSERT INTO tagcast_outbox (broadcast_id, url, page, next_at, created)
-             VALUES (?1, ?2, ?3, ?4, ?4)",
+            "INSERT INTO tagcast_outbox_lanes (broadcast_id, url, pages, ready_at, created)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for o in outlets {
-            for page in 0..pages(count, o.page_size) {
-                st.execute(params![id, o.url, page, now])?;
-            }
+            let n = pages(count, o.page_size);
+            let ready_at = if n == 0 { CLOSED } else { now };
+            st.execute(params![id, o.url, n, ready_at, now])?;
         }
     }
     tx.commit()?;
     Ok(Sent::Created {
         id,
         audience_count: count,
-        create_time: now,
         expire_time,
+        replayed: false,
     })
 }
 
@@ -104,33 +135,54 @@ pub(super) fn recall(conn: &mut Connection, app_id: u32, id: i64) -> rusqlite::R
         "UPDATE tagcast_broadcasts SET recalled = 1 WHERE app_id = ?1 AND id = ?2",
         params![app_id, id],
     )? > 0;
-    tx.execute(
-        "UPDATE tagcast_outbox SET state = ?2, lease_until = 0 WHERE broadcast_id = ?1 AND state = ?3",
-        params![id, state::DROPPED, state::PENDING],
-    )?;
+    if found {
+        let lanes = lanes_of(&tx, id)?;
+        let mut st = tx.prepare_cached(
+            "UPDATE tagcast_outbox_lanes SET dropped = ?3, ready_at = ?4
+             WHERE broadcast_id = ?1 AND url = ?2",
+        )?;
+        for mut lane in lanes.into_iter().filter(|l| l.ready_at != CLOSED) {
+            outbox::drop_rest(&mut lane);
+            st.execute(params![id, lane.url, lane.dropped, lane.ready_at])?;
+        }
+        tx.execute(
+            "DELETE FROM tagcast_outbox_pages WHERE broadcast_id = ?1",
+            [id],
+        )?;
+    }
     tx.commit()?;
     Ok(found)
 }
 
+const LANE_COLUMNS: &str =
+    "broadcast_id, url, pages, next_page, delivered, failed, dropped, turn, ready_at, created";
+
+fn lane(r: &Row<'_>) -> rusqlite::Result<Lane> {
+    Ok(Lane {
+        broadcast_id: r.get(0)?,
+        url: r.get(1)?,
+        pages: r.get(2)?,
+        next_page: r.get(3)?,
+        delivered: r.get(4)?,
+        failed: r.get(5)?,
+        dropped: r.get(6)?,
+        turn: r.get(7)?,
+        ready_at: r.get(8)?,
+        created: r.get(9)?,
+    })
+}
+
+/// A broadcast's lanes, one per webhook it went to.
+fn lanes_of(conn: &Connection, id: i64) -> rusqlite::Result<Vec<Lane>> {
+    conn.prepare_cached(&format!(
+        "SELECT {LANE_COLUMNS} FROM tagcast_outbox_lanes WHERE broadcast_id = ?1"
+    ))?
+    .query_map([id], lane)?
+    .collect()
+}
+
 fn delivery(conn: &Connection, id: i64) -> rusqlite::Result<Delivery> {
-    let mut st = conn.prepare_cached(
-        "SELECT state, COUNT(*) FROM tagcast_outbox WHERE broadcast_id = ?1 GROUP BY state",
-    )?;
-    let mut d = Delivery::default();
-    let rows = st.query_map([id], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
-    for row in rows {
-        let (s, n) = row?;
-        d.pages += n;
-        match s {
-            state::PENDING => d.pending += n,
-            state::DELIVERED => d.delivered += n,
-            state::FAILED => d.failed += n,
-            _ => d.dropped += n,
-        }
-    }
-    Ok(d)
+    Ok(outbox::summary(&lanes_of(conn, id)?))
 }
 
 pub(super) fn get(
@@ -280,81 +332,161 @@ pub(super) fn load(conn: &Connection, id: i64) -> Result<Option<Loaded>, StoreEr
     }
 }
 
+fn open_page(r: &Row<'_>) -> rusqlite::Result<OpenPage> {
+    Ok(OpenPage {
+        page: r.get(0)?,
+        attempts: r.get(1)?,
+        next_at: r.get(2)?,
+        lease_until: r.get(3)?,
+    })
+}
+
+/// A lane with its open pages, as the outbox's rules take it.
+fn lane_state(conn: &Connection, lane: Lane) -> rusqlite::Result<LaneState> {
+    let open = conn
+        .prepare_cached(
+            "SELECT page, attempts, next_at, lease_until FROM tagcast_outbox_pages
+             WHERE broadcast_id = ?1 AND url = ?2",
+        )?
+        .query_map(params![lane.broadcast_id, lane.url], open_page)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(LaneState::new(lane, open))
+}
+
+/// Writes what the outbox's rules changed in a lane.
+fn write_lane(conn: &Connection, s: &LaneState) -> rusqlite::Result<()> {
+    if !s.changed {
+        return Ok(());
+    }
+    let l = &s.lane;
+    conn.prepare_cached(
+        "UPDATE tagcast_outbox_lanes SET next_page = ?3, delivered = ?4, failed = ?5,
+             turn = ?6, ready_at = ?7
+         WHERE broadcast_id = ?1 AND url = ?2",
+    )?
+    .execute(params![
+        l.broadcast_id,
+        l.url,
+        l.next_page,
+        l.delivered,
+        l.failed,
+        l.turn,
+        l.ready_at
+    ])?;
+    let mut up = conn.prepare_cached(
+        "INSERT INTO tagcast_outbox_pages (broadcast_id, url, page, attempts, next_at, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (broadcast_id, url, page) DO UPDATE SET attempts = excluded.attempts,
+             next_at = excluded.next_at, lease_until = excluded.lease_until",
+    )?;
+    for p in &s.upserts {
+        up.execute(params![
+            l.broadcast_id,
+            l.url,
+            p.page,
+            p.attempts,
+            p.next_at,
+            p.lease_until
+        ])?;
+    }
+    let mut del = conn.prepare_cached(
+        "DELETE FROM tagcast_outbox_pages WHERE broadcast_id = ?1 AND url = ?2 AND page = ?3",
+    )?;
+    for page in &s.deletes {
+        del.execute(params![l.broadcast_id, l.url, page])?;
+    }
+    Ok(())
+}
+
+/// Claims up to `want` due pages of each webhook URL, its lanes in turn.
 pub(super) fn claim(
     conn: &mut Connection,
     now: i64,
     lease_ms: i64,
-    limit: usize,
+    window: u32,
+    wants: &[(String, usize)],
 ) -> rusqlite::Result<Vec<Claimed>> {
-    // Nothing due: no transaction, no write.
-    let due: Option<i64> = conn
-        .prepare_cached(
-            "SELECT 1 FROM tagcast_outbox WHERE state = 0 AND next_at <= ?1 AND lease_until <= ?1 LIMIT 1",
-        )?
-        .query_row([now], |r| r.get(0))
-        .optional()?;
-    if due.is_none() {
-        return Ok(Vec::new());
-    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let claimed = tx
-        .prepare_cached(
-            "UPDATE tagcast_outbox SET lease_until = ?1 + ?2, attempts = attempts + 1
-             WHERE rowid IN (SELECT rowid FROM tagcast_outbox
-                             WHERE state = 0 AND next_at <= ?1 AND lease_until <= ?1
-                             ORDER BY next_at LIMIT ?3)
-             RETURNING broadcast_id, url, page, attempts",
-        )?
-        .query_map(params![now, lease_ms, limit as i64], |r| {
-            Ok(Claimed {
-                key: PageKey {
-                    broadcast_id: r.get(0)?,
-                    url: r.get(1)?,
-                    page: r.get(2)?,
-                },
-                attempts: r.get(3)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut claimed = Vec::new();
+    for (url, want) in wants {
+        let lanes: Vec<Lane> = tx
+            .prepare_cached(&format!(
+                "SELECT {LANE_COLUMNS} FROM tagcast_outbox_lanes
+                 WHERE url = ?1 AND ready_at <= ?2 ORDER BY turn, broadcast_id LIMIT ?3"
+            ))?
+            .query_map(params![url, now, *want as i64], lane)?
+            .collect::<rusqlite::Result<_>>()?;
+        if lanes.is_empty() {
+            continue;
+        }
+        let mut states = lanes
+            .into_iter()
+            .map(|l| lane_state(&tx, l))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        claimed.extend(outbox::claim(&mut states, now, lease_ms, window, *want));
+        for s in &states {
+            write_lane(&tx, s)?;
+        }
+    }
+    if claimed.is_empty() {
+        // Nothing was due: nothing to commit (and no fsync).
+        return Ok(claimed);
+    }
     tx.commit()?;
     Ok(claimed)
 }
 
-pub(super) fn finish(conn: &mut Connection, done: &[(PageKey, PageDone)]) -> rusqlite::Result<()> {
+pub(super) fn finish(
+    conn: &mut Connection,
+    done: &[(PageKey, PageDone)],
+    window: u32,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut st = tx.prepare_cached(
-            "UPDATE tagcast_outbox SET state = ?4, next_at = ?5, lease_until = 0
-             WHERE broadcast_id = ?1 AND url = ?2 AND page = ?3 AND state = 0",
-        )?;
-        for (k, d) in done {
-            let (s, next_at) = match d {
-                PageDone::Delivered => (state::DELIVERED, 0),
-                PageDone::Retry { at_ms } => (state::PENDING, *at_ms),
-                PageDone::Failed => (state::FAILED, 0),
-            };
-            st.execute(params![k.broadcast_id, k.url, k.page, s, next_at])?;
-        }
+    for (k, d) in done {
+        let found = tx
+            .prepare_cached(&format!(
+                "SELECT {LANE_COLUMNS} FROM tagcast_outbox_lanes WHERE broadcast_id = ?1 AND url = ?2"
+            ))?
+            .query_row(params![k.broadcast_id, k.url], lane)
+            .optional()?;
+        // Purged meanwhile: nothing to record.
+        let Some(l) = found else { continue };
+        let mut s = lane_state(&tx, l)?;
+        outbox::finish(&mut s, k.page, *d, window);
+        write_lane(&tx, &s)?;
     }
     tx.commit()
 }
 
 /// A previous process's leases: nobody holds them any more (one process per directory).
 pub(super) fn release_leases(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.execute(
-        "UPDATE tagcast_outbox SET lease_until = 0 WHERE lease_until <> 0",
+    let released = conn.execute(
+        "UPDATE tagcast_outbox_pages SET lease_until = 0 WHERE lease_until <> 0",
         [],
-    )
+    )?;
+    // Their lanes are due again: at the earliest time any of their pages is.
+    conn.execute(
+        "UPDATE tagcast_outbox_lanes SET ready_at = MIN(ready_at, COALESCE(
+             (SELECT MIN(next_at) FROM tagcast_outbox_pages p
+              WHERE p.broadcast_id = tagcast_outbox_lanes.broadcast_id
+                AND p.url = tagcast_outbox_lanes.url), ready_at))
+         WHERE ready_at <> ?1",
+        [CLOSED],
+    )?;
+    Ok(released)
 }
 
 pub(super) fn stats(conn: &Connection) -> rusqlite::Result<OutboxStats> {
-    conn.prepare_cached("SELECT COUNT(*), MIN(created) FROM tagcast_outbox WHERE state = 0")?
-        .query_row([], |r| {
-            Ok(OutboxStats {
-                pending: r.get::<_, i64>(0)? as u64,
-                oldest_pending_ms: r.get(1)?,
-            })
+    conn.prepare_cached(
+        "SELECT COALESCE(SUM(MAX(pages - delivered - failed - dropped, 0)), 0), MIN(created)
+         FROM tagcast_outbox_lanes WHERE ready_at <> ?1",
+    )?
+    .query_row([CLOSED], |r| {
+        Ok(OutboxStats {
+            pending: r.get::<_, i64>(0)? as u64,
+            oldest_pending_ms: r.get(1)?,
         })
+    })
 }
 
 pub(super) fn purge(conn: &mut Connection, now: i64) -> rusqlite::Result<Purged> {
@@ -367,21 +499,32 @@ pub(super) fn purge(conn: &mut Connection, now: i64) -> rusqlite::Result<Purged>
         .prepare_cached("SELECT 1 FROM tagcast_broadcast_days WHERE day < ?1 LIMIT 1")?
         .query_row([today - 1], |r| r.get(0))
         .optional()?;
-    if expired.is_none() && old_days.is_none() {
+    let old_tokens: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM tagcast_broadcast_tokens WHERE created <= ?1 LIMIT 1")?
+        .query_row([now - TOKEN_TTL_MS], |r| r.get(0))
+        .optional()?;
+    if expired.is_none() && old_days.is_none() && old_tokens.is_none() {
         return Ok(Purged::default());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // A lane per webhook and at most a window of pages each: the cost of a purge does
+    // not depend on the page count.
     let pending_pages: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM tagcast_outbox WHERE state = 0 AND broadcast_id IN
+        "SELECT COALESCE(SUM(MAX(pages - delivered - failed - dropped, 0)), 0)
+         FROM tagcast_outbox_lanes WHERE broadcast_id IN
              (SELECT id FROM tagcast_broadcasts WHERE expire_time <= ?1)",
         [now],
         |r| r.get(0),
     )?;
-    tx.execute(
-        "DELETE FROM tagcast_outbox WHERE broadcast_id IN
-             (SELECT id FROM tagcast_broadcasts WHERE expire_time <= ?1)",
-        [now],
-    )?;
+    for table in ["tagcast_outbox_pages", "tagcast_outbox_lanes"] {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE broadcast_id IN
+                     (SELECT id FROM tagcast_broadcasts WHERE expire_time <= ?1)"
+            ),
+            [now],
+        )?;
+    }
     let broadcasts = tx.execute(
         "DELETE FROM tagcast_broadcasts WHERE expire_time <= ?1",
         [now],
@@ -389,6 +532,10 @@ pub(super) fn purge(conn: &mut Connection, now: i64) -> rusqlite::Result<Purged>
     tx.execute(
         "DELETE FROM tagcast_broadcast_days WHERE day < ?1",
         [today - 1],
+    )?;
+    tx.execute(
+        "DELETE FROM tagcast_broadcast_tokens WHERE created <= ?1",
+        [now - TOKEN_TTL_MS],
     )?;
     tx.commit()?;
     Ok(Purged {

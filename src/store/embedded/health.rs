@@ -121,6 +121,14 @@ impl Health {
         }
     }
 
+    /// A probe found the store still unable to write, for `why`.
+    pub fn still_unwritable(&self, why: String) {
+        let mut p = self.problem.lock().expect("health lock");
+        if matches!(*p, Some(Problem::Unwritable(_))) {
+            *p = Some(Problem::Unwritable(why));
+        }
+    }
+
     /// A write committed: an unwritable store is writable again (corruption stays).
     pub fn succeeded(&self) {
         let mut p = self.problem.lock().expect("health lock");

@@ -242,10 +242,10 @@ impl EmbeddedStore {
         let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
         let (reply, rx) = oneshot::channel();
         let job = move |conn: &mut Connection, index: &AudienceIndex, health: &Health| {
+            // A failure tells about the store; a success does not (most of these commit
+            // nothing when there is nothing to do: the sweeper's purge every second would
+            // make a full disk look writable again). Requests and probes say it is.
             let result = f(conn, index).map_err(|e| health.failed(e, true));
-            if result.is_ok() {
-                health.succeeded();
-            }
             let _ = reply.send(result);
         };
         sender
@@ -407,7 +407,10 @@ impl Store for EmbeddedStore {
             })
             .await?;
         if let Sent::Created {
-            id, expire_time, ..
+            id,
+            expire_time,
+            replayed: false,
+            ..
         } = sent
         {
             let active = broadcast::Active {
@@ -471,14 +474,19 @@ impl Store for EmbeddedStore {
         &self,
         now_ms: i64,
         lease_ms: i64,
-        limit: usize,
+        window: u32,
+        wants: Vec<(String, usize)>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.run(move |conn, _| broadcast::claim(conn, now_ms, lease_ms, limit))
+        self.run(move |conn, _| broadcast::claim(conn, now_ms, lease_ms, window, &wants))
             .await
     }
 
-    async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError> {
-        self.run(move |conn, _| broadcast::finish(conn, &done))
+    async fn finish_pages(
+        &self,
+        done: Vec<(PageKey, PageDone)>,
+        window: u32,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn, _| broadcast::finish(conn, &done, window))
             .await
     }
 

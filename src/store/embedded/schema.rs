@@ -114,6 +114,59 @@ pub const MIGRATIONS: &[Migration] = &[
               CREATE INDEX tagcast_outbox_due ON tagcast_outbox (next_at) WHERE state = 0;",
         usable_from: 3,
     },
+    // v5: the outbox as lanes (issue 17): one row per (broadcast, webhook) with a page
+    // cursor and incremental counts, plus rows only for the pages claimed and not finished
+    // (at most a window per lane), so a send, recall or purge costs the same at any page
+    // count (see broadcast/outbox.rs). Pending pages of v4 become open pages of their lane.
+    // And UserBroadcast's idempotency tokens (API.md §7), unique per app. Older code would
+    // look for the dropped table: usable from this version on.
+    Migration {
+        sql: "CREATE TABLE tagcast_outbox_lanes (
+                  broadcast_id INTEGER NOT NULL,
+                  url          TEXT    NOT NULL,
+                  pages        INTEGER NOT NULL,
+                  next_page    INTEGER NOT NULL DEFAULT 0,
+                  delivered    INTEGER NOT NULL DEFAULT 0,
+                  failed       INTEGER NOT NULL DEFAULT 0,
+                  dropped      INTEGER NOT NULL DEFAULT 0,
+                  turn         INTEGER NOT NULL DEFAULT 0,
+                  ready_at     INTEGER NOT NULL,
+                  created      INTEGER NOT NULL,
+                  PRIMARY KEY (broadcast_id, url)
+              ) WITHOUT ROWID;
+              CREATE INDEX tagcast_outbox_lanes_due ON tagcast_outbox_lanes (url, ready_at);
+              CREATE TABLE tagcast_outbox_pages (
+                  broadcast_id INTEGER NOT NULL,
+                  url          TEXT    NOT NULL,
+                  page         INTEGER NOT NULL,
+                  attempts     INTEGER NOT NULL,
+                  next_at      INTEGER NOT NULL,
+                  lease_until  INTEGER NOT NULL,
+                  PRIMARY KEY (broadcast_id, url, page)
+              ) WITHOUT ROWID;
+              INSERT INTO tagcast_outbox_lanes
+                  (broadcast_id, url, pages, next_page, delivered, failed, dropped, ready_at, created)
+                  SELECT broadcast_id, url, COUNT(*), COUNT(*), SUM(state = 1), SUM(state = 2),
+                         SUM(state = 3),
+                         COALESCE(MIN(CASE WHEN state = 0 THEN next_at END), 9223372036854775807),
+                         MIN(created)
+                  FROM tagcast_outbox GROUP BY broadcast_id, url;
+              INSERT INTO tagcast_outbox_pages
+                  SELECT broadcast_id, url, page, attempts, next_at, 0
+                  FROM tagcast_outbox WHERE state = 0;
+              DROP TABLE tagcast_outbox;
+              CREATE TABLE tagcast_broadcast_tokens (
+                  app_id         INTEGER NOT NULL,
+                  token          TEXT    NOT NULL,
+                  broadcast_id   INTEGER NOT NULL,
+                  audience_count INTEGER NOT NULL,
+                  expire_time    INTEGER NOT NULL,
+                  created        INTEGER NOT NULL,
+                  PRIMARY KEY (app_id, token)
+              ) WITHOUT ROWID;
+              CREATE INDEX tagcast_broadcast_tokens_age ON tagcast_broadcast_tokens (created);",
+        usable_from: 5,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

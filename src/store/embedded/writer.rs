@@ -45,6 +45,15 @@ pub(super) enum Msg {
 /// Work run on the writer thread with its connection.
 pub(super) type WriterWork = Box<dyn FnOnce(&mut Connection, &AudienceIndex, &Health) + Send>;
 
+/// Free space a probe needs before it writes: what a batch of requests may append.
+const PROBE_HEADROOM: u64 = 2 << 20;
+
+/// Bytes an unprivileged process may still write on `dir`'s filesystem (`None`: unknown).
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// Longest one checkpoint waits for readers to let go of the log.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
 /// Longest the writer holds writes back for the log to be restarted. A reader that holds
@@ -304,11 +313,22 @@ impl Writer {
         }
     }
 
-    /// Empties the log if it can, then commits 1 MiB (then frees it again): on a full
-    /// disk a small write often still fits where a request's does not, and a probe that
-    /// succeeds on less would report the store ready while writes keep failing.
+    /// Ready again only when a write like the requests' would commit: the filesystem has
+    /// [`PROBE_HEADROOM`] free, and 1 MiB commits (then is freed again) where the requests
+    /// write, after the log as it is. The probe makes no room for itself (emptying the log
+    /// first would let it fit where the requests do not, and `/readyz` would flap).
     fn probe(&mut self) {
-        let _ = truncate_wal(&self.conn, CHECKPOINT_WAIT);
+        let dir = self
+            .snapshot_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        if let Some(free) = free_bytes(dir).filter(|f| *f < PROBE_HEADROOM) {
+            self.health.still_unwritable(format!(
+                "{} has {free} bytes free; writes resume once it has {PROBE_HEADROOM}",
+                dir.display()
+            ));
+            return;
+        }
         let set = |conn: &mut Connection, value: &str| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(

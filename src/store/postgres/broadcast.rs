@@ -5,8 +5,12 @@
 //!   in `tagcast_broadcast_days` (the row lock orders concurrent sends of one app on
 //!   every node; over the quota the transaction rolls back) and inserts the broadcast and
 //!   its outbox pages, in one transaction.
-//! - Pages are claimed with `FOR UPDATE SKIP LOCKED` under a lease: one node at a time
-//!   sends a page; a node that dies holding it lets another take it once the lease ends.
+//! - A send with the token of an earlier one (API.md §7) finds it: the token's primary key
+//!   makes a concurrent replay on any node wait for the first send's commit, then see it.
+//! - The outbox is lanes (`broadcast/outbox.rs` has the rules): a node claims a webhook's
+//!   due lanes with `FOR UPDATE SKIP LOCKED` and leases pages from them; one node at a
+//!   time sends a page, and a node that dies holding it lets another take it once the
+//!   lease ends.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +19,10 @@ use tokio_postgres::types::ToSql;
 
 use super::{Shared, classify, follow, within};
 use crate::audience::filter::Filter;
+use crate::broadcast::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
-    Sent, deserialize_audience, pages, serialize_audience, state, utc_day,
+    Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
 use crate::store::{StoreError, ext_json, now_ms};
 
@@ -42,20 +47,146 @@ fn info(r: &Row) -> Info {
     }
 }
 
-fn delivery_of(rows: &[Row]) -> Delivery {
-    let mut d = Delivery::default();
-    for r in rows {
-        let (s, n): (i16, i64) = (r.get(0), r.get(1));
-        let n = n as u64;
-        d.pages += n;
-        match i64::from(s) {
-            state::PENDING => d.pending += n,
-            state::DELIVERED => d.delivered += n,
-            state::FAILED => d.failed += n,
-            _ => d.dropped += n,
+const LANE_COLUMNS: &str =
+    "broadcast_id, url, pages, next_page, delivered, failed, dropped, turn, ready_at, created";
+
+fn lane(r: &Row) -> Lane {
+    Lane {
+        broadcast_id: r.get(0),
+        url: r.get(1),
+        pages: r.get::<_, i32>(2) as u32,
+        next_page: r.get::<_, i32>(3) as u32,
+        delivered: r.get::<_, i32>(4) as u32,
+        failed: r.get::<_, i32>(5) as u32,
+        dropped: r.get::<_, i32>(6) as u32,
+        turn: r.get(7),
+        ready_at: r.get(8),
+        created: r.get(9),
+    }
+}
+
+/// The delivery summary of each of `ids` from their lanes, in one query.
+async fn deliveries(
+    client: &tokio_postgres::Client,
+    ids: &[i64],
+) -> Result<Vec<Delivery>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {LANE_COLUMNS} FROM tagcast_outbox_lanes WHERE broadcast_id = ANY($1)"
+            ),
+            &[&ids],
+        )
+        .await?;
+    let lanes: Vec<Lane> = rows.iter().map(lane).collect();
+    Ok(ids
+        .iter()
+        .map(|id| outbox::summary(lanes.iter().filter(|l| l.broadcast_id == *id)))
+        .collect())
+}
+
+/// Lanes with their open pages, read in the transaction that holds their rows.
+async fn lane_states(
+    tx: &tokio_postgres::Transaction<'_>,
+    lanes: Vec<Lane>,
+) -> Result<Vec<LaneState>, tokio_postgres::Error> {
+    let ids: Vec<i64> = lanes.iter().map(|l| l.broadcast_id).collect();
+    let urls: Vec<&str> = lanes.iter().map(|l| l.url.as_str()).collect();
+    let rows = tx
+        .query(
+            "SELECT p.broadcast_id, p.url, p.page, p.attempts, p.next_at, p.lease_until
+             FROM tagcast_outbox_pages p
+             JOIN unnest($1::bigint[], $2::text[]) AS l(b, u) ON p.broadcast_id = l.b AND p.url = l.u",
+            &[&ids, &urls],
+        )
+        .await?;
+    let mut states: Vec<LaneState> = lanes
+        .into_iter()
+        .map(|l| LaneState::new(l, Vec::new()))
+        .collect();
+    for r in &rows {
+        let (b, u): (i64, &str) = (r.get(0), r.get(1));
+        if let Some(s) = states
+            .iter_mut()
+            .find(|s| s.lane.broadcast_id == b && s.lane.url == u)
+        {
+            s.open.push(OpenPage {
+                page: r.get::<_, i32>(2) as u32,
+                attempts: r.get::<_, i32>(3) as u32,
+                next_at: r.get(4),
+                lease_until: r.get(5),
+            });
         }
     }
-    d
+    Ok(states)
+}
+
+/// Writes what the outbox's rules changed in `states`: three statements for any number.
+async fn write_lanes(
+    tx: &tokio_postgres::Transaction<'_>,
+    states: &[LaneState],
+) -> Result<(), tokio_postgres::Error> {
+    let changed: Vec<&LaneState> = states.iter().filter(|s| s.changed).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&Lane) -> i64| -> Vec<i64> { changed.iter().map(|s| f(&s.lane)).collect() };
+    let ids = col(|l| l.broadcast_id);
+    let urls: Vec<&str> = changed.iter().map(|s| s.lane.url.as_str()).collect();
+    tx.execute(
+        "UPDATE tagcast_outbox_lanes o SET next_page = x.n, delivered = x.d, failed = x.f,
+             turn = x.t, ready_at = x.r
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                     $6::bigint[], $7::bigint[]) AS x(b, u, n, d, f, t, r)
+         WHERE o.broadcast_id = x.b AND o.url = x.u",
+        &[
+            &ids,
+            &urls,
+            &col(|l| i64::from(l.next_page)),
+            &col(|l| i64::from(l.delivered)),
+            &col(|l| i64::from(l.failed)),
+            &col(|l| l.turn),
+            &col(|l| l.ready_at),
+        ],
+    )
+    .await?;
+    let (mut b, mut u, mut p, mut a, mut n, mut l) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut db, mut du, mut dp) = (vec![], vec![], vec![]);
+    for s in &changed {
+        for o in &s.upserts {
+            b.push(s.lane.broadcast_id);
+            u.push(s.lane.url.as_str());
+            p.push(o.page as i32);
+            a.push(o.attempts as i32);
+            n.push(o.next_at);
+            l.push(o.lease_until);
+        }
+        for page in &s.deletes {
+            db.push(s.lane.broadcast_id);
+            du.push(s.lane.url.as_str());
+            dp.push(*page as i32);
+        }
+    }
+    if !b.is_empty() {
+        tx.execute(
+            "INSERT INTO tagcast_outbox_pages (broadcast_id, url, page, attempts, next_at, lease_until)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::bigint[], $6::bigint[])
+             ON CONFLICT (broadcast_id, url, page) DO UPDATE SET attempts = excluded.attempts,
+                 next_at = excluded.next_at, lease_until = excluded.lease_until",
+            &[&b, &u, &p, &a, &n, &l],
+        )
+        .await?;
+    }
+    if !db.is_empty() {
+        tx.execute(
+            "DELETE FROM tagcast_outbox_pages o USING unnest($1::bigint[], $2::text[], $3::int[]) AS x(b, u, p)
+             WHERE o.broadcast_id = x.b AND o.url = x.u AND o.page = x.p",
+            &[&db, &du, &dp],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 impl Shared {
@@ -67,16 +198,47 @@ impl Shared {
         outlets: Vec<Outlet>,
     ) -> Result<Sent, StoreError> {
         follow::catch_up(self, self.options.timeout).await?;
-        let audience = self.follower.index.select(b.app_id, b.inbox, filter);
-        let count = audience.len();
-        let blob = serialize_audience(&audience);
         let work = async {
             let classify = |e| classify(&self.target, e);
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
             let now = now_ms();
-            let (day, _) = utc_day(now);
             let app = b.app_id as i32;
+            // The token first: a concurrent send with it (on any node) holds its key until
+            // it commits or rolls back; then this one finds it, or takes it.
+            let fresh = tx
+                .execute(
+                    "INSERT INTO tagcast_broadcast_tokens (app_id, token, created) VALUES ($1, $2, $3)
+                     ON CONFLICT (app_id, token) DO UPDATE
+                     SET created = excluded.created, broadcast_id = NULL
+                     WHERE tagcast_broadcast_tokens.created <= $4",
+                    &[&app, &b.token, &now, &(now - TOKEN_TTL_MS)],
+                )
+                .await
+                .map_err(classify)?
+                == 1;
+            if !fresh {
+                let r = tx
+                    .query_one(
+                        "SELECT broadcast_id, audience_count, expire_time
+                         FROM tagcast_broadcast_tokens WHERE app_id = $1 AND token = $2",
+                        &[&app, &b.token],
+                    )
+                    .await
+                    .map_err(classify)?;
+                tx.rollback().await.map_err(classify)?;
+                let id: Option<i64> = r.get(0);
+                let id = id.ok_or_else(|| {
+                    StoreError::Internal("a committed broadcast token has no broadcast".into())
+                })?;
+                return Ok(Sent::Created {
+                    id,
+                    audience_count: r.get::<_, i64>(1) as u64,
+                    expire_time: r.get(2),
+                    replayed: true,
+                });
+            }
+            let (day, _) = utc_day(now);
             let sent: i32 = tx
                 .query_one(
                     "INSERT INTO tagcast_broadcast_days (app_id, day, sent) VALUES ($1, $2, 1)
@@ -91,6 +253,10 @@ impl Shared {
                 tx.rollback().await.map_err(classify)?;
                 return Ok(Sent::OverQuota { limit: per_day });
             }
+            // After the quota: a refused send selects nothing.
+            let audience = self.follower.index.select(b.app_id, b.inbox, filter);
+            let count = audience.len();
+            let blob = serialize_audience(&audience);
             let expire_time = now + i64::from(b.ttl_secs) * 1000;
             let params: [&(dyn ToSql + Sync); 11] = [
                 &app,
@@ -115,19 +281,26 @@ impl Shared {
                 .await
                 .map_err(classify)?
                 .get(0);
-            let mut urls = Vec::new();
-            let mut page_numbers = Vec::new();
-            for o in &outlets {
-                for p in 0..pages(count, o.page_size) {
-                    urls.push(o.url.clone());
-                    page_numbers.push(p as i32);
-                }
-            }
+            tx.execute(
+                "UPDATE tagcast_broadcast_tokens SET broadcast_id = $3, audience_count = $4,
+                     expire_time = $5
+                 WHERE app_id = $1 AND token = $2",
+                &[&app, &b.token, &id, &(count as i64), &expire_time],
+            )
+            .await
+            .map_err(classify)?;
+            // One lane per webhook, whatever the page count.
+            let urls: Vec<&str> = outlets.iter().map(|o| o.url.as_str()).collect();
+            let counts: Vec<i32> = outlets
+                .iter()
+                .map(|o| pages(count, o.page_size) as i32)
+                .collect();
             if !urls.is_empty() {
                 tx.execute(
-                    "INSERT INTO tagcast_outbox (broadcast_id, url, page, next_at, created)
-                     SELECT $1, u, p, $4, $4 FROM unnest($2::text[], $3::int[]) AS x(u, p)",
-                    &[&id, &urls, &page_numbers, &now],
+                    "INSERT INTO tagcast_outbox_lanes (broadcast_id, url, pages, ready_at, created)
+                     SELECT $1, u, n, CASE WHEN n = 0 THEN $4::bigint ELSE $3::bigint END, $3
+                     FROM unnest($2::text[], $5::int[]) AS x(u, n)",
+                    &[&id, &urls, &now, &CLOSED, &counts],
                 )
                 .await
                 .map_err(classify)?;
@@ -136,8 +309,8 @@ impl Shared {
             Ok(Sent::Created {
                 id,
                 audience_count: count,
-                create_time: now,
                 expire_time,
+                replayed: false,
             })
         };
         within(self.options.timeout, work).await
@@ -156,32 +329,28 @@ impl Shared {
                 .await
                 .map_err(classify)?
                 > 0;
-            tx.execute(
-                "UPDATE tagcast_outbox SET state = 3, lease_until = 0
-                 WHERE broadcast_id = $1 AND state = 0",
-                &[&id],
-            )
-            .await
-            .map_err(classify)?;
+            if found {
+                // A lane per webhook and at most a window of open pages: the same cost at
+                // any page count.
+                tx.execute(
+                    "UPDATE tagcast_outbox_lanes
+                     SET dropped = GREATEST(pages - delivered - failed, 0), ready_at = $2
+                     WHERE broadcast_id = $1 AND ready_at <> $2",
+                    &[&id, &CLOSED],
+                )
+                .await
+                .map_err(classify)?;
+                tx.execute(
+                    "DELETE FROM tagcast_outbox_pages WHERE broadcast_id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(classify)?;
+            }
             tx.commit().await.map_err(classify)?;
             Ok(found)
         };
         within(self.options.timeout, work).await
-    }
-
-    async fn delivery(
-        &self,
-        client: &deadpool_postgres::Object,
-        id: i64,
-    ) -> Result<Delivery, StoreError> {
-        let rows = client
-            .query(
-                "SELECT state, COUNT(*) FROM tagcast_outbox WHERE broadcast_id = $1 GROUP BY state",
-                &[&id],
-            )
-            .await
-            .map_err(|e| classify(&self.target, e))?;
-        Ok(delivery_of(&rows))
     }
 
     pub(super) async fn get_broadcast(
@@ -189,23 +358,11 @@ impl Shared {
         app_id: u32,
         id: i64,
     ) -> Result<Option<(Info, Delivery)>, StoreError> {
-        let work = async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!(
-                        "SELECT {INFO_COLUMNS} FROM tagcast_broadcasts WHERE app_id = $1 AND id = $2"
-                    ),
-                    &[&(app_id as i32), &id],
-                )
-                .await
-                .map_err(|e| classify(&self.target, e))?;
-            match row {
-                None => Ok(None),
-                Some(r) => Ok(Some((info(&r), self.delivery(&client, id).await?))),
-            }
-        };
-        within(self.options.timeout, work).await
+        Ok(self
+            .list_where(app_id, "id = $2", id, 1)
+            .await?
+            .into_iter()
+            .next())
     }
 
     pub(super) async fn list_broadcasts(
@@ -214,29 +371,36 @@ impl Shared {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(Info, Delivery)>, StoreError> {
+        self.list_where(app_id, "id < $2", before.unwrap_or(i64::MAX), limit)
+            .await
+    }
+
+    /// The app's broadcasts matching `cond` (on `$2`), newest first, with their delivery
+    /// summaries: two queries for any number.
+    async fn list_where(
+        &self,
+        app_id: u32,
+        cond: &str,
+        arg: i64,
+        limit: usize,
+    ) -> Result<Vec<(Info, Delivery)>, StoreError> {
         let work = async {
+            let classify = |e| classify(&self.target, e);
             let client = self.client().await?;
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {INFO_COLUMNS} FROM tagcast_broadcasts WHERE app_id = $1 AND id < $2
+                        "SELECT {INFO_COLUMNS} FROM tagcast_broadcasts WHERE app_id = $1 AND {cond}
                          ORDER BY id DESC LIMIT $3"
                     ),
-                    &[
-                        &(app_id as i32),
-                        &before.unwrap_or(i64::MAX),
-                        &(limit as i64),
-                    ],
+                    &[&(app_id as i32), &arg, &(limit as i64)],
                 )
                 .await
-                .map_err(|e| classify(&self.target, e))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let i = info(r);
-                let d = self.delivery(&client, i.id).await?;
-                out.push((i, d));
-            }
-            Ok(out)
+                .map_err(classify)?;
+            let infos: Vec<Info> = rows.iter().map(info).collect();
+            let ids: Vec<i64> = infos.iter().map(|i| i.id).collect();
+            let summaries = deliveries(&client, &ids).await.map_err(classify)?;
+            Ok(infos.into_iter().zip(summaries).collect())
         };
         within(self.options.timeout, work).await
     }
@@ -303,33 +467,38 @@ impl Shared {
         &self,
         now: i64,
         lease_ms: i64,
-        limit: usize,
+        window: u32,
+        wants: Vec<(String, usize)>,
     ) -> Result<Vec<Claimed>, StoreError> {
         let work = async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "UPDATE tagcast_outbox o SET lease_until = $1 + $2, attempts = o.attempts + 1
-                     FROM (SELECT broadcast_id, url, page FROM tagcast_outbox
-                           WHERE state = 0 AND next_at <= $1 AND lease_until <= $1
-                           ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED) c
-                     WHERE o.broadcast_id = c.broadcast_id AND o.url = c.url AND o.page = c.page
-                     RETURNING o.broadcast_id, o.url, o.page, o.attempts",
-                    &[&now, &lease_ms, &(limit as i64)],
-                )
-                .await
-                .map_err(|e| classify(&self.target, e))?;
-            Ok(rows
-                .iter()
-                .map(|r| Claimed {
-                    key: PageKey {
-                        broadcast_id: r.get(0),
-                        url: r.get(1),
-                        page: r.get::<_, i32>(2) as u32,
-                    },
-                    attempts: r.get::<_, i32>(3) as u32,
-                })
-                .collect())
+            let classify = |e| classify(&self.target, e);
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(classify)?;
+            let mut claimed = Vec::new();
+            for (url, want) in &wants {
+                // Lanes another node is claiming or finishing are skipped, not waited for.
+                let rows = tx
+                    .query(
+                        &format!(
+                            "SELECT {LANE_COLUMNS} FROM tagcast_outbox_lanes
+                             WHERE url = $1 AND ready_at <= $2 ORDER BY turn, broadcast_id
+                             LIMIT $3 FOR UPDATE SKIP LOCKED"
+                        ),
+                        &[url, &now, &(*want as i64)],
+                    )
+                    .await
+                    .map_err(classify)?;
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut states = lane_states(&tx, rows.iter().map(lane).collect())
+                    .await
+                    .map_err(classify)?;
+                claimed.extend(outbox::claim(&mut states, now, lease_ms, window, *want));
+                write_lanes(&tx, &states).await.map_err(classify)?;
+            }
+            tx.commit().await.map_err(classify)?;
+            Ok(claimed)
         };
         within(self.options.timeout, work).await
     }
@@ -337,36 +506,46 @@ impl Shared {
     pub(super) async fn finish_pages(
         &self,
         done: Vec<(PageKey, PageDone)>,
+        window: u32,
     ) -> Result<(), StoreError> {
-        let mut ids = Vec::with_capacity(done.len());
-        let mut urls = Vec::with_capacity(done.len());
-        let mut page_numbers = Vec::with_capacity(done.len());
-        let mut states = Vec::with_capacity(done.len());
-        let mut next = Vec::with_capacity(done.len());
-        for (k, d) in done {
-            let (s, at) = match d {
-                PageDone::Delivered => (state::DELIVERED, 0),
-                PageDone::Retry { at_ms } => (state::PENDING, at_ms),
-                PageDone::Failed => (state::FAILED, 0),
-            };
-            ids.push(k.broadcast_id);
-            urls.push(k.url);
-            page_numbers.push(k.page as i32);
-            states.push(s as i16);
-            next.push(at);
-        }
         let work = async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "UPDATE tagcast_outbox o SET state = x.s, next_at = x.n, lease_until = 0
-                     FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::bigint[])
-                          AS x(b, u, p, s, n)
-                     WHERE o.broadcast_id = x.b AND o.url = x.u AND o.page = x.p AND o.state = 0",
-                    &[&ids, &urls, &page_numbers, &states, &next],
+            let classify = |e| classify(&self.target, e);
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(classify)?;
+            let mut keys: Vec<(i64, &str)> = done
+                .iter()
+                .map(|(k, _)| (k.broadcast_id, k.url.as_str()))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+            let urls: Vec<&str> = keys.iter().map(|k| k.1).collect();
+            // Locked in key order, so two nodes finishing pages of the same lanes never
+            // deadlock; purged lanes are simply absent.
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT {LANE_COLUMNS} FROM tagcast_outbox_lanes
+                         WHERE (broadcast_id, url) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))
+                         ORDER BY broadcast_id, url FOR UPDATE"
+                    ),
+                    &[&ids, &urls],
                 )
                 .await
-                .map_err(|e| classify(&self.target, e))?;
+                .map_err(classify)?;
+            let mut states = lane_states(&tx, rows.iter().map(lane).collect())
+                .await
+                .map_err(classify)?;
+            for (k, d) in &done {
+                if let Some(s) = states
+                    .iter_mut()
+                    .find(|s| s.lane.broadcast_id == k.broadcast_id && s.lane.url == k.url)
+                {
+                    outbox::finish(s, k.page, *d, window);
+                }
+            }
+            write_lanes(&tx, &states).await.map_err(classify)?;
+            tx.commit().await.map_err(classify)?;
             Ok(())
         };
         within(self.options.timeout, work).await
@@ -377,8 +556,10 @@ impl Shared {
             let client = self.client().await?;
             let r = client
                 .query_one(
-                    "SELECT COUNT(*), MIN(created) FROM tagcast_outbox WHERE state = 0",
-                    &[],
+                    "SELECT COALESCE(SUM(GREATEST(pages - delivered - failed - dropped, 0)), 0)::bigint,
+                            MIN(created)
+                     FROM tagcast_outbox_lanes WHERE ready_at <> $1",
+                    &[&CLOSED],
                 )
                 .await
                 .map_err(|e| classify(&self.target, e))?;
@@ -396,13 +577,16 @@ impl Shared {
             let mut client = self.client().await?;
             let (today, _) = utc_day(now);
             let tx = client.transaction().await.map_err(classify)?;
+            // A lane per webhook and at most a window of pages each: the cost does not
+            // depend on the page count.
             let r = tx
                 .query_one(
                     "WITH gone AS (DELETE FROM tagcast_broadcasts WHERE expire_time <= $1 RETURNING id),
-                          pages AS (DELETE FROM tagcast_outbox WHERE broadcast_id IN (SELECT id FROM gone)
-                                    RETURNING state)
+                          lanes AS (DELETE FROM tagcast_outbox_lanes WHERE broadcast_id IN (SELECT id FROM gone)
+                                    RETURNING GREATEST(pages - delivered - failed - dropped, 0) AS unsent),
+                          pages AS (DELETE FROM tagcast_outbox_pages WHERE broadcast_id IN (SELECT id FROM gone))
                      SELECT (SELECT COUNT(*) FROM gone),
-                            (SELECT COUNT(*) FROM pages WHERE state = 0)",
+                            (SELECT COALESCE(SUM(unsent), 0)::bigint FROM lanes)",
                     &[&now],
                 )
                 .await
@@ -410,6 +594,12 @@ impl Shared {
             tx.execute(
                 "DELETE FROM tagcast_broadcast_days WHERE day < $1",
                 &[&(today - 1)],
+            )
+            .await
+            .map_err(classify)?;
+            tx.execute(
+                "DELETE FROM tagcast_broadcast_tokens WHERE created <= $1",
+                &[&(now - TOKEN_TTL_MS)],
             )
             .await
             .map_err(classify)?;

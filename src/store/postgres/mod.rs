@@ -493,13 +493,20 @@ impl Store for PostgresStore {
         &self,
         now_ms: i64,
         lease_ms: i64,
-        limit: usize,
+        window: u32,
+        wants: Vec<(String, usize)>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.shared.claim_pages(now_ms, lease_ms, limit).await
+        self.shared
+            .claim_pages(now_ms, lease_ms, window, wants)
+            .await
     }
 
-    async fn finish_pages(&self, done: Vec<(PageKey, PageDone)>) -> Result<(), StoreError> {
-        self.shared.finish_pages(done).await
+    async fn finish_pages(
+        &self,
+        done: Vec<(PageKey, PageDone)>,
+        window: u32,
+    ) -> Result<(), StoreError> {
+        self.shared.finish_pages(done, window).await
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {

@@ -120,6 +120,62 @@ pub const MIGRATIONS: &[Migration] = &[
               CREATE INDEX tagcast_outbox_due ON tagcast_outbox (next_at) WHERE state = 0;",
         usable_from: 2,
     },
+    // v4: the outbox as lanes (issue 17): one row per (broadcast, webhook) with a page
+    // cursor and incremental counts, plus rows only for the pages claimed and not finished
+    // (at most a window per lane), so a send, recall or purge costs the same at any page
+    // count (see broadcast/outbox.rs); nodes claim lanes with FOR UPDATE SKIP LOCKED.
+    // Pending pages of v3 become open pages of their lane. And UserBroadcast's idempotency
+    // tokens (API.md §7): the primary key makes a replay on another node wait for the
+    // first send and then find it. A node of the previous release would look for the
+    // dropped table: usable from this version on (upgrade every node).
+    Migration {
+        sql: "CREATE TABLE tagcast_outbox_lanes (
+                  broadcast_id bigint  NOT NULL,
+                  url          text    NOT NULL,
+                  pages        integer NOT NULL,
+                  next_page    integer NOT NULL DEFAULT 0,
+                  delivered    integer NOT NULL DEFAULT 0,
+                  failed       integer NOT NULL DEFAULT 0,
+                  dropped      integer NOT NULL DEFAULT 0,
+                  turn         bigint  NOT NULL DEFAULT 0,
+                  ready_at     bigint  NOT NULL,
+                  created      bigint  NOT NULL,
+                  PRIMARY KEY (broadcast_id, url)
+              );
+              CREATE INDEX tagcast_outbox_lanes_due ON tagcast_outbox_lanes (url, ready_at);
+              CREATE TABLE tagcast_outbox_pages (
+                  broadcast_id bigint  NOT NULL,
+                  url          text    NOT NULL,
+                  page         integer NOT NULL,
+                  attempts     integer NOT NULL,
+                  next_at      bigint  NOT NULL,
+                  lease_until  bigint  NOT NULL,
+                  PRIMARY KEY (broadcast_id, url, page)
+              );
+              INSERT INTO tagcast_outbox_lanes
+                  (broadcast_id, url, pages, next_page, delivered, failed, dropped, ready_at, created)
+                  SELECT broadcast_id, url, COUNT(*), COUNT(*),
+                         COUNT(*) FILTER (WHERE state = 1), COUNT(*) FILTER (WHERE state = 2),
+                         COUNT(*) FILTER (WHERE state = 3),
+                         COALESCE(MIN(next_at) FILTER (WHERE state = 0), 9223372036854775807),
+                         MIN(created)
+                  FROM tagcast_outbox GROUP BY broadcast_id, url;
+              INSERT INTO tagcast_outbox_pages
+                  SELECT broadcast_id, url, page, attempts, next_at, 0
+                  FROM tagcast_outbox WHERE state = 0;
+              DROP TABLE tagcast_outbox;
+              CREATE TABLE tagcast_broadcast_tokens (
+                  app_id         integer NOT NULL,
+                  token          text    NOT NULL,
+                  broadcast_id   bigint,
+                  audience_count bigint,
+                  expire_time    bigint,
+                  created        bigint  NOT NULL,
+                  PRIMARY KEY (app_id, token)
+              );
+              CREATE INDEX tagcast_broadcast_tokens_age ON tagcast_broadcast_tokens (created);",
+        usable_from: 4,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
