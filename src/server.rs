@@ -181,7 +181,10 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.http.header_timeout());
+        .header_read_timeout(state.http.header_timeout())
+        // hyper reads into a buffer of up to this much per connection (its default is
+        // 400 KiB: 600 slow clients held 240 MiB of it).
+        .max_buf_size(state.http.max_header_bytes);
     // One permit per connection (`http.max_connections`); refusals have a small budget
     // of their own, past which a connection is closed at once.
     let connections = Arc::new(tokio::sync::Semaphore::new(state.http.max_connections));

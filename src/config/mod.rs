@@ -183,6 +183,9 @@ pub struct HttpLimits {
     pub shutdown_grace_secs: u64,
     /// Connections open at once; one more is answered 503 and closed.
     pub max_connections: usize,
+    /// Most bytes of a request's line and headers (more: 431). Also what each connection
+    /// buffers while it reads, so with `max_connections` it bounds that memory too.
+    pub max_header_bytes: usize,
     /// MiB of request bodies held at once, all connections together; a body that does
     /// not fit is answered 503 at once. With `max_connections`, what bounds the memory
     /// slow clients can make the server hold.
@@ -197,6 +200,7 @@ impl Default for HttpLimits {
             body_timeout_secs: 30,
             shutdown_grace_secs: 30,
             max_connections: 4096,
+            max_header_bytes: 32 << 10,
             max_body_memory_mb: 128,
         }
     }
@@ -403,6 +407,12 @@ impl Config {
             || h.max_connections == 0
         {
             return Err("http.max_body_bytes, http.header_timeout_secs, http.body_timeout_secs and http.max_connections must be at least 1".into());
+        }
+        if h.max_header_bytes < 8192 {
+            return Err(format!(
+                "http.max_header_bytes is {}; it must be at least 8192",
+                h.max_header_bytes
+            ));
         }
         if h.max_body_memory_mb << 20 < h.max_body_bytes {
             return Err(format!(

@@ -25,17 +25,25 @@ fn replacement(state: &AppState, status: u16) -> Option<Vec<u8>> {
     let (code, message) = match status {
         400 => (
             ErrorCode::MalformedRequest,
-            "the request is not valid HTTP/1.1: its request line or a header could not be parsed",
+            "the request is not valid HTTP/1.1: its request line or a header could not be parsed"
+                .to_owned(),
         ),
         431 => (
             ErrorCode::HeadersTooLarge,
-            "the request's headers are too many (at most 100) or too large (at most about 400 KiB)",
+            format!(
+                "the request's headers are too many (at most 100) or too large (at most \
+                 http.max_header_bytes = {} bytes)",
+                state.http.max_header_bytes
+            ),
         ),
-        414 => (ErrorCode::UriTooLong, "the request's URI is too long"),
+        414 => (
+            ErrorCode::UriTooLong,
+            "the request's URI is too long".to_owned(),
+        ),
         _ => return None,
     };
     let meta = Meta::new(state.request_ids.next(), state.regions[0].clone());
-    let e = ApiError::new(code, message);
+    let e = ApiError::new(code, message.clone());
     let (status, wire, _) = code.wire();
     state.metrics.http.malformed_requests.inc();
     state
@@ -46,7 +54,7 @@ fn replacement(state: &AppState, status: u16) -> Option<Vec<u8>> {
         request_id = %meta.request_id,
         status = status.as_u16(),
         code = wire,
-        error = message,
+        error = message.as_str(),
         "request"
     );
     Some(raw_error(&meta, &e))

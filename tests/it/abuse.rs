@@ -129,3 +129,171 @@ async fn idle_connections_and_slow_header_clients_do_not_stop_service_and_are_cl
     )
     .await);
 }
+
+/// `n` connections that each announce a 1 MiB body signed with a known key and a wrong
+/// secret, send all of it but the last byte, and hold it; (the connections, how many got
+/// an answer meanwhile, and how many of those were a 503 envelope).
+async fn slow_bodies(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> (Vec<tokio::net::TcpStream>, usize, usize) {
+    let q = "Action=BatchGetUser&Version=2020-12-01";
+    let body = vec![b' '; 1 << 20];
+    let h = signed_headers(
+        &creds(AK, "not-the-secret-0001"),
+        "POST",
+        &addr.to_string(),
+        q,
+        &body,
+        OffsetDateTime::now_utc(),
+    );
+    let mut head = format!("POST /?{q} HTTP/1.1\r\n");
+    for (k, v) in &h {
+        head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut held = Vec::with_capacity(n);
+    let (mut answered, mut refused) = (0, 0);
+    for _ in 0..n {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        // A body that does not fit is refused at its headers: by the time the rest is
+        // written (the server reads and discards it), the answer is there.
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.write_all(&body[..body.len() - 1]))
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut buf = vec![0u8; 8192];
+        if let Ok(n) = c.try_read(&mut buf)
+            && n > 0
+        {
+            answered += 1;
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if text.starts_with("HTTP/1.1 503") && text.contains("max_body_memory_mb") {
+                refused += 1;
+            }
+        }
+        held.push(c);
+    }
+    (held, answered, refused)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_bodies_from_600_clients_hold_at_most_the_body_memory() {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir.path().join("data"));
+    let budget_kib = (config.http.max_body_memory_mb as u64) << 10;
+    let server = ChildServer::spawn_with(dir.path(), &config.clone());
+    let addr: std::net::SocketAddr = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    ok(&get_users(&server.client(), &[1]).await);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let (held, answered, refused) = slow_bodies(addr, 600).await;
+    let during = rss_kib(pid);
+    println!(
+        "abuse: RSS {before} KiB idle, {during} KiB with 600 slow 1 MiB bodies held \
+         ({refused} of them answered 503: over http.max_body_memory_mb = {} MiB)",
+        budget_kib >> 10
+    );
+    // Before issue 17: 942 MiB with 600 of them.
+    // What the settings bound: the bodies held, and each connection's buffers while it
+    // reads (hyper's, up to twice http.max_header_bytes, and the connection's own).
+    let buffers_kib = 600 * (2 * (config.http.max_header_bytes as u64 >> 10) + 16);
+    assert!(
+        during < before + budget_kib + buffers_kib + 16 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with a {budget_kib} KiB budget"
+    );
+    assert_eq!(answered, refused, "every early answer is the 503 envelope");
+    assert!(
+        refused >= 600 - (budget_kib as usize >> 10),
+        "{refused} refused"
+    );
+    drop(held);
+    // Served again once they are gone, and the memory is given back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while call(
+        &server.client(),
+        "BatchGetUser",
+        json!({"AppId": APP, "UserIds": [1]}),
+    )
+    .await
+    .status
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "not served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_over_max_connections_gets_a_503_envelope_and_service_resumes() {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.http.max_connections = 50;
+    let server = ChildServer::spawn_with(dir.path(), &config);
+    let addr: std::net::SocketAddr = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    ok(&get_users(&server.client(), &[1]).await);
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Give the server the time to accept them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        v["ResponseMetadata"]["Error"]["Code"],
+        "ServiceUnavailableTemp"
+    );
+    assert!(
+        v["ResponseMetadata"]["Error"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("http.max_connections = 50"),
+        "{v}"
+    );
+    assert!(
+        !v["ResponseMetadata"]["RequestId"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    drop(idle);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(a) = server
+            .client()
+            .call("BatchGetUser", br#"{"AppId":666675,"UserIds":[1]}"#)
+            .await
+            && a.status == 200
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = reqwest::get(format!("{}/metrics", server.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!m.contains("tagcast_connections_refused_total 0\n"), "{m}");
+}

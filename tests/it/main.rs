@@ -5,6 +5,7 @@ mod actions;
 mod audience;
 mod audience_nodes;
 mod backup;
+mod bare_answers;
 mod batch_update_user;
 mod broadcast;
 mod broadcast_nodes;
