@@ -1,8 +1,10 @@
-//! Whether the embedded store can write, as its last write (or probe) found it. `/readyz`
-//! answers from this: a store on a full disk or a failing device keeps serving reads but
-//! is not ready, and becomes ready again by itself once a write succeeds (the maintenance
-//! thread has the writer probe every second). Corruption is sticky: it needs an operator
-//! (`tagcast check`, a restore), so it stays until restart.
+//! Whether the embedded store can write. `/readyz` answers from this: a store on a full
+//! disk or a failing device keeps serving reads but is not ready from its first failed
+//! write, and becomes ready again by itself once a probe finds room (the maintenance thread
+//! has the writer probe every second; see `Writer::probe`). A request that happens to
+//! commit meanwhile does not make it ready: on a nearly full disk one write fits where the
+//! next does not, and readiness would flap with them. Corruption is sticky: it needs an
+//! operator (`tagcast check`, a restore), so it stays until restart.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,7 +131,8 @@ impl Health {
         }
     }
 
-    /// A write committed: an unwritable store is writable again (corruption stays).
+    /// A probe committed with room to spare: an unwritable store is writable again
+    /// (corruption stays).
     pub fn succeeded(&self) {
         let mut p = self.problem.lock().expect("health lock");
         if matches!(*p, Some(Problem::Unwritable(_))) {

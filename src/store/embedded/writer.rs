@@ -287,7 +287,6 @@ impl Writer {
         let cap = self.options.max_tags_per_user;
         let failure = match commit_all(&mut self.conn, batch, cap) {
             Ok(plan) => {
-                self.health.succeeded();
                 self.index.apply(&plan.changes);
                 return plan.outcomes.into_iter().map(Ok).collect();
             }
@@ -300,7 +299,6 @@ impl Writer {
                 .map(
                     |job| match commit_all(&mut self.conn, std::slice::from_ref(job), cap) {
                         Ok(mut plan) => {
-                            self.health.succeeded();
                             self.index.apply(&plan.changes);
                             Ok(plan.outcomes.remove(0))
                         }
