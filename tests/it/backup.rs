@@ -12,8 +12,8 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_under_writes_holds_every_earlier_acknowledged_write_and_restores() {
-    if crate::infra::postgres_backend() {
-        return; // PostgreSQL is backed up with its own tools (docs/operations.md)
+    if crate::skip::on_postgres("PostgreSQL is backed up with its own tools") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut config = base_config(&dir.path().join("data"));
@@ -164,4 +164,157 @@ async fn a_backup_under_writes_holds_every_earlier_acknowledged_write_and_restor
         "backup: taken while 4 writers ran; {} writes acknowledged before it began, all in the copy; {stdout}",
         before.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_over_the_live_store_is_refused_and_no_acknowledged_write_is_lost() {
+    if crate::skip::on_postgres("tagcast backup copies the embedded store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(&dir.path().join("data"));
+    let data = config.data_dir.clone();
+    let server = ChildServer::spawn_with(dir.path(), &config);
+    register(&server.client(), APP, &[1]).await;
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // The store's own file by another name (a hard link), and a directory link into it.
+    std::fs::hard_link(
+        data.join(tagcast::store::embedded::DB_FILE),
+        elsewhere.join("link.db"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&data, dir.path().join("via-link")).unwrap();
+    for (to, says) in [
+        (data.join("tagcast.db"), "inside the data directory"),
+        (data.join("tagcast.db-wal"), "inside the data directory"),
+        (data.join("sub/copy.db"), "its directory"),
+        (data.join("copy.db"), "inside the data directory"),
+        (
+            dir.path().join("via-link/copy.db"),
+            "inside the data directory",
+        ),
+        (elsewhere.join("link.db"), "the store's own tagcast.db"),
+    ] {
+        let (code, out, err) = run_tagcast(
+            &[
+                "backup",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+                "--force",
+            ],
+            dir.path(),
+        )
+        .await;
+        assert_eq!(code, 2, "--to {}: {out}{err}", to.display());
+        assert!(err.contains(says), "--to {}: {err}", to.display());
+    }
+    // Written and read back after those attempts: still there after a restart.
+    register(&server.client(), APP, &[99]).await;
+    assert!(tags_of(&server.client(), APP, 0, 99).await.is_some());
+    assert!(server.terminate().success());
+    let server = ChildServer::spawn_with(dir.path(), &config);
+    assert!(
+        tags_of(&server.client(), APP, 0, 99).await.is_some(),
+        "user 99 was lost"
+    );
+    let (code, out, _) =
+        run_tagcast(&["check", "--data-dir", data.to_str().unwrap()], dir.path()).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A store of `users` users (imported: fast), so a backup of it takes a while.
+async fn a_large_store(dir: &std::path::Path, users: u32) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let file = dir.join("users.jsonl");
+    let mut lines = String::new();
+    for u in 1..=users {
+        lines.push_str(&format!(
+            "{{\"UserId\":{u},\"NickName\":\"user {u}\",\"Tags\":[\"level:l{}\",\"city:c{}\",\"n:{u}\"]}}\n",
+            u % 7,
+            u % 13
+        ));
+    }
+    std::fs::write(&file, lines).unwrap();
+    let (code, out, err) = run_tagcast(
+        &[
+            "import",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--app",
+            &APP.to_string(),
+            file.to_str().unwrap(),
+        ],
+        dir,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    data
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_backup_removes_its_partial_copy_and_a_killed_one_is_cleaned_next_time() {
+    if crate::skip::on_postgres("tagcast backup copies the embedded store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = a_large_store(dir.path(), 400_000).await;
+    let to = dir.path().join("copy.db");
+    let partial = dir.path().join("copy.db.partial");
+    let backup = || {
+        KillOnDrop::new(
+            tagcast_command()
+                .args([
+                    "backup",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--to",
+                    to.to_str().unwrap(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let wait_partial = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !partial.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the backup wrote no partial copy"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // SIGTERM (and SIGINT, SIGHUP) mid-copy: the copy stops and its partial file goes.
+    let running = backup();
+    wait_partial();
+    std::process::Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status()
+        .unwrap();
+    let out = running.take().wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("interrupted"),
+        "{err}"
+    );
+    assert!(!partial.exists() && !to.exists(), "{err}");
+    // SIGKILL leaves it; the next backup to the same place removes it and succeeds.
+    let running = backup();
+    wait_partial();
+    let mut child = running.take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(partial.exists());
+    let out = backup().take().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(to.exists() && !partial.exists());
 }

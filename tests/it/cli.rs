@@ -274,3 +274,82 @@ async fn every_flag_of_every_command_has_help_text() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_say_what_to_do_for_a_missing_server_a_bare_address_and_a_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // Nothing listening: the same sentence as `call`'s.
+    let (code, _, stderr) = run_tagcast(
+        &["ready", "--endpoint", &format!("http://{closed}")],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "connection refused: is tagcast running at http://{closed}?"
+        )),
+        "{stderr}"
+    );
+    // An address without http://: the fix, for both commands.
+    for args in [
+        vec!["ready", "--endpoint", &closed],
+        vec![
+            "call",
+            "BatchGetUser",
+            "--endpoint",
+            &closed,
+            "--access-key",
+            AK,
+            "--secret-key",
+            SK,
+        ],
+    ] {
+        let (code, _, stderr) = run_tagcast(&args, dir.path()).await;
+        assert_ne!(code, 0);
+        assert!(
+            stderr.contains(&format!("has no scheme: write http://{closed}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A host name to listen on is resolved.
+    let mut config = test_config(&dir.path().join("data"));
+    config.listen = "localhost:0".into();
+    let (_server, endpoint, _) = serve_with_env(dir.path(), &config, &[]);
+    assert!(
+        endpoint.starts_with("http://127.0.0.1:") || endpoint.starts_with("http://[::1]:"),
+        "{endpoint}"
+    );
+    let (code, _, stderr) = run_tagcast(
+        &["ready", "--wait", "10", "--endpoint", &endpoint],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_refuses_a_configuration_that_serve_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(&dir.path().join("data"));
+    config.accounts[0].keys = vec![KeyConfig::inline(AK, "12345")];
+    let path = dir.path().join("tagcast.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let (code, out, err) =
+        run_tagcast(&["check", "--config", path.to_str().unwrap()], dir.path()).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("accounts.acme") && err.contains(AK) && err.contains("5 bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("12345"), "the secret is in {err}");
+    let serve = tagcast::server::prepare(&config)
+        .await
+        .err()
+        .expect("serve refuses it too");
+    assert!(serve.contains("5 bytes"), "{serve}");
+}

@@ -11,7 +11,6 @@ use serde_json::json;
 use tagcast::store::embedded::DB_FILE;
 
 use crate::common::*;
-use crate::infra::postgres_backend;
 
 /// A small tmpfs mounted for one test, unmounted when dropped.
 struct SmallDisk {
@@ -79,13 +78,14 @@ async fn update(client: &tagcast::call::Client, user: i64, round: u32) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_answers_503_is_not_ready_and_recovers_once_space_is_freed() {
-    if postgres_backend() {
-        return; // the embedded store's disk
-    }
-    let Some(disk) = SmallDisk::mount(32) else {
-        eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
+    if crate::skip::on_postgres("a full disk under the embedded store") {
         return;
-    };
+    }
+    let disk = SmallDisk::mount(32);
+    if !crate::skip::require(disk.is_some(), "root, to mount a small tmpfs") {
+        return;
+    }
+    let disk = disk.unwrap();
     let mut config = base_config(&disk.path.join("data"));
     config.tags.max_per_user = 1_000_000;
     let server = ChildServer::spawn_logged(&disk.path, &config, "info");
@@ -135,7 +135,10 @@ async fn a_full_disk_answers_503_is_not_ready_and_recovers_once_space_is_freed()
         }
     }
     assert!(refused > 10 && !acknowledged.is_empty());
-    assert_eq!(ready_while_full, 0, "/readyz said ready with no room to write");
+    assert_eq!(
+        ready_while_full, 0,
+        "/readyz said ready with no room to write"
+    );
     if free_bytes(&disk.path) < 1 << 20 {
         assert_eq!(server.status_of("/readyz").await, 503);
     }
@@ -207,8 +210,8 @@ fn corrupt_the_tags_root_page(db: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_store_is_not_ready_its_500_is_traceable_and_check_finds_it() {
-    if postgres_backend() {
-        return; // the embedded store's file
+    if crate::skip::on_postgres("a corrupt page of the embedded store's file") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let config = base_config(&dir.path().join("data"));

@@ -164,3 +164,64 @@ async fn a_running_server_refuses_an_embedded_import_or_follows_a_postgres_one()
         assert_eq!(ok(&a)["Count"], 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_no_account_owns_is_refused_unless_allowed_and_a_long_line_is_a_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = base_config(&tmp.path().join("data"));
+    let cfg = tmp.path().join("tagcast.toml");
+    std::fs::write(&cfg, config.to_toml()).unwrap();
+    let file = tmp.path().join("users.jsonl");
+    // The second line is a valid user padded past the line limit.
+    let padded = format!("{{\"UserId\":2{}}}", " ".repeat(2 << 20));
+    std::fs::write(
+        &file,
+        format!("{{\"UserId\":1}}\n{padded}\n{{\"UserId\":3}}\n"),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let dir = tmp.path().to_owned();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tagcast(&refs, &dir).await
+        }
+    };
+    let args = |app: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["import", "--config", cfg.to_str().unwrap(), "--app", app]
+            .map(String::from)
+            .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(file.to_str().unwrap().to_owned());
+        a
+    };
+    let (code, out, err) = run(args("999", &[])).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--app 999") && err.contains(&format!("{APP}, {APP2}, {OTHER_APP}")),
+        "the message names the configured apps: {err}"
+    );
+    assert!(err.contains("--allow-unowned-app"), "{err}");
+    assert!(
+        !config.data_dir.join("tagcast.db").exists(),
+        "nothing was written"
+    );
+    // Allowed: imported, the long line refused as a bad line.
+    let (code, out, err) = run(args("999", &["--allow-unowned-app", "--on-error", "skip"])).await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("line 2: the line is ") && err.contains("--max-line-bytes"),
+        "{err}"
+    );
+    assert!(
+        out.contains("2 users imported") && out.contains("3 lines read, 1 refused"),
+        "{out}"
+    );
+    // One of each: singular.
+    std::fs::write(&file, "{\"UserId\":5}\n").unwrap();
+    let (code, out, err) = run(args(&APP.to_string(), &[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 user imported") && out.contains("1 line read"),
+        "{out}"
+    );
+}

@@ -30,6 +30,7 @@ mod scale_out;
 mod sdk_node;
 mod sdk_python;
 mod signing_vectors;
+mod skip;
 mod startup;
 mod store_conformance;
 mod strict_bodies;

@@ -21,8 +21,10 @@ fn read(relative: &str) -> String {
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let analyze = Path::new("/usr/bin/systemd-analyze");
-    if !analyze.exists() {
-        eprintln!("skipped: {} is not installed", analyze.display());
+    if !crate::skip::require(
+        analyze.exists(),
+        "/usr/bin/systemd-analyze (Debian: systemd)",
+    ) {
         return;
     }
     // The same unit with the binary this build made in place of the installed one.

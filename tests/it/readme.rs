@@ -363,8 +363,8 @@ fn run_block(s: &mut Session, block: &Block, n: usize) {
 
 #[test]
 fn every_readme_code_block_runs_as_written() {
-    if crate::infra::postgres_backend() {
-        return; // the README's own session runs the embedded store (its TOML blocks both)
+    if crate::skip::on_postgres("the README's session runs the embedded store") {
+        return;
     }
     let text = std::fs::read_to_string(README).unwrap();
     let blocks = blocks(&text);

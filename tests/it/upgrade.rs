@@ -107,3 +107,102 @@ async fn a_schema_that_needs_newer_code_is_refused_naming_both_versions() {
         "{err}"
     );
 }
+
+/// Brings the test's database (of `config`) to schema version `v` with this release's
+/// migrations.
+async fn migrate_to(config: &tagcast::config::Config, v: usize) {
+    if postgres_backend() {
+        use tagcast::store::postgres::schema::{MIGRATIONS, migrate_with};
+        let url = config.store.url.clone().unwrap();
+        let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        migrate_with(&mut client, &MIGRATIONS[..v]).await.unwrap();
+    } else {
+        std::fs::create_dir_all(&config.data_dir).unwrap();
+        let db = config.data_dir.join(tagcast::store::embedded::DB_FILE);
+        let mut conn = rusqlite::Connection::open(db).unwrap();
+        tagcast::store::embedded::schema::migrate_to(&mut conn, v as u32).unwrap();
+    }
+}
+
+/// The outbox of one row per page (embedded v4, PostgreSQL v3) becomes lanes: what was
+/// delivered, failed and dropped is kept, and a page still pending is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_of_pages_becomes_lanes_and_its_pending_page_is_delivered() {
+    use crate::webhook_receiver::{Answer, Receiver, webhook};
+    let receiver = Receiver::start(|_, _| Answer::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    let (users_at, pages_at) = if postgres_backend() { (1, 3) } else { (1, 4) };
+    migrate_to(&config, users_at).await;
+    run_sql(
+        &config,
+        "INSERT INTO users (app_id, user_id, create_time, modify_time) VALUES
+             (666675, 1, 1, 1), (666675, 2, 1, 1), (666675, 3, 1, 1)",
+    );
+    // Ordinals 0, 1, 2, in user id order.
+    migrate_to(&config, pages_at).await;
+    let audience: roaring::RoaringBitmap = (0..3).collect();
+    let blob = hex::encode(tagcast::broadcast::serialize_audience(&audience));
+    let blob = if postgres_backend() {
+        format!("'\\x{blob}'::bytea")
+    } else {
+        format!("X'{blob}'")
+    };
+    let now = tagcast::store::now_ms();
+    let url = receiver.url.clone();
+    run_sql(
+        &config,
+        &format!(
+            "INSERT INTO tagcast_broadcasts (id, app_id, inbox_type, sender, msg_type, content,
+                 ext, selector, audience_count, create_time, expire_time, audience)
+             VALUES (41, 666675, 0, 1, 1, 'before lanes', '{{}}', '{{}}', 3, {now}, {}, {blob});
+             INSERT INTO tagcast_outbox (broadcast_id, url, page, state, attempts, next_at, created)
+             VALUES (41, '{url}', 0, 1, 1, 0, {now}), (41, '{url}', 1, 0, 2, 0, {now}),
+                    (41, '{url}', 2, 2, 9, 0, {now});",
+            now + 3_600_000
+        ),
+    );
+    crate::broadcast::fast_delivery(&mut config);
+    config.webhooks = vec![webhook(dir.path(), &receiver.url, 1)];
+    let s = TestServer::start_in(&dir.path().join("data"), {
+        let config = config.clone();
+        move |c| *c = config
+    })
+    .await;
+    let got = receiver
+        .wait_complete("41", 1, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        vec![2],
+        "page 1 is user 2"
+    );
+    assert_eq!(receiver.arrivals()[0].delivery_id, "41-1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let g = ok(&call(
+            &s.client(),
+            "GetBroadcast",
+            json!({"AppId": APP, "BroadcastId": "41"}),
+        )
+        .await);
+        let d = &g["Broadcast"]["Delivery"];
+        if d["Delivered"] == 2 {
+            assert_eq!(
+                (
+                    d["Pages"].clone(),
+                    d["Failed"].clone(),
+                    d["Pending"].clone()
+                ),
+                (json!(3), json!(1), json!(0)),
+                "{d}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{d}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

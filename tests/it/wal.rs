@@ -23,8 +23,8 @@ fn wal_bytes(dir: &std::path::Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wal_stays_under_its_bound_through_30_s_of_writes_and_empties_when_idle() {
-    if crate::infra::postgres_backend() {
-        return; // the embedded store's log
+    if crate::skip::on_postgres("the write-ahead log's bound") {
+        return;
     }
     let server = TestServer::with(|c| {
         c.store.wal_limit_mb = LIMIT_MB;
