@@ -28,6 +28,9 @@ pub struct Metrics {
     rate_limited: Family<ActionLabel, Counter>,
     commit_seconds: Histogram,
     commit_batch: Histogram,
+    /// Commits of more than one request (what group commit is for).
+    shared_commits: Counter,
+    batches_split: Counter,
     limiter_errors: Counter,
     wal_bytes: Gauge,
     wal_restarts: Counter,
@@ -106,6 +109,18 @@ impl Metrics {
             "store_commit_batch_size",
             "Requests folded into one durable commit",
             commit_batch.clone(),
+        );
+        let shared_commits = Counter::default();
+        registry.register(
+            "store_shared_commits",
+            "Durable commits that held more than one write request",
+            shared_commits.clone(),
+        );
+        let batches_split = Counter::default();
+        registry.register(
+            "store_batches_split",
+            "Batches that failed for one request's reason and were rerun request by request, so it failed alone",
+            batches_split.clone(),
         );
         let limiter_errors = Counter::default();
         registry.register(
@@ -214,6 +229,8 @@ impl Metrics {
             rate_limited,
             commit_seconds,
             commit_batch,
+            shared_commits,
+            batches_split,
             limiter_errors,
             wal_bytes,
             wal_restarts,
@@ -242,6 +259,18 @@ impl Metrics {
     pub fn observe_commit(&self, elapsed: Duration, batch_size: usize) {
         self.commit_seconds.observe(elapsed.as_secs_f64());
         self.commit_batch.observe(batch_size as f64);
+        if batch_size > 1 {
+            self.shared_commits.inc();
+        }
+    }
+
+    pub fn observe_batch_split(&self) {
+        self.batches_split.inc();
+    }
+
+    /// Commits that held more than one request, and batches split after a failure.
+    pub fn commits_shared_and_split(&self) -> (u64, u64) {
+        (self.shared_commits.get(), self.batches_split.get())
     }
 
     pub fn observe_limiter_error(&self) {

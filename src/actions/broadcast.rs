@@ -17,7 +17,6 @@ use crate::audience::filter::{Filter, FilterFields};
 use std::sync::Arc;
 
 use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, signature_token, utc_day};
-use crate::store::now_ms;
 
 /// MsgTTL bounds, seconds (vendor).
 pub const MAX_TTL_SECS: i64 = 604_800;
@@ -161,7 +160,13 @@ pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
     let service = ctx.broadcasts;
     let sent = ctx
         .store
-        .send_broadcast(broadcast, &filter, service.per_day, service.outlets(app_id))
+        .send_broadcast(
+            broadcast,
+            &filter,
+            service.per_day,
+            service.outlets(app_id),
+            service.clock.now_ms(),
+        )
         .await?;
     match sent {
         Sent::Created {
@@ -186,7 +191,7 @@ pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
             })
         }
         Sent::OverQuota { limit } => {
-            let (_, retry_after) = utc_day(now_ms());
+            let (_, retry_after) = utc_day(service.clock.now_ms());
             let mut e = ApiError::new(
                 ErrorCode::FlowLimitExceeded,
                 format!(
@@ -330,7 +335,7 @@ fn full_fields(i: &Info, d: &Delivery) -> Value {
 pub async fn pull(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
     let p = parse_pull(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
-    let now = now_ms();
+    let now = ctx.broadcasts.clock.now_ms();
     let (ordinal, ids) = ctx
         .store
         .active_broadcasts(p.app_id, p.inbox, p.user_id, now)

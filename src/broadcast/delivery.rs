@@ -174,7 +174,12 @@ async fn deliver(
             continue;
         }
         let claimed = match store
-            .claim_pages(now_ms(), cfg.lease_ms as i64, share as u32, asks.clone())
+            .claim_pages(
+                service.clock.now_ms(),
+                cfg.lease_ms as i64,
+                share as u32,
+                asks.clone(),
+            )
             .await
         {
             Ok(c) => c,
@@ -284,14 +289,15 @@ async fn attempt(
         Err(e) => {
             tracing::warn!(error = %e, broadcast = c.key.broadcast_id, "reading a broadcast for delivery failed; retrying");
             return PageDone::Retry {
-                at_ms: now_ms() + cfg.retry_base_ms as i64,
+                at_ms: service.clock.now_ms() + cfg.retry_base_ms as i64,
             };
         }
     };
     let expire_time = loaded.info.expire_time;
     let failed = |cause: String| {
         metrics.delivery.attempts_failed.inc();
-        let at = now_ms() + backoff_ms(c.attempts, cfg.retry_base_ms, cfg.retry_max_ms) as i64;
+        let now = service.clock.now_ms();
+        let at = now + backoff_ms(c.attempts, cfg.retry_base_ms, cfg.retry_max_ms) as i64;
         let (next, done) = if at >= expire_time {
             metrics.delivery.pages_failed.inc();
             (
@@ -300,7 +306,7 @@ async fn attempt(
             )
         } else {
             (
-                format!("in {:.1} s", (at - now_ms()) as f64 / 1000.0),
+                format!("in {:.1} s", (at - now) as f64 / 1000.0),
                 PageDone::Retry { at_ms: at },
             )
         };
@@ -317,7 +323,7 @@ async fn attempt(
         }
         done
     };
-    if now_ms() >= expire_time {
+    if service.clock.now_ms() >= expire_time {
         metrics.delivery.pages_failed.inc();
         return PageDone::Failed;
     }
@@ -327,6 +333,7 @@ async fn attempt(
     };
     let ids = body.1;
     let body = body.0;
+    // The receiver's clock judges this one: the wall clock's.
     let timestamp = (now_ms() / 1000) as u64;
     let sent = http
         .post(&webhook.url)
@@ -409,7 +416,7 @@ async fn sweep(
     let every = Duration::from_millis(service.delivery.sweep_ms);
     let warn = LogThrottle::new(Duration::from_secs(30));
     while !*stop.borrow() {
-        let now = now_ms();
+        let now = service.clock.now_ms();
         match store.purge_expired(now).await {
             Ok(p) => {
                 if p.broadcasts > 0 {

@@ -225,8 +225,28 @@ impl Cache {
     }
 }
 
+/// Wall-clock milliseconds for broadcasts: the quota's UTC day, expiry, retries, leases.
+/// Tests move it forward ([`Clock::advance`]) instead of waiting for midnight.
+#[derive(Default)]
+pub struct Clock {
+    ahead_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        crate::store::now_ms() + self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// From now on the clock reads `ms` later than it did.
+    pub fn advance(&self, ms: i64) {
+        self.ahead_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What the broadcast Actions and the delivery tasks of one node share.
 pub struct Service {
+    pub clock: Clock,
     pub cache: Cache,
     /// `limits.broadcasts_per_day`.
     pub per_day: u32,
@@ -241,6 +261,7 @@ pub struct Service {
 impl Service {
     pub fn new(per_day: u32, webhooks: Vec<Webhook>, delivery: DeliveryConfig) -> Self {
         Service {
+            clock: Clock::default(),
             cache: Cache::default(),
             per_day,
             webhooks,

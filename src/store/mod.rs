@@ -193,6 +193,7 @@ pub trait Store: Send + Sync + 'static {
         filter: &Filter,
         per_day: u32,
         outlets: Vec<Outlet>,
+        now_ms: i64,
     ) -> Result<Sent, StoreError>;
 
     /// Marks the broadcast recalled and drops its pending pages; whether it exists.

@@ -214,6 +214,19 @@ async fn the_day_quota_refuses_the_next_send_until_utc_midnight_per_app() {
     let listed = ok(&call(&c, "ListBroadcasts", json!({"AppId": APP, "Limit": 100})).await);
     assert_eq!(listed["Broadcasts"].as_array().unwrap().len(), 20);
     ok(&call(&c, "UserBroadcast", send_body(json!({"AppId": APP2}))).await);
+    // Still refused a second before midnight; the next UTC day has its own 20.
+    let clock = &server.state.broadcasts.clock;
+    let to_midnight = 86_400_000 - clock.now_ms().rem_euclid(86_400_000);
+    clock.advance(to_midnight - 2_000);
+    let a = call(&c, "UserBroadcast", send_body(json!({}))).await;
+    assert_error(&a, 429, "FlowLimitExceeded");
+    clock.advance(2_000);
+    for n in 0..20 {
+        let a = call(&c, "UserBroadcast", send_body(json!({}))).await;
+        assert_eq!(a.status, 200, "send {n} of the next day: {}", a.json());
+    }
+    let a = call(&c, "UserBroadcast", send_body(json!({}))).await;
+    assert_error(&a, 429, "FlowLimitExceeded");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -611,6 +611,13 @@ async fn a_write_failing_inside_a_shared_commit_fails_alone() {
         }
     }
     assert_eq!(tags_of(&s.client(), APP, 0, 7).await, Some(vec![]));
+    // It failed inside a shared commit, which was split: with a batch size of 1 this test
+    // would pass without testing anything.
+    let (shared, split) = s.state.metrics.commits_shared_and_split();
+    assert!(
+        shared >= 1 && split >= 1,
+        "shared commits {shared}, batches split {split}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

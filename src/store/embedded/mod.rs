@@ -38,7 +38,6 @@ use crate::broadcast::{
     Sent,
 };
 use crate::metrics::Metrics;
-use crate::store::now_ms;
 use crate::throttle::LogThrottle;
 use health::Health;
 pub use lock::DataDirLock;
@@ -397,13 +396,14 @@ impl Store for EmbeddedStore {
         filter: &Filter,
         per_day: u32,
         outlets: Vec<Outlet>,
+        now: i64,
     ) -> Result<Sent, StoreError> {
         self.index_built().await?;
         let filter = filter.clone();
         let (app_id, inbox) = (b.app_id, b.inbox);
         let sent = self
             .run(move |conn, index| {
-                broadcast::send(conn, index, &b, &filter, per_day, &outlets, now_ms())
+                broadcast::send(conn, index, &b, &filter, per_day, &outlets, now)
             })
             .await?;
         if let Sent::Created {

@@ -294,19 +294,22 @@ impl Writer {
             Err(Failure::Plan(e)) => e,
         };
         match failure {
-            StoreError::Internal(_) if batch.len() > 1 => batch
-                .iter()
-                .map(
-                    |job| match commit_all(&mut self.conn, std::slice::from_ref(job), cap) {
-                        Ok(mut plan) => {
-                            self.index.apply(&plan.changes);
-                            Ok(plan.outcomes.remove(0))
-                        }
-                        Err(Failure::Sql(e)) => Err(self.health.failed(e, true)),
-                        Err(Failure::Plan(e)) => Err(e),
-                    },
-                )
-                .collect(),
+            StoreError::Internal(_) if batch.len() > 1 => {
+                self.metrics.observe_batch_split();
+                batch
+                    .iter()
+                    .map(
+                        |job| match commit_all(&mut self.conn, std::slice::from_ref(job), cap) {
+                            Ok(mut plan) => {
+                                self.index.apply(&plan.changes);
+                                Ok(plan.outcomes.remove(0))
+                            }
+                            Err(Failure::Sql(e)) => Err(self.health.failed(e, true)),
+                            Err(Failure::Plan(e)) => Err(e),
+                        },
+                    )
+                    .collect()
+            }
             e => vec![Err(e); batch.len()],
         }
     }

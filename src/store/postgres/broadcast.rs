@@ -24,7 +24,7 @@ use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
-use crate::store::{StoreError, ext_json, now_ms};
+use crate::store::{StoreError, ext_json};
 
 const INFO_COLUMNS: &str = "id, app_id, inbox_type, sender, msg_type, content, ext, selector, \
                             audience_count, create_time, expire_time, recalled";
@@ -196,13 +196,13 @@ impl Shared {
         filter: &Filter,
         per_day: u32,
         outlets: Vec<Outlet>,
+        now: i64,
     ) -> Result<Sent, StoreError> {
         follow::catch_up(self, self.options.timeout).await?;
         let work = async {
             let classify = |e| classify(&self.target, e);
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
-            let now = now_ms();
             let app = b.app_id as i32;
             // The token first: a concurrent send with it (on any node) holds its key until
             // it commits or rolls back; then this one finds it, or takes it.

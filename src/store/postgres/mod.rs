@@ -259,6 +259,7 @@ impl Shared {
             // A request that fails for a reason of its own must not fail the others:
             // run each alone (nothing of the batch was committed).
             Err(StoreError::Internal(_)) if batch.len() > 1 => {
+                self.metrics.observe_batch_split();
                 for job in batch {
                     let out = self.run(std::slice::from_ref(&job)).await;
                     let _ = job.reply.send(out.map(|mut o| o.remove(0)));
@@ -446,9 +447,10 @@ impl Store for PostgresStore {
         filter: &Filter,
         per_day: u32,
         outlets: Vec<Outlet>,
+        now: i64,
     ) -> Result<Sent, StoreError> {
         self.shared
-            .send_broadcast(b, filter, per_day, outlets)
+            .send_broadcast(b, filter, per_day, outlets, now)
             .await
     }
 
