@@ -1,7 +1,9 @@
 //! The broadcast phase, on the audience phase's app: UserBroadcast latency for audiences of
 //! about 1 %, 10 % and 100 % of the app; the recipient's pull (ListUserBroadcasts) with 140
-//! active broadcasts against BatchGetUser in the same run; and webhook throughput, the
-//! whole app's audience POSTed to a receiver in this process.
+//! active broadcasts against BatchGetUser in the same run; webhook throughput, the whole
+//! app's audience POSTed to a receiver in this process; and a webhook of page size 1 (a
+//! page per user): a send and a recall against the same without webhooks, and BatchGetUser
+//! alone against BatchGetUser beside 8 clients of ListBroadcasts (issue 17, item 8).
 //!
 //! Two servers on the same data: the first without webhooks (sends and pulls), the second
 //! with one webhook (delivery), so the latency sends make no pages.
@@ -169,9 +171,11 @@ pub(super) async fn phase(
     ];
     for (label, selector, expected) in cases {
         let mut ms = Vec::with_capacity(runs);
-        for _ in 0..runs {
+        for run in 0..runs {
+            // A token each: identical sends signed in one second are one broadcast.
             let mut body = json!({"AppId": app, "Sender": 1, "MsgTTL": 1, "MsgType": 1,
-                                  "Content": "{\"text\":\"bench\"}"});
+                                  "Content": "{\"text\":\"bench\"}",
+                                  "ClientToken": format!("bench-{label}-{run}")});
             for (k, v) in selector.as_object().expect("an object") {
                 body[k] = v.clone();
             }
@@ -329,5 +333,155 @@ pub(super) async fn phase(
     f.set("webhook_ids_per_s", ids_per_s);
     f.set("webhook_full_delivery_ms", took.as_secs_f64() * 1000.0);
     srv.stop()?;
+    drop(receiver);
+    small_pages(name, work, backend, account, data, options, f).await
+}
+
+/// Mean and maximum of `ms`.
+fn mean_max(ms: &[f64]) -> (f64, f64) {
+    let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+    (mean, ms.iter().copied().fold(0.0, f64::max))
+}
+
+/// A webhook of page size 1: every user is a page. What a send to everyone and its recall
+/// take, against the same on a server without webhooks; then BatchGetUser's latency alone
+/// and beside 8 clients of ListBroadcasts (Limit 100) over 20 such broadcasts.
+async fn small_pages(
+    name: &str,
+    work: &Path,
+    backend: &Backend,
+    account: &BenchAccount,
+    data: &DataSet,
+    options: &Options,
+    f: &mut Figures,
+) -> Result<(), String> {
+    let n = data.users;
+    let app = account.app_id;
+    let receiver = Receiver::start().await?;
+    let secret = work.join(format!("{name}-pages.secret"));
+    std::fs::write(&secret, WEBHOOK_SECRET).map_err(|e| e.to_string())?;
+    let runs = 5;
+    // (without webhooks, with the page-size-1 webhook): send ms, recall ms.
+    let mut sends: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut recalls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut get_p50 = [0.0f64; 2];
+    for (k, hooked) in [false, true].into_iter().enumerate() {
+        let url = receiver.url.clone();
+        let secret = secret.clone();
+        let config = server::write_config_with(
+            &work.join(format!("{name}-pages-{k}")),
+            backend,
+            account,
+            move |c| {
+                c.limits.broadcasts_per_day = 1_000_000;
+                c.limits.actions.insert("UserBroadcast".into(), 1_000_000);
+                if hooked {
+                    c.webhooks = vec![crate::config::WebhookConfig {
+                        url,
+                        secret: None,
+                        secret_env: None,
+                        secret_file: Some(secret),
+                        apps: None,
+                        page_size: 1,
+                    }];
+                }
+            },
+        )?;
+        let srv = ServerProcess::start(&config)?;
+        wait_ready(srv.addr, Duration::from_secs(1800)).await?;
+        let signer = Signer::new(srv.addr, account)?;
+        for run in 0..runs {
+            let body = json!({"AppId": app, "Sender": 1, "MsgTTL": 86400, "MsgType": 1,
+                              "Content": "{\"text\":\"a page each\"}",
+                              "ClientToken": format!("pages-{k}-{run}")});
+            let started = Instant::now();
+            let r = send(srv.addr, &signer, body).await?;
+            sends[k].push(started.elapsed().as_secs_f64() * 1000.0);
+            let id = r["BroadcastId"].as_str().unwrap_or_default().to_owned();
+            let started = Instant::now();
+            let answer = load::fetch(
+                srv.addr,
+                signer.request(
+                    "RecallBroadcast",
+                    json!({"AppId": app, "BroadcastId": id})
+                        .to_string()
+                        .into_bytes(),
+                ),
+            )
+            .await?;
+            recalls[k].push(started.elapsed().as_secs_f64() * 1000.0);
+            let v: Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+            if v["ResponseMetadata"].get("Error").is_some() {
+                return Err(format!("RecallBroadcast failed: {v}"));
+            }
+        }
+        // 20 live broadcasts to everyone for ListBroadcasts to summarize.
+        for i in 0..20 {
+            let body = json!({"AppId": app, "Sender": 1, "MsgTTL": 86400, "MsgType": 1,
+                              "Content": format!("{{\"text\":\"live {i}\"}}"),
+                              "ClientToken": format!("live-{k}-{i}")});
+            send(srv.addr, &signer, body).await?;
+        }
+        let mut rng = StdRng::seed_from_u64(11);
+        let users: Arc<Vec<u64>> = Arc::new((0..4096).map(|_| rng.random_range(1..=n)).collect());
+        let get = pool(
+            &signer,
+            "BatchGetUser",
+            move |i| json!({"AppId": app, "UserIds": [users[i as usize]]}),
+        );
+        let alone = peak_load(srv.addr, options, get.clone(), false, "BatchGetUser").await?;
+        let list = pool(
+            &signer,
+            "ListBroadcasts",
+            move |_| json!({"AppId": app, "Limit": 100}),
+        );
+        let addr = srv.addr;
+        let busy_for = options.duration + options.duration / 4 + Duration::from_millis(500);
+        let lists = tokio::spawn(load::run(
+            addr,
+            8,
+            load::Pace::Closed { duration: busy_for },
+            list,
+            load::Expect {
+                status: 200,
+                body_contains: None,
+            },
+        ));
+        let beside = peak_load(srv.addr, options, get, false, "BatchGetUser").await?;
+        let listed = lists
+            .await
+            .map_err(|e| format!("the ListBroadcasts load: {e}"))??;
+        let (a, b) = (alone.percentile_ms(0.5), beside.percentile_ms(0.5));
+        println!(
+            "[{name}] pages         {}: BatchGetUser p50 {a:.2} ms alone, {b:.2} ms beside 8 clients of ListBroadcasts ({:.0} req/s of them, 20 broadcasts of {n} pages)",
+            if hooked { "page size 1" } else { "no webhook" },
+            listed.rps()
+        );
+        if hooked {
+            get_p50 = [a, b];
+        }
+        srv.stop()?;
+    }
+    let (s0, s0max) = mean_max(&sends[0]);
+    let (s1, s1max) = mean_max(&sends[1]);
+    let (r0, r0max) = mean_max(&recalls[0]);
+    let (r1, r1max) = mean_max(&recalls[1]);
+    println!(
+        "[{name}] pages         UserBroadcast to {n} users: {s1:.1} ms (max {s1max:.1}) with a webhook of page size 1 ({n} pages), {s0:.1} ms (max {s0max:.1}) without webhooks: ratio {:.2}",
+        s1 / s0
+    );
+    println!(
+        "[{name}] pages         RecallBroadcast of it: {r1:.1} ms (max {r1max:.1}) with, {r0:.1} ms (max {r0max:.1}) without: ratio {:.2}",
+        r1 / r0
+    );
+    f.set("pages1_send_ms", s1);
+    f.set("pages1_send_ms_max", s1max);
+    f.set("pages1_recall_ms", r1);
+    f.set("pages1_recall_ms_max", r1max);
+    f.set("ratio_pages1_send_vs_no_webhook", s1 / s0);
+    f.set("ratio_pages1_recall_vs_no_webhook", r1 / r0);
+    f.set("pages1_get_p50_ms_alone", get_p50[0]);
+    f.set("pages1_get_p50_ms_beside_list", get_p50[1]);
+    f.set("ratio_get_p50_beside_list", get_p50[1] / get_p50[0]);
     Ok(())
 }

@@ -305,10 +305,13 @@ async fn attempt(
                 PageDone::Failed,
             )
         } else {
-            (
-                format!("in {:.1} s", (at - now) as f64 / 1000.0),
-                PageDone::Retry { at_ms: at },
-            )
+            let wait = at - now;
+            let next = if wait < 1000 {
+                format!("in {wait} ms")
+            } else {
+                format!("in {:.1} s", wait as f64 / 1000.0)
+            };
+            (next, PageDone::Retry { at_ms: at })
         };
         if let Some(repeated) = hook.failures.admit() {
             tracing::warn!(

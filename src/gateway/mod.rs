@@ -259,7 +259,7 @@ fn route(method: &Method, uri: &axum::http::Uri, meta: &mut Meta) -> Result<Acti
 /// Bytes of request bodies held, counted against `http.max_body_memory_mb` until dropped
 /// (after the answer).
 struct Held {
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     bytes: usize,
     metrics: Arc<Metrics>,
 }
@@ -276,9 +276,9 @@ impl Held {
         let Ok(more) = budget.clone().try_acquire_many_owned(n) else {
             return false;
         };
-        match &mut self._permit {
+        match &mut self.permit {
             Some(p) => p.merge(more),
-            None => self._permit = Some(more),
+            None => self.permit = Some(more),
         }
         self.bytes += bytes;
         self.metrics.http.body_bytes.inc_by(bytes as i64);
@@ -304,7 +304,7 @@ async fn read_body(
     let limits: &HttpLimits = &state.http;
     let max = limits.max_body_bytes;
     let mut held = Held {
-        _permit: None,
+        permit: None,
         bytes: 0,
         metrics: state.metrics.clone(),
     };

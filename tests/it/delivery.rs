@@ -209,6 +209,7 @@ async fn failed_attempts_are_logged_rate_limited_with_the_url_redacted() {
         lines.len()
     );
     let line = &lines[0];
+    println!("delivery: the log line of a failed attempt: {line}");
     assert!(
         line.contains("HTTP 500") && line.contains("delivery="),
         "{line}"

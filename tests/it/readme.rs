@@ -389,3 +389,27 @@ fn every_readme_code_block_runs_as_written() {
         s.skipped
     );
 }
+
+#[test]
+fn the_configuration_block_shows_every_key_with_its_default() {
+    let readme = std::fs::read_to_string(README).unwrap();
+    let at = readme
+        .find("Every key, with its default")
+        .expect("the README's Configuration shows every key");
+    let start = at + readme[at..].find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let shown: tagcast::config::Config =
+        toml::from_str(block).unwrap_or_else(|e| panic!("the README's configuration block: {e}"));
+    let as_value = |c: &tagcast::config::Config| {
+        let mut v = serde_json::to_value(c).unwrap();
+        // Examples, not defaults: an account and a per-Action override.
+        v.as_object_mut().unwrap().remove("accounts");
+        v["limits"].as_object_mut().unwrap().remove("actions");
+        v
+    };
+    assert_eq!(
+        as_value(&shown),
+        as_value(&tagcast::config::Config::default()),
+        "the README's configuration block differs from the defaults"
+    );
+}
