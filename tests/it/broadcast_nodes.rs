@@ -147,10 +147,10 @@ async fn a_request_replayed_on_two_nodes_at_once_sends_one_broadcast() {
             .into_bytes();
     // The same signed request at both nodes, as a load balancer in front of them would
     // pass it on (its Host is the balancer's).
-    let host = "tagcast.internal:8080";
+    let captured = crate::replays::capture("tagcast.internal:8080", &body);
     let (on_a, on_b) = tokio::join!(
-        crate::replays::replay(&a.endpoint, host, &body, 15),
-        crate::replays::replay(&b.endpoint, host, &body, 15),
+        crate::replays::replay(&a.endpoint, &captured, &body, 15),
+        crate::replays::replay(&b.endpoint, &captured, &body, 15),
     );
     let (ra, rb) = (
         crate::replays::the_same_result(&on_a),

@@ -16,22 +16,26 @@ fn plain(content: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Sends the same signed request `n` times at once; the answers.
+/// A UserBroadcast request signed now for `host`: what an attacker captures.
+pub fn capture(host: &str, body: &[u8]) -> http::HeaderMap {
+    signed_headers(
+        &creds(AK, SK),
+        "POST",
+        host,
+        "Action=UserBroadcast&Version=2020-12-01",
+        body,
+        time::OffsetDateTime::now_utc(),
+    )
+}
+
+/// Sends the captured request (`headers`, `body`) `n` times at once; the answers.
 pub async fn replay(
     endpoint: &str,
-    host: &str,
+    headers: &http::HeaderMap,
     body: &[u8],
     n: usize,
 ) -> Vec<tagcast::call::Answer> {
     let q = "Action=UserBroadcast&Version=2020-12-01";
-    let headers = signed_headers(
-        &creds(AK, SK),
-        "POST",
-        host,
-        q,
-        body,
-        time::OffsetDateTime::now_utc(),
-    );
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         let (endpoint, headers, body) = (endpoint.to_owned(), headers.clone(), body.to_vec());
@@ -64,7 +68,9 @@ async fn a_captured_request_replayed_30_times_at_once_sends_one_broadcast() {
     let s = TestServer::start().await;
     let c = s.client();
     register(&c, APP, &[1, 2]).await;
-    let answers = replay(&s.endpoint(), &s.addr.to_string(), &plain("once"), 30).await;
+    let body = plain("once");
+    let captured = capture(&s.addr.to_string(), &body);
+    let answers = replay(&s.endpoint(), &captured, &body, 30).await;
     let r = the_same_result(&answers);
     assert_eq!(r["AudienceCount"], 2);
     assert_eq!(broadcasts(&c, APP).await, 1);
@@ -75,7 +81,7 @@ async fn a_captured_request_replayed_30_times_at_once_sends_one_broadcast() {
     let a = call(&c, "UserBroadcast", send_body(json!({}))).await;
     assert_error(&a, 429, "FlowLimitExceeded");
     // A replay of the first after the quota is gone still answers its Result.
-    let again = replay(&s.endpoint(), &s.addr.to_string(), &plain("once"), 1).await;
+    let again = replay(&s.endpoint(), &captured, &body, 1).await;
     assert_eq!(the_same_result(&again)["BroadcastId"], r["BroadcastId"]);
 }
 
