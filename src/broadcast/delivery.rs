@@ -145,10 +145,11 @@ async fn deliver(
             .collect(),
     );
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
-    // An attempt ended: a webhook at its share may take another page.
+    // An attempt ended, or outcomes were recorded: a webhook at its share, or a lane at
+    // its window, may give another page.
     let freed = Arc::new(Notify::new());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let finisher = tokio::spawn(finish(store.clone(), done_rx, share as u32));
+    let finisher = tokio::spawn(finish(store.clone(), done_rx, share as u32, freed.clone()));
     let warn = LogThrottle::new(Duration::from_secs(30));
     let poll = Duration::from_millis(cfg.poll_ms);
     let mut first = 0usize;
@@ -237,11 +238,14 @@ async fn deliver(
     let _ = finisher.await;
 }
 
-/// Records outcomes in batches; keeps a batch and retries while the store refuses.
+/// Records outcomes in batches; keeps a batch and retries while the store refuses. Each
+/// recorded batch wakes the loop (`recorded`): until then the pages count as open in
+/// their lanes, and a lane at its window gives no page.
 async fn finish(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<(PageKey, PageDone)>,
     window: u32,
+    recorded: Arc<Notify>,
 ) {
     let warn = LogThrottle::new(Duration::from_secs(30));
     while let Some(first) = rx.recv().await {
@@ -254,7 +258,10 @@ async fn finish(
         }
         loop {
             match store.finish_pages(batch.clone(), window).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    recorded.notify_one();
+                    break;
+                }
                 Err(e) => {
                     if let Some(repeated) = warn.admit() {
                         tracing::warn!(error = %e, repeated, pages = batch.len(), "recording webhook outcomes failed; retrying (unrecorded pages are sent again after their lease)");
