@@ -16,7 +16,7 @@ use crate::api::{ApiError, ErrorCode};
 use crate::audience::filter::{Filter, FilterFields};
 use std::sync::Arc;
 
-use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, signature_token, utc_day};
+use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, send_token, utc_day};
 
 /// MsgTTL bounds, seconds (vendor).
 pub const MAX_TTL_SECS: i64 = 604_800;
@@ -149,14 +149,8 @@ pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiEr
     } = parse_send(body, ctx.rules)?;
     let app_id = broadcast.app_id;
     ctx.authorize(app_id)?;
-    // Idempotent (API.md §7): the client's token, else the signature, which a replay of
-    // the captured request repeats (hashed: the store need not hold a usable signature).
-    broadcast.token = match client_token {
-        Some(t) => format!("ct:{t}"),
-        None => signature_token(&hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            ctx.signature.to_ascii_lowercase().as_bytes(),
-        ))),
-    };
+    // Idempotent (API.md §7).
+    broadcast.token = send_token(client_token.as_deref(), ctx.signature);
     let service = ctx.broadcasts;
     let sent = ctx
         .store

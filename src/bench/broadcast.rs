@@ -290,14 +290,9 @@ pub(super) async fn phase(
         account,
         |c| {
             c.limits.broadcasts_per_day = 1_000_000;
-            c.webhooks = vec![crate::config::WebhookConfig {
-                url,
-                secret: None,
-                secret_env: None,
-                secret_file: Some(secret),
-                apps: None,
-                page_size: 10_000,
-            }];
+            c.webhooks = vec![crate::config::WebhookConfig::with_secret_file(
+                &url, secret, 10_000,
+            )];
         },
     )?;
     let srv = ServerProcess::start(&config)?;
@@ -376,14 +371,9 @@ async fn small_pages(
                 c.limits.broadcasts_per_day = 1_000_000;
                 c.limits.actions.insert("UserBroadcast".into(), 1_000_000);
                 if hooked {
-                    c.webhooks = vec![crate::config::WebhookConfig {
-                        url,
-                        secret: None,
-                        secret_env: None,
-                        secret_file: Some(secret),
-                        apps: None,
-                        page_size: 1,
-                    }];
+                    c.webhooks = vec![crate::config::WebhookConfig::with_secret_file(
+                        &url, secret, 1,
+                    )];
                 }
             },
         )?;

@@ -46,10 +46,18 @@ pub struct NewBroadcast {
 /// How long a send's token makes a repeat of it a replay (API.md §7).
 pub const TOKEN_TTL_MS: i64 = DAY_MS;
 
-/// The token of a UserBroadcast without a ClientToken: its signature, which a replay of
-/// the captured request repeats and no other request has.
-pub fn signature_token(signature_hex: &str) -> String {
-    format!("sig:{signature_hex}")
+/// What makes a repeat of a UserBroadcast a replay: its `ClientToken`, else its
+/// signature, which a replay of the captured request repeats and no other request has
+/// (hashed: the store need not hold a signature that still verifies).
+pub fn send_token(client_token: Option<&str>, signature_hex: &str) -> String {
+    use sha2::Digest;
+    match client_token {
+        Some(t) => format!("ct:{t}"),
+        None => format!(
+            "sig:{}",
+            hex::encode(sha2::Sha256::digest(signature_hex.to_ascii_lowercase()))
+        ),
+    }
 }
 
 /// A stored broadcast, without its audience.
@@ -324,6 +332,19 @@ mod tests {
         assert!(page_ordinals(&b, 3, 10).is_empty());
         assert_eq!(pages(25, 10), 3);
         assert_eq!(pages(0, 10), 0);
+    }
+
+    #[test]
+    fn a_send_token_is_the_client_token_or_the_hashed_signature() {
+        assert_eq!(send_token(Some("order-42"), "ABCD"), "ct:order-42");
+        let sig = send_token(None, "ABCD");
+        assert_eq!(
+            sig,
+            send_token(None, "abcd"),
+            "a signature's case is not its own"
+        );
+        assert!(sig.starts_with("sig:") && sig.len() == 4 + 64, "{sig}");
+        assert_ne!(sig, send_token(None, "abce"));
     }
 
     #[test]

@@ -64,6 +64,18 @@ impl std::fmt::Debug for WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// A webhook of every app, its secret in `secret_file`.
+    pub fn with_secret_file(url: &str, secret_file: PathBuf, page_size: usize) -> Self {
+        WebhookConfig {
+            url: url.to_owned(),
+            secret: None,
+            secret_env: None,
+            secret_file: Some(secret_file),
+            apps: None,
+            page_size,
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
         let at = |what: String| format!("webhooks ({}): {what}", redact_url(&self.url));
         let url = reqwest::Url::parse(&self.url)

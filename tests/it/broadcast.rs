@@ -83,7 +83,7 @@ async fn get(client: &Client, id: &str) -> Value {
 }
 
 /// Rows of a table for one broadcast, straight from the database.
-async fn rows(config: &Config, table: &str, column: &str, id: &str) -> i64 {
+pub async fn rows(config: &Config, table: &str, column: &str, id: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = {id}");
     match &config.store.url {
         Some(url) => {

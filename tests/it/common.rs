@@ -291,6 +291,11 @@ impl ChildServer {
             .collect()
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint.trim_start_matches("http://").parse().unwrap()
+    }
+
     /// The status of a plain `GET path`.
     pub async fn status_of(&self, path: &str) -> u16 {
         reqwest::get(format!("{}{path}", self.endpoint))

@@ -260,26 +260,7 @@ async fn the_pending_gauge_follows_a_recall() {
 
 /// Rows of `table` for broadcast `id`, straight from the database behind `config`.
 async fn rows(config: &tagcast::config::Config, table: &str, id: &str) -> i64 {
-    let sql = format!("SELECT COUNT(*) FROM {table} WHERE broadcast_id = {id}");
-    match &config.store.url {
-        Some(url) => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            let driver = tokio::spawn(conn);
-            let n: i64 = client.query_one(&sql, &[]).await.unwrap().get(0);
-            drop(client);
-            let _ = driver.await;
-            n
-        }
-        None => rusqlite::Connection::open_with_flags(
-            config.data_dir.join(tagcast::store::embedded::DB_FILE),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap()
-        .query_row(&sql, [], |r| r.get(0))
-        .unwrap(),
-    }
+    crate::broadcast::rows(config, table, "broadcast_id", id).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

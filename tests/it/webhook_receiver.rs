@@ -274,12 +274,5 @@ pub fn webhook(
 ) -> tagcast::config::WebhookConfig {
     let path = dir.join("webhook.secret");
     std::fs::write(&path, SECRET).unwrap();
-    tagcast::config::WebhookConfig {
-        url: url.to_owned(),
-        secret: None,
-        secret_env: None,
-        secret_file: Some(path),
-        apps: None,
-        page_size,
-    }
+    tagcast::config::WebhookConfig::with_secret_file(url, path, page_size)
 }
