@@ -224,6 +224,23 @@ async fn slow_bodies_from_600_clients_hold_at_most_the_body_memory() {
         assert!(std::time::Instant::now() < deadline, "not served again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Before issue 17: 1.1 GB kept after the 600 were gone. jemalloc's background
+    // threads give freed pages back while the server idles (its decay, about 10 s).
+    let gone = std::time::Instant::now();
+    let deadline = gone + Duration::from_secs(60);
+    let mut after = rss_kib(pid);
+    while after > before + 32 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS {after} KiB kept a minute after the slow bodies were gone ({before} KiB idle)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_kib(pid);
+    }
+    println!(
+        "abuse: RSS {after} KiB {:.1} s after they were gone",
+        gone.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,6 +17,8 @@ use tagcast::config::{Config, LogFormat, StoreKind};
 // worker runs it, where glibc's malloc spent a fifth of a read's CPU. jemalloc over
 // mimalloc: less CPU per request here, and it returns what it freed, where mimalloc kept
 // 35 MiB after a few refused 100 MiB bodies (docs/benchmarks.md, "Per-request cost").
+// Its background threads (Cargo.toml) return freed pages while the server idles: without
+// them, 1,500 slow bodies left 248 MiB held until the next burst of requests.
 #[cfg(not(feature = "mimalloc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
