@@ -258,6 +258,34 @@ async fn the_pending_gauge_follows_a_recall() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lane_at_its_window_gives_its_next_page_once_the_outcomes_are_recorded() {
+    let receiver = Receiver::start(|_, _| Answer::Ok).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = webhook(tmp.path(), &receiver.url, 1);
+    let server = TestServer::with(move |c| {
+        fast_delivery(c);
+        // No polling to fall back on: only a send, an attempt's end and a recorded
+        // outcome wake the delivery loop.
+        c.delivery.poll_ms = 3_600_000;
+        c.webhooks = vec![hook];
+    })
+    .await;
+    let c = server.client();
+    register(&c, APP, &(1..=40).collect::<Vec<_>>()).await;
+    let r = send(&c, json!({})).await;
+    let id = r["BroadcastId"].as_str().unwrap().to_owned();
+    // 40 pages through a window of per_webhook (4): ten times the lane is full and gives
+    // its next page only once the finisher has recorded how the last ones ended. Before
+    // that woke the loop, the lane waited for the next poll: on PostgreSQL, whose claim
+    // and record run on connections of their own, 4-5 of 40 pages came in 60 s (the
+    // embedded store's single writer mostly records before it claims).
+    let got = receiver
+        .wait_complete(&id, 40, Duration::from_secs(60))
+        .await;
+    assert_eq!(got.len(), 40);
+}
+
 /// Rows of `table` for broadcast `id`, straight from the database behind `config`.
 async fn rows(config: &tagcast::config::Config, table: &str, id: &str) -> i64 {
     crate::broadcast::rows(config, table, "broadcast_id", id).await
