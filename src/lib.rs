@@ -22,6 +22,7 @@ pub mod import;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod signing;
 pub mod store;

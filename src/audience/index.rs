@@ -19,7 +19,7 @@ use roaring::RoaringBitmap;
 use tokio::sync::watch;
 
 use super::filter::{self, Bitmaps, Filter};
-use crate::store::plan::Change;
+use crate::model::Change;
 
 #[derive(Default)]
 pub(super) struct KeyIndex {

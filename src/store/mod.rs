@@ -27,36 +27,14 @@ use crate::broadcast::{
 };
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
+pub use crate::model::{DEFAULT_INBOX, Outcome, StoredUser, Tag, TagOp, now_ms};
 use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
 use postgres::{PostgresOptions, PostgresStore};
-
-/// A tag: (key, value). Values are ignored for deletes.
-pub type Tag = (String, String);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TagOp {
-    /// Overwrite existing keys, add new ones (Op 0).
-    Upsert,
-    /// Delete the given keys; absent keys are ignored (Op 1).
-    Delete,
-}
 
 #[derive(Debug, Clone)]
 pub struct TagEntry {
     pub user_id: i64,
     pub tags: Vec<Tag>,
-}
-
-/// The result for one entry of a write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    UserNotFound,
-    /// The entry would leave the user with `would_have` keys in the inbox; `limit` is the cap.
-    TagLimitExceeded {
-        would_have: usize,
-        limit: usize,
-    },
 }
 
 /// RegisterUsers for one user: `None` fields keep the stored value (or the default for a
@@ -84,19 +62,6 @@ pub struct UserUpdate {
     pub tags: Option<Vec<Tag>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredUser {
-    pub user_id: i64,
-    pub nick_name: String,
-    pub portrait: String,
-    pub ext: BTreeMap<String, String>,
-    pub is_robot: bool,
-    pub create_time_ms: i64,
-    pub modify_time_ms: i64,
-    /// Tags of the inbox that was asked for, sorted by key (byte order).
-    pub tags: Vec<Tag>,
-}
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot serve now (closed, I/O failure, database down): retryable.
@@ -107,21 +72,10 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// Wall-clock milliseconds, for CreateTime and ModifyTime.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// How `Ext` is stored: its JSON object text.
 pub(crate) fn ext_json(ext: &BTreeMap<String, String>) -> String {
     serde_json::to_string(ext).expect("a string map serializes")
 }
-
-/// The inbox that tags go to when a request names none, and that RegisterUsers writes.
-pub const DEFAULT_INBOX: u32 = 0;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -16,29 +16,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
-
 use super::{
     DEFAULT_INBOX, Outcome, StoreError, Tag, TagOp, UserRegistration, UserUpdate, WriteJob, WriteOp,
 };
-
-/// The stored state of one (app, user).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UserState {
-    /// `Some` when registered.
-    pub ordinal: Option<u32>,
-    /// Every tag of the user, all inboxes: (inbox, key) -> value.
-    pub tags: BTreeMap<(u32, String), String>,
-}
-
-impl UserState {
-    fn keys_in(&self, inbox: u32) -> usize {
-        self.tags
-            .range((inbox, String::new())..)
-            .take_while(|((i, _), _)| *i == inbox)
-            .count()
-    }
-}
+pub use crate::model::{Change, UserState};
 
 /// What a backend read for a batch: every (app, user) the batch names (absent: not
 /// registered, no tags), and the next free ordinal of every app the batch registers users
@@ -47,60 +28,6 @@ impl UserState {
 pub struct Snapshot {
     pub users: HashMap<(u32, i64), UserState>,
     pub next_ordinal: HashMap<u32, u32>,
-}
-
-/// One change to the stored state, in the order the batch made them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    /// A user registered (first time, or again after it was unregistered).
-    Registered { app: u32, user: i64, ordinal: u32 },
-    /// New profile fields of a registered user (`None`: unchanged).
-    Profile {
-        app: u32,
-        user: i64,
-        nick_name: Option<String>,
-        portrait: Option<String>,
-        ext: Option<BTreeMap<String, String>>,
-        is_robot: Option<bool>,
-    },
-    /// Tag `key` of the user in `inbox` is now `value` (it was `old`).
-    SetTag {
-        app: u32,
-        user: i64,
-        ordinal: u32,
-        inbox: u32,
-        key: String,
-        old: Option<String>,
-        value: String,
-    },
-    /// Tag `key` (whose value was `old`) is gone.
-    DeleteTag {
-        app: u32,
-        user: i64,
-        ordinal: u32,
-        inbox: u32,
-        key: String,
-        old: String,
-    },
-    /// The user and every tag it had, in every inbox, are gone.
-    Unregistered {
-        app: u32,
-        user: i64,
-        ordinal: u32,
-        tags: Vec<(u32, String, String)>,
-    },
-}
-
-impl Change {
-    pub fn app(&self) -> u32 {
-        match self {
-            Change::Registered { app, .. }
-            | Change::Profile { app, .. }
-            | Change::SetTag { app, .. }
-            | Change::DeleteTag { app, .. }
-            | Change::Unregistered { app, .. } => *app,
-        }
-    }
 }
 
 /// The plan of a batch: one outcome list per request, the changes in order, and the next

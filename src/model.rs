@@ -1,0 +1,127 @@
+//! The domain's plain types, importing nothing of ours: tags and their operations, a
+//! write's outcome, a stored user as reads answer it, the state the planner reads, and
+//! the changes a committed write made (which the store writes, the in-memory state
+//! applies and the PostgreSQL change log carries). Every other layer points down here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A tag: (key, value). Values are ignored for deletes.
+pub type Tag = (String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagOp {
+    /// Overwrite existing keys, add new ones (Op 0).
+    Upsert,
+    /// Delete the given keys; absent keys are ignored (Op 1).
+    Delete,
+}
+
+/// The result for one entry of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    UserNotFound,
+    /// The entry would leave the user with `would_have` keys in the inbox; `limit` is the cap.
+    TagLimitExceeded {
+        would_have: usize,
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub user_id: i64,
+    pub nick_name: String,
+    pub portrait: String,
+    pub ext: BTreeMap<String, String>,
+    pub is_robot: bool,
+    pub create_time_ms: i64,
+    pub modify_time_ms: i64,
+    /// Tags of the inbox that was asked for, sorted by key (byte order).
+    pub tags: Vec<Tag>,
+}
+
+/// Wall-clock milliseconds, for CreateTime and ModifyTime.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The inbox that tags go to when a request names none, and that RegisterUsers writes.
+pub const DEFAULT_INBOX: u32 = 0;
+
+/// The stored state of one (app, user).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// `Some` when registered.
+    pub ordinal: Option<u32>,
+    /// Every tag of the user, all inboxes: (inbox, key) -> value.
+    pub tags: BTreeMap<(u32, String), String>,
+}
+
+impl UserState {
+    pub fn keys_in(&self, inbox: u32) -> usize {
+        self.tags
+            .range((inbox, String::new())..)
+            .take_while(|((i, _), _)| *i == inbox)
+            .count()
+    }
+}
+
+/// One change to the stored state, in the order the batch made them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A user registered (first time, or again after it was unregistered).
+    Registered { app: u32, user: i64, ordinal: u32 },
+    /// New profile fields of a registered user (`None`: unchanged).
+    Profile {
+        app: u32,
+        user: i64,
+        nick_name: Option<String>,
+        portrait: Option<String>,
+        ext: Option<BTreeMap<String, String>>,
+        is_robot: Option<bool>,
+    },
+    /// Tag `key` of the user in `inbox` is now `value` (it was `old`).
+    SetTag {
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        inbox: u32,
+        key: String,
+        old: Option<String>,
+        value: String,
+    },
+    /// Tag `key` (whose value was `old`) is gone.
+    DeleteTag {
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        inbox: u32,
+        key: String,
+        old: String,
+    },
+    /// The user and every tag it had, in every inbox, are gone.
+    Unregistered {
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        tags: Vec<(u32, String, String)>,
+    },
+}
+
+impl Change {
+    pub fn app(&self) -> u32 {
+        match self {
+            Change::Registered { app, .. }
+            | Change::Profile { app, .. }
+            | Change::SetTag { app, .. }
+            | Change::DeleteTag { app, .. }
+            | Change::Unregistered { app, .. } => *app,
+        }
+    }
+}
