@@ -1,15 +1,17 @@
-//! The in-memory audience index: per app, the bitmap of registered users' ordinals, and per
-//! (app, inbox, key) and (app, inbox, key, value) the bitmap of users with that key or tag.
-//! It changes only through [`Change`]s the planner produced for a committed transaction,
+//! The in-memory state every read answers from: per app, each registered user (its id,
+//! times, profile and tags of every inbox, with keys and values interned), the user id ->
+//! ordinal map, the next ordinal, and the bitmaps of the audience index (registered
+//! ordinals, and per (inbox, key) and (inbox, key, value) the users holding them). It
+//! changes only through [`Change`]s the planner produced for a committed transaction,
 //! applied one app at a time under that app's write lock (a reader sees a batch's changes
-//! of an app all or none).
+//! of an app all or none), so it can never disagree with what was committed.
 //!
 //! Positions: the PostgreSQL store numbers its committed transactions (its change log) and
 //! applies them here strictly in order ([`AudienceIndex::apply_at`]); [`AudienceIndex::
 //! applied`] is the last applied position, which queries wait for. The embedded store has
 //! a single writer that applies after each commit and leaves positions at 0.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,25 +21,68 @@ use roaring::RoaringBitmap;
 use tokio::sync::watch;
 
 use super::filter::{self, Bitmaps, Filter};
-use crate::model::Change;
+use super::strings::Strings;
+use crate::model::{Change, StoredUser, UserState};
 
 #[derive(Default)]
 pub(super) struct KeyIndex {
     pub(super) any: RoaringBitmap,
-    pub(super) values: FxHashMap<String, RoaringBitmap>,
+    /// Value id -> the users with that value.
+    pub(super) values: FxHashMap<u32, RoaringBitmap>,
 }
 
 #[derive(Default)]
 pub(super) struct InboxIndex {
-    pub(super) keys: FxHashMap<String, KeyIndex>,
+    /// Key id -> its bitmaps.
+    pub(super) keys: FxHashMap<u32, KeyIndex>,
 }
 
-/// One app's part of the index.
+/// A user's profile fields; a user with all defaults holds none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub nick_name: String,
+    pub portrait: String,
+    pub ext: BTreeMap<String, String>,
+    pub is_robot: bool,
+}
+
+/// One tag of a user: interned key and value ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TagRef {
+    pub(super) inbox: u32,
+    pub(super) key: u32,
+    pub(super) value: u32,
+}
+
+/// What an ordinal holds: a registered user, or (id 0) an ordinal no longer in use.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    pub(super) id: i64,
+    pub(super) created_ms: i64,
+    pub(super) modified_ms: i64,
+    pub(super) profile: Option<Box<Profile>>,
+    /// Sorted by (inbox, key id).
+    pub(super) tags: Vec<TagRef>,
+}
+
+impl Slot {
+    fn find(&self, inbox: u32, key: u32) -> Result<usize, usize> {
+        self.tags
+            .binary_search_by(|t| (t.inbox, t.key).cmp(&(inbox, key)))
+    }
+}
+
+/// One app's part of the state.
 #[derive(Default)]
 pub struct AppIndex {
     pub(super) registered: RoaringBitmap,
-    /// Ordinal -> user id (0 for ordinals not in use any more).
-    pub(super) users: Vec<i64>,
+    /// Ordinal -> user.
+    pub(super) users: Vec<Slot>,
+    /// User id -> ordinal, for registered users.
+    pub(super) by_id: FxHashMap<i64, u32>,
+    /// The ordinal the next registration takes.
+    pub(super) next_ordinal: u32,
+    pub(super) strings: Strings,
     pub(super) inboxes: FxHashMap<u32, InboxIndex>,
 }
 
@@ -51,10 +96,12 @@ impl Bitmaps for View<'_> {
         &self.app.registered
     }
     fn tag(&self, key: &str, value: &str) -> Option<&RoaringBitmap> {
-        self.inbox?.keys.get(key)?.values.get(value)
+        let strings = &self.app.strings;
+        let (k, v) = (strings.find(key)?, strings.find(value)?);
+        self.inbox?.keys.get(&k)?.values.get(&v)
     }
     fn key(&self, key: &str) -> Option<&RoaringBitmap> {
-        Some(&self.inbox?.keys.get(key)?.any)
+        Some(&self.inbox?.keys.get(&self.app.strings.find(key)?)?.any)
     }
 }
 
@@ -66,75 +113,202 @@ impl AppIndex {
         }
     }
 
-    fn set(&mut self, inbox: u32, key: &str, old: Option<&str>, value: &str, ordinal: u32) {
+    fn slot_mut(&mut self, ordinal: u32) -> &mut Slot {
+        let at = ordinal as usize;
+        if self.users.len() <= at {
+            self.users.resize_with(at + 1, Slot::default);
+        }
+        &mut self.users[at]
+    }
+
+    /// Tag `key` of `ordinal` in `inbox` is now `value`.
+    fn set(&mut self, inbox: u32, key: &str, value: &str, ordinal: u32) {
+        let v = self.strings.acquire(value);
+        let k = self.strings.acquire(key);
+        let at = ordinal as usize;
+        if self.users.len() <= at {
+            self.users.resize_with(at + 1, Slot::default);
+        }
+        let slot = &mut self.users[at];
+        let old = match slot.find(inbox, k) {
+            Ok(i) => {
+                let old = std::mem::replace(&mut slot.tags[i].value, v);
+                // The slot held the key already: one reference is enough.
+                self.strings.release(k);
+                Some(old)
+            }
+            Err(i) => {
+                slot.tags.insert(
+                    i,
+                    TagRef {
+                        inbox,
+                        key: k,
+                        value: v,
+                    },
+                );
+                None
+            }
+        };
         let keys = &mut self.inboxes.entry(inbox).or_default().keys;
-        // Looked up before inserting: no key allocation for keys the index knows.
-        if !keys.contains_key(key) {
-            keys.insert(key.to_owned(), KeyIndex::default());
-        }
-        let k = keys.get_mut(key).expect("inserted above");
+        let ki = keys.entry(k).or_default();
         if let Some(old) = old {
-            remove_value(k, old, ordinal);
+            remove_value(ki, old, ordinal);
+            self.strings.release(old);
         }
-        add(&mut k.any, ordinal);
-        match k.values.get_mut(value) {
-            Some(b) => add(b, ordinal),
-            None => {
-                k.values
-                    .insert(value.to_owned(), RoaringBitmap::from_iter([ordinal]));
+        add(&mut ki.any, ordinal);
+        add(ki.values.entry(v).or_default(), ordinal);
+    }
+
+    /// Removes the tag (inbox, key id) at position `i` of the slot of `ordinal`.
+    fn unindex(&mut self, t: TagRef, ordinal: u32) {
+        if let Some(inbox) = self.inboxes.get_mut(&t.inbox)
+            && let Some(k) = inbox.keys.get_mut(&t.key)
+        {
+            remove_value(k, t.value, ordinal);
+            k.any.remove(ordinal);
+            if k.any.is_empty() {
+                inbox.keys.remove(&t.key);
             }
         }
+        self.strings.release(t.key);
+        self.strings.release(t.value);
     }
 
-    fn delete(&mut self, inbox: u32, key: &str, old: &str, ordinal: u32) {
-        let Some(i) = self.inboxes.get_mut(&inbox) else {
+    fn delete(&mut self, inbox: u32, key: &str, ordinal: u32) {
+        let Some(k) = self.strings.find(key) else {
             return;
         };
-        let Some(k) = i.keys.get_mut(key) else {
+        let Some(slot) = self.users.get_mut(ordinal as usize) else {
             return;
         };
-        remove_value(k, old, ordinal);
-        k.any.remove(ordinal);
-        if k.any.is_empty() {
-            i.keys.remove(key);
-        }
+        let Ok(i) = slot.find(inbox, k) else {
+            return;
+        };
+        let t = slot.tags.remove(i);
+        self.unindex(t, ordinal);
     }
 
-    fn apply(&mut self, change: &Change) {
+    fn register(&mut self, user: i64, ordinal: u32, time_ms: i64) {
+        add(&mut self.registered, ordinal);
+        *self.slot_mut(ordinal) = Slot {
+            id: user,
+            created_ms: time_ms,
+            modified_ms: time_ms,
+            ..Slot::default()
+        };
+        self.by_id.insert(user, ordinal);
+        self.next_ordinal = self.next_ordinal.max(ordinal.saturating_add(1));
+    }
+
+    fn apply(&mut self, change: &Change, time_ms: i64) {
         match change {
-            Change::Registered { user, ordinal, .. } => {
-                add(&mut self.registered, *ordinal);
-                let at = *ordinal as usize;
-                if self.users.len() <= at {
-                    self.users.resize(at + 1, 0);
+            Change::Registered { user, ordinal, .. } => self.register(*user, *ordinal, time_ms),
+            Change::Profile {
+                user,
+                nick_name,
+                portrait,
+                ext,
+                is_robot,
+                ..
+            } => {
+                let Some(&ordinal) = self.by_id.get(user) else {
+                    return;
+                };
+                let slot = &mut self.users[ordinal as usize];
+                slot.modified_ms = time_ms;
+                if nick_name.is_none() && portrait.is_none() && ext.is_none() && is_robot.is_none()
+                {
+                    return;
                 }
-                self.users[at] = *user;
+                let p = slot.profile.get_or_insert_default();
+                if let Some(n) = nick_name {
+                    p.nick_name.clone_from(n);
+                }
+                if let Some(x) = portrait {
+                    p.portrait.clone_from(x);
+                }
+                if let Some(e) = ext {
+                    p.ext.clone_from(e);
+                }
+                if let Some(r) = is_robot {
+                    p.is_robot = *r;
+                }
+                if **p == Profile::default() {
+                    slot.profile = None;
+                }
             }
-            Change::Profile { .. } => {}
             Change::SetTag {
                 ordinal,
                 inbox,
                 key,
-                old,
                 value,
                 ..
-            } => self.set(*inbox, key, old.as_deref(), value, *ordinal),
+            } => self.set(*inbox, key, value, *ordinal),
             Change::DeleteTag {
                 ordinal,
                 inbox,
                 key,
-                old,
                 ..
-            } => self.delete(*inbox, key, old, *ordinal),
-            Change::Unregistered { ordinal, tags, .. } => {
-                for (inbox, key, value) in tags {
-                    self.delete(*inbox, key, value, *ordinal);
+            } => self.delete(*inbox, key, *ordinal),
+            Change::Unregistered { user, ordinal, .. } => {
+                if let Some(slot) = self.users.get_mut(*ordinal as usize) {
+                    let slot = std::mem::take(slot);
+                    for t in slot.tags {
+                        self.unindex(t, *ordinal);
+                    }
                 }
                 self.registered.remove(*ordinal);
-                if let Some(slot) = self.users.get_mut(*ordinal as usize) {
-                    *slot = 0;
-                }
+                self.by_id.remove(user);
             }
+        }
+    }
+
+    /// The user as BatchGetUser answers it, with its tags of `inbox` sorted by key.
+    fn stored_user(&self, ordinal: u32, inbox: u32) -> Option<StoredUser> {
+        let slot = self.users.get(ordinal as usize).filter(|s| s.id != 0)?;
+        let mut tags: Vec<(String, String)> = slot
+            .tags
+            .iter()
+            .filter(|t| t.inbox == inbox)
+            .map(|t| {
+                (
+                    self.strings.get(t.key).to_owned(),
+                    self.strings.get(t.value).to_owned(),
+                )
+            })
+            .collect();
+        tags.sort_unstable();
+        let p = slot.profile.as_deref();
+        Some(StoredUser {
+            user_id: slot.id,
+            nick_name: p.map(|p| p.nick_name.clone()).unwrap_or_default(),
+            portrait: p.map(|p| p.portrait.clone()).unwrap_or_default(),
+            ext: p.map(|p| p.ext.clone()).unwrap_or_default(),
+            is_robot: p.is_some_and(|p| p.is_robot),
+            create_time_ms: slot.created_ms,
+            modify_time_ms: slot.modified_ms,
+            tags,
+        })
+    }
+
+    /// The user's state as the planner needs it (unregistered: the default).
+    fn user_state(&self, user: i64) -> UserState {
+        let Some(&ordinal) = self.by_id.get(&user) else {
+            return UserState::default();
+        };
+        let slot = &self.users[ordinal as usize];
+        UserState {
+            ordinal: Some(ordinal),
+            tags: slot
+                .tags
+                .iter()
+                .map(|t| {
+                    (
+                        (t.inbox, self.strings.get(t.key).to_owned()),
+                        self.strings.get(t.value).to_owned(),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -146,6 +320,47 @@ impl AppIndex {
             .map(|k| 1 + k.values.len())
             .sum::<usize>()
     }
+
+    /// Bytes held by the users' part of the state (bitmaps not counted): slots, tags,
+    /// profiles, the id map and the strings. An estimate from capacities.
+    fn state_bytes(&self) -> usize {
+        let slots = self.users.capacity() * std::mem::size_of::<Slot>();
+        let tags: usize = self
+            .users
+            .iter()
+            .map(|s| {
+                s.tags.capacity() * std::mem::size_of::<TagRef>()
+                    + s.profile.as_ref().map_or(0, |p| {
+                        std::mem::size_of::<Profile>()
+                            + p.nick_name.capacity()
+                            + p.portrait.capacity()
+                            + p.ext
+                                .iter()
+                                .map(|(k, v)| 48 + k.len() + v.len())
+                                .sum::<usize>()
+                    })
+            })
+            .sum();
+        let by_id = self.by_id.capacity() * (std::mem::size_of::<(i64, u32)>() + 1);
+        slots + tags + by_id + self.strings.heap_bytes()
+    }
+
+    fn bitmap_bytes(&self) -> usize {
+        self.registered.serialized_size()
+            + self
+                .inboxes
+                .values()
+                .flat_map(|i| i.keys.values())
+                .map(|k| {
+                    k.any.serialized_size()
+                        + k.values
+                            .values()
+                            .map(|b| b.serialized_size() + 40)
+                            .sum::<usize>()
+                        + 40
+                })
+                .sum::<usize>()
+    }
 }
 
 /// Adds `ordinal`: appended when it is the largest (as when an index is built in ordinal
@@ -156,11 +371,11 @@ fn add(b: &mut RoaringBitmap, ordinal: u32) {
     }
 }
 
-fn remove_value(k: &mut KeyIndex, value: &str, ordinal: u32) {
-    if let Some(b) = k.values.get_mut(value) {
+fn remove_value(k: &mut KeyIndex, value: u32, ordinal: u32) {
+    if let Some(b) = k.values.get_mut(&value) {
         b.remove(ordinal);
         if b.is_empty() {
-            k.values.remove(value);
+            k.values.remove(&value);
         }
     }
 }
@@ -211,8 +426,9 @@ impl AudienceIndex {
             .clone()
     }
 
-    /// Applies committed changes in order, each app's under one write lock.
-    pub fn apply(&self, changes: &[Change]) {
+    /// Applies committed changes in order, each app's under one write lock; `time_ms` is
+    /// the time their transaction wrote (CreateTime and ModifyTime).
+    pub fn apply(&self, changes: &[Change], time_ms: i64) {
         let mut i = 0;
         while i < changes.len() {
             let app = changes[i].app();
@@ -223,7 +439,7 @@ impl AudienceIndex {
             let index = self.app_or_insert(app);
             let mut index = index.write().expect("index lock");
             for c in &changes[i..end] {
-                index.apply(c);
+                index.apply(c, time_ms);
             }
             i = end;
         }
@@ -231,11 +447,11 @@ impl AudienceIndex {
 
     /// Applies the changes of log position `pos` if it is the next one; returns whether it
     /// was applied (`false`: already applied, or a gap the caller must fill first).
-    pub fn apply_at(&self, pos: u64, changes: &[Change]) -> bool {
+    pub fn apply_at(&self, pos: u64, changes: &[Change], time_ms: i64) -> bool {
         if pos != self.applied() + 1 {
             return false;
         }
-        self.apply(changes);
+        self.apply(changes, time_ms);
         self.applied.send_replace(pos);
         true
     }
@@ -289,8 +505,70 @@ impl AudienceIndex {
         let a = a.read().expect("index lock");
         ordinals
             .iter()
-            .filter_map(|&o| a.users.get(o as usize).copied().filter(|&u| u != 0))
+            .filter_map(|&o| a.users.get(o as usize).map(|s| s.id).filter(|&u| u != 0))
             .collect()
+    }
+
+    /// The users `user_ids` names, in that order (`None` for one not registered), with
+    /// their tags of `inbox`.
+    pub fn get_users(&self, app: u32, inbox: u32, user_ids: &[i64]) -> Vec<Option<StoredUser>> {
+        let Some(a) = self.app(app) else {
+            return vec![None; user_ids.len()];
+        };
+        let a = a.read().expect("index lock");
+        user_ids
+            .iter()
+            .map(|id| a.stored_user(*a.by_id.get(id)?, inbox))
+            .collect()
+    }
+
+    /// The user's ordinal, if registered.
+    pub fn ordinal(&self, app: u32, user: i64) -> Option<u32> {
+        let a = self.app(app)?;
+        let a = a.read().expect("index lock");
+        a.by_id.get(&user).copied()
+    }
+
+    /// What the planner reads for `users` (sorted by app): each one's state, and the next
+    /// ordinal of every app among `apps`.
+    pub fn planner_state(
+        &self,
+        users: &[(u32, i64)],
+        apps: impl Fn(&HashMap<(u32, i64), UserState>) -> Vec<u32>,
+    ) -> (HashMap<(u32, i64), UserState>, HashMap<u32, u32>) {
+        let mut states = HashMap::with_capacity(users.len());
+        for group in users.chunk_by(|a, b| a.0 == b.0) {
+            let app = group[0].0;
+            let Some(a) = self.app(app) else {
+                continue;
+            };
+            let a = a.read().expect("index lock");
+            for &(_, user) in group {
+                let s = a.user_state(user);
+                if s.ordinal.is_some() {
+                    states.insert((app, user), s);
+                }
+            }
+        }
+        let next = apps(&states)
+            .into_iter()
+            .map(|app| {
+                let n = self
+                    .app(app)
+                    .map_or(0, |a| a.read().expect("index lock").next_ordinal);
+                (app, n)
+            })
+            .collect();
+        (states, next)
+    }
+
+    /// Raises the apps' next ordinals to what a committed plan stored.
+    pub fn set_next_ordinals(&self, next: &HashMap<u32, u32>) {
+        for (&app, &n) in next {
+            let a = self.app_or_insert(app);
+            let mut a = a.write().expect("index lock");
+            a.next_ordinal = a.next_ordinal.max(n);
+        }
     }
 
     pub fn count(&self, app: u32, inbox: u32, f: &Filter) -> u64 {
@@ -316,7 +594,7 @@ impl AudienceIndex {
         let mut user_ids = Vec::with_capacity(limit.min(selected.len() as usize));
         let mut last = None;
         for o in selected.iter().take(limit) {
-            user_ids.push(a.users.get(o as usize).copied().unwrap_or(0));
+            user_ids.push(a.users.get(o as usize).map_or(0, |s| s.id));
             last = Some(o);
         }
         let more = selected.len() > limit as u64;
@@ -350,27 +628,56 @@ impl AudienceIndex {
             .sum();
         (apps.len(), bitmaps)
     }
+
+    /// Bytes held, estimated: (users' state, bitmaps).
+    pub fn bytes(&self) -> (usize, usize) {
+        let apps = self.apps.read().expect("index lock");
+        apps.values().fold((0, 0), |(s, b), a| {
+            let a = a.read().expect("index lock");
+            (s + a.state_bytes(), b + a.bitmap_bytes())
+        })
+    }
 }
 
-/// Builds an index from stored rows (at start, or when a node must rebuild).
+/// Builds the state from stored rows (at start, or when a node must rebuild): users
+/// first (any order), then their tags (any order), then the apps' next ordinals.
 #[derive(Default)]
 pub struct Builder {
     apps: HashMap<u32, AppIndex>,
 }
 
 impl Builder {
-    pub fn user(&mut self, app: u32, user: i64, ordinal: u32) {
-        self.apps
-            .entry(app)
-            .or_default()
-            .apply(&Change::Registered { app, user, ordinal });
+    /// A registered user with its times and profile (`None`: all defaults).
+    pub fn user(
+        &mut self,
+        app: u32,
+        user: i64,
+        ordinal: u32,
+        times_ms: (i64, i64),
+        profile: Option<Profile>,
+    ) {
+        let a = self.apps.entry(app).or_default();
+        a.register(user, ordinal, times_ms.0);
+        let slot = &mut a.users[ordinal as usize];
+        slot.modified_ms = times_ms.1;
+        slot.profile = profile.filter(|p| *p != Profile::default()).map(Box::new);
     }
 
+    /// A tag of a user given before (a tag of an ordinal no user holds is skipped).
     pub fn tag(&mut self, app: u32, inbox: u32, key: &str, value: &str, ordinal: u32) {
-        self.apps
-            .entry(app)
-            .or_default()
-            .set(inbox, key, None, value, ordinal);
+        let Some(a) = self.apps.get_mut(&app) else {
+            return;
+        };
+        if a.users.get(ordinal as usize).is_none_or(|s| s.id == 0) {
+            return;
+        }
+        a.set(inbox, key, value, ordinal);
+    }
+
+    /// The app's next ordinal as stored (never below what its users hold).
+    pub fn next_ordinal(&mut self, app: u32, next: u32) {
+        let a = self.apps.entry(app).or_default();
+        a.next_ordinal = a.next_ordinal.max(next);
     }
 
     pub fn finish(self) -> HashMap<u32, AppIndex> {
@@ -385,7 +692,105 @@ impl Builder {
                 }
             }
             a.registered.optimize();
+            for s in &mut a.users {
+                s.tags.shrink_to_fit();
+            }
         }
         apps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(user: i64, ordinal: u32, key: &str, value: &str) -> Change {
+        Change::SetTag {
+            app: 1,
+            user,
+            ordinal,
+            inbox: 0,
+            key: key.into(),
+            old: None,
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn strings_are_freed_with_the_last_tag_using_them_and_reads_follow_every_change() {
+        let index = AudienceIndex::new();
+        index.apply(
+            &[
+                Change::Registered {
+                    app: 1,
+                    user: 10,
+                    ordinal: 0,
+                },
+                Change::Registered {
+                    app: 1,
+                    user: 20,
+                    ordinal: 1,
+                },
+                set(10, 0, "level", "gold"),
+                set(20, 1, "level", "gold"),
+                set(10, 0, "level", "silver"),
+                set(10, 0, "city", "sh"),
+            ],
+            5,
+        );
+        let u = index.get_users(1, 0, &[10, 20, 30]);
+        assert_eq!(
+            u[0].as_ref().unwrap().tags,
+            vec![
+                ("city".into(), "sh".into()),
+                ("level".into(), "silver".into())
+            ]
+        );
+        assert_eq!(u[0].as_ref().unwrap().create_time_ms, 5);
+        assert!(u[2].is_none());
+        let f = |k: &str, v: &str| Filter::Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        assert_eq!(index.count(1, 0, &f("level", "gold")), 1);
+        assert_eq!(index.count(1, 0, &f("level", "silver")), 1);
+        index.apply(
+            &[
+                Change::DeleteTag {
+                    app: 1,
+                    user: 10,
+                    ordinal: 0,
+                    inbox: 0,
+                    key: "city".into(),
+                    old: "sh".into(),
+                },
+                Change::Unregistered {
+                    app: 1,
+                    user: 20,
+                    ordinal: 1,
+                    tags: vec![],
+                },
+                Change::Profile {
+                    app: 1,
+                    user: 10,
+                    nick_name: Some("ann".into()),
+                    portrait: None,
+                    ext: None,
+                    is_robot: None,
+                },
+            ],
+            9,
+        );
+        let u = index.get_users(1, 0, &[10, 20]);
+        let ann = u[0].as_ref().unwrap();
+        assert_eq!((ann.nick_name.as_str(), ann.modify_time_ms), ("ann", 9));
+        assert!(u[1].is_none());
+        assert_eq!(index.count(1, 0, &f("level", "gold")), 0);
+        let a = index.app(1).unwrap();
+        let a = a.read().unwrap();
+        // Left: "level" and "silver" of user 10.
+        assert_eq!(a.strings.len(), 2);
+        assert_eq!(a.strings.find("gold"), None);
+        assert_eq!(a.strings.find("sh"), None);
     }
 }

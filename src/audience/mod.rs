@@ -6,5 +6,6 @@
 pub mod filter;
 pub mod index;
 pub mod snapshot;
+pub mod strings;
 
 pub use index::{AudienceIndex, Page};

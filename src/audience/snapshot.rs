@@ -1,10 +1,12 @@
 //! The index written to a file at a clean stop and read back at the next start, so a start
 //! does not rebuild it from every row of the store.
 //!
-//! The format (little endian): the magic `TCIDX001`, a 16-byte token, the number of apps,
-//! then per app its id, the registered bitmap, the ordinal -> user id table, and per inbox
-//! and key the key's bitmap and each value's bitmap, bitmaps in the portable Roaring
-//! format. The store decides whether a file may be trusted: it records the same token
+//! The format (little endian): the magic `TCIDX002`, a 16-byte token, then per app its id,
+//! its next ordinal, its strings (tag keys and values, in id order, "" for a free id), the
+//! registered bitmap, every ordinal's user (id; for a registered one its times, profile and
+//! tags as interned ids), and per inbox and key id the key's bitmap and each value id's
+//! bitmap, bitmaps in the portable Roaring format; an app id 0 ends the file. The strings'
+//! reference counts and the id -> ordinal map are rebuilt from the users. The store decides whether a file may be trusted: it records the same token
 //! beside its data when the file is written and removes it before its next write, so a
 //! file whose token the store no longer holds describes an older state and is ignored.
 
@@ -14,9 +16,10 @@ use std::path::Path;
 
 use roaring::RoaringBitmap;
 
-use super::index::{AppIndex, AudienceIndex};
+use super::index::{AppIndex, AudienceIndex, Profile, Slot, TagRef};
+use super::strings::Strings;
 
-const MAGIC: &[u8; 8] = b"TCIDX001";
+const MAGIC: &[u8; 8] = b"TCIDX002";
 /// Longest key or value read back (tag limits are far lower; a damaged file fails here).
 const MAX_STRING: u32 = 1 << 20;
 
@@ -77,7 +80,12 @@ pub fn read(path: &Path, token: &[u8; 16]) -> std::io::Result<Option<HashMap<u32
     r.read_exact(&mut magic)?;
     let mut found = [0; 16];
     r.read_exact(&mut found)?;
-    if &magic != MAGIC || &found != token {
+    if &magic != MAGIC {
+        return Err(std::io::Error::other(
+            "not a snapshot of this version's format",
+        ));
+    }
+    if &found != token {
         return Ok(None);
     }
     let mut apps = HashMap::new();
@@ -90,23 +98,67 @@ pub fn read(path: &Path, token: &[u8; 16]) -> std::io::Result<Option<HashMap<u32
     }
 }
 
+fn put_i64(w: &mut impl Write, v: i64) -> std::io::Result<()> {
+    w.write_all(&v.to_le_bytes())
+}
+
+fn get_i64(r: &mut impl Read) -> std::io::Result<i64> {
+    let mut b = [0; 8];
+    r.read_exact(&mut b)?;
+    Ok(i64::from_le_bytes(b))
+}
+
+fn damaged(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("a damaged snapshot: {what}"))
+}
+
 impl AppIndex {
     fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        put_u32(w, self.next_ordinal)?;
+        let strings: Vec<&str> = self.strings.all().collect();
+        put_u32(w, strings.len() as u32)?;
+        for s in strings {
+            put_str(w, s)?;
+        }
         self.registered.serialize_into(&mut *w)?;
         put_u32(w, self.users.len() as u32)?;
-        for u in &self.users {
-            w.write_all(&u.to_le_bytes())?;
+        for s in &self.users {
+            put_i64(w, s.id)?;
+            if s.id == 0 {
+                continue;
+            }
+            put_i64(w, s.created_ms)?;
+            put_i64(w, s.modified_ms)?;
+            match &s.profile {
+                None => w.write_all(&[0])?,
+                Some(p) => {
+                    w.write_all(&[1 | (u8::from(p.is_robot) << 1)])?;
+                    put_str(w, &p.nick_name)?;
+                    put_str(w, &p.portrait)?;
+                    put_u32(w, p.ext.len() as u32)?;
+                    for (k, v) in &p.ext {
+                        put_str(w, k)?;
+                        put_str(w, v)?;
+                    }
+                }
+            }
+            put_u32(w, s.tags.len() as u32)?;
+            for t in &s.tags {
+                put_u32(w, t.inbox)?;
+                put_u32(w, t.key)?;
+                put_u32(w, t.value)?;
+            }
         }
         put_u32(w, self.inboxes.len() as u32)?;
         for (inbox, i) in &self.inboxes {
             put_u32(w, *inbox)?;
             put_u32(w, i.keys.len() as u32)?;
             for (key, k) in &i.keys {
-                put_str(w, key)?;
+                put_u32(w, *key)?;
                 k.any.serialize_into(&mut *w)?;
                 put_u32(w, k.values.len() as u32)?;
                 for (value, b) in &k.values {
-                    put_str(w, value)?;
+                    put_u32(w, *value)?;
                     b.serialize_into(&mut *w)?;
                 }
             }
@@ -115,26 +167,90 @@ impl AppIndex {
     }
 
     fn read_from(r: &mut impl Read) -> std::io::Result<AppIndex> {
+        let next_ordinal = get_u32(r)?;
+        let n = get_u32(r)?;
+        let mut texts = Vec::with_capacity(n.min(1 << 20) as usize);
+        for _ in 0..n {
+            texts.push(get_str(r)?.into_boxed_str());
+        }
+        let mut strings = Strings::from_texts(texts);
+        let registered = RoaringBitmap::deserialize_from(&mut *r)?;
+        let n = get_u32(r)?;
+        let mut users = Vec::with_capacity(n.min(1 << 24) as usize);
+        let mut by_id = rustc_hash::FxHashMap::default();
+        by_id.reserve(registered.len() as usize);
+        for ordinal in 0..n {
+            let id = get_i64(r)?;
+            if id == 0 {
+                users.push(Slot::default());
+                continue;
+            }
+            let (created_ms, modified_ms) = (get_i64(r)?, get_i64(r)?);
+            let mut flags = [0u8];
+            r.read_exact(&mut flags)?;
+            let profile = if flags[0] & 1 == 1 {
+                let nick_name = get_str(r)?;
+                let portrait = get_str(r)?;
+                let mut ext = std::collections::BTreeMap::new();
+                for _ in 0..get_u32(r)? {
+                    ext.insert(get_str(r)?, get_str(r)?);
+                }
+                Some(Box::new(Profile {
+                    nick_name,
+                    portrait,
+                    ext,
+                    is_robot: flags[0] & 2 == 2,
+                }))
+            } else {
+                None
+            };
+            let nt = get_u32(r)?;
+            let mut tags = Vec::with_capacity(nt.min(1 << 16) as usize);
+            for _ in 0..nt {
+                let t = TagRef {
+                    inbox: get_u32(r)?,
+                    key: get_u32(r)?,
+                    value: get_u32(r)?,
+                };
+                if t.key as usize >= strings.ids() || t.value as usize >= strings.ids() {
+                    return Err(damaged("a tag names a string that is not there"));
+                }
+                strings.retain(t.key);
+                strings.retain(t.value);
+                tags.push(t);
+            }
+            if !registered.contains(ordinal) || by_id.insert(id, ordinal).is_some() {
+                return Err(damaged("the users disagree with the registered bitmap"));
+            }
+            users.push(Slot {
+                id,
+                created_ms,
+                modified_ms,
+                profile,
+                tags,
+            });
+        }
+        if by_id.len() as u64 != registered.len() {
+            return Err(damaged("the users disagree with the registered bitmap"));
+        }
+        strings.seal().map_err(|e| damaged(&e))?;
         let mut a = AppIndex {
-            registered: RoaringBitmap::deserialize_from(&mut *r)?,
+            registered,
+            users,
+            by_id,
+            next_ordinal,
+            strings,
             ..AppIndex::default()
         };
-        let n = get_u32(r)? as usize;
-        let mut raw = vec![0u8; n * 8];
-        r.read_exact(&mut raw)?;
-        a.users = raw
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
         for _ in 0..get_u32(r)? {
             let inbox = get_u32(r)?;
             let i = a.inboxes.entry(inbox).or_default();
             for _ in 0..get_u32(r)? {
-                let key = get_str(r)?;
+                let key = get_u32(r)?;
                 let k = i.keys.entry(key).or_default();
                 k.any = RoaringBitmap::deserialize_from(&mut *r)?;
                 for _ in 0..get_u32(r)? {
-                    let value = get_str(r)?;
+                    let value = get_u32(r)?;
                     k.values
                         .insert(value, RoaringBitmap::deserialize_from(&mut *r)?);
                 }

@@ -85,7 +85,7 @@ pub fn generate(dir: &Path, users: u64, app_id: u32) -> Result<DataSet, String> 
     for i in 0..users {
         let user = i as i64 + 1;
         let ordinal = i as u32;
-        builder.user(app_id, user, ordinal);
+        builder.user(app_id, user, ordinal, (0, 0), None);
         tags.clear();
         for ((key, _, prefix), z) in KEYS.iter().zip(&zipfs) {
             let value = format!("{prefix}{}", z.sample(&mut rng));

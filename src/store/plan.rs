@@ -37,6 +37,8 @@ pub struct Plan {
     pub outcomes: Vec<Vec<Outcome>>,
     pub changes: Vec<Change>,
     pub next_ordinal: HashMap<u32, u32>,
+    /// The batch's time: CreateTime and ModifyTime of what it writes, and its log entry's.
+    pub time_ms: i64,
 }
 
 /// The requests of one batch, as the planner sees them.
@@ -104,9 +106,11 @@ pub(crate) fn plan(
     jobs: &[WriteJob],
     mut snapshot: Snapshot,
     cap: usize,
+    time_ms: i64,
 ) -> Result<Plan, StoreError> {
     let mut plan = Plan {
         outcomes: Vec::with_capacity(jobs.len()),
+        time_ms,
         ..Default::default()
     };
     for job in jobs {
@@ -408,7 +412,7 @@ mod tests {
                 ],
             },
         )];
-        let plan = plan(&jobs, snap, 3).unwrap();
+        let plan = plan(&jobs, snap, 3, 0).unwrap();
         assert_eq!(
             plan.outcomes[0],
             vec![
@@ -443,7 +447,7 @@ mod tests {
                 }]),
             ),
         ];
-        let p = plan(&jobs, snap, 100).unwrap();
+        let p = plan(&jobs, snap, 100, 0).unwrap();
         assert_eq!(
             p.outcomes,
             vec![
@@ -473,7 +477,7 @@ mod tests {
                 ..Default::default()
             }]),
         )];
-        let p = plan(&jobs, snap, 1).unwrap();
+        let p = plan(&jobs, snap, 1, 0).unwrap();
         assert_eq!(
             p.outcomes[0],
             vec![Outcome::TagLimitExceeded {
@@ -509,7 +513,7 @@ mod tests {
                 update(7, None),
             ]),
         )];
-        let p = plan(&jobs, snap, 100).unwrap();
+        let p = plan(&jobs, snap, 100, 0).unwrap();
         assert_eq!(p.outcomes, vec![vec![Outcome::Applied, Outcome::Applied]]);
         let profile = |nick_name: Option<&str>| Change::Profile {
             app: 1,
@@ -565,7 +569,7 @@ mod tests {
                 update(7, Some(&[("k", "1"), ("l", ""), ("k", "2")])),
             ]),
         )];
-        let p = plan(&jobs, snap, 2).unwrap();
+        let p = plan(&jobs, snap, 2, 0).unwrap();
         assert_eq!(
             p.outcomes[0],
             vec![
@@ -613,7 +617,7 @@ mod tests {
             job(1, WriteOp::UpdateUsers(vec![update(9, Some(&[]))])),
         ];
         assert_eq!(Batch { jobs: &jobs }.users(), vec![(1, 7), (1, 9)]);
-        let p = plan(&jobs, snap, 100).unwrap();
+        let p = plan(&jobs, snap, 100, 0).unwrap();
         assert_eq!(
             p.outcomes,
             vec![

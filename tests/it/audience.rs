@@ -17,10 +17,12 @@ const USERS: i64 = 40;
 const INBOXES: u32 = 3;
 const CAP: usize = 3;
 
-/// What the store should hold: registered users and their tags per inbox.
+/// What the store should hold: registered users and their tags per inbox, and their
+/// nick names.
 #[derive(Default)]
 struct Model {
     users: BTreeMap<i64, HashMap<u32, BTreeMap<String, String>>>,
+    nicks: BTreeMap<i64, String>,
 }
 
 impl Model {
@@ -146,12 +148,15 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
     match rng.random_range(0..10) {
         0..=2 => {
             let tags = random_tags(rng);
-            let a = call(
-                client,
-                "RegisterUsers",
-                json!({"AppId": APP, "Users": [{"UserId": user, "Tags": tags.iter().map(tag_string).collect::<Vec<_>>()}]}),
-            )
-            .await;
+            let nick = rng
+                .random_bool(0.5)
+                .then(|| pick(rng, &["", "ann", "bo"]).to_owned());
+            let mut u =
+                json!({"UserId": user, "Tags": tags.iter().map(tag_string).collect::<Vec<_>>()});
+            if let Some(n) = &nick {
+                u["NickName"] = json!(n);
+            }
+            let a = call(client, "RegisterUsers", json!({"AppId": APP, "Users": [u]})).await;
             let fresh = !model.users.contains_key(&user);
             if fresh {
                 model.users.insert(user, HashMap::new());
@@ -159,6 +164,10 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
             let applied = model.upsert(user, 0, &tags);
             if !applied && fresh {
                 model.users.remove(&user);
+            }
+            if applied {
+                let kept = model.nicks.remove(&user).unwrap_or_default();
+                model.nicks.insert(user, nick.unwrap_or(kept));
             }
             assert_eq!(failed_infos(&a).is_empty(), applied);
         }
@@ -173,6 +182,7 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
                 failed_infos(&a).is_empty(),
                 model.users.remove(&user).is_some()
             );
+            model.nicks.remove(&user);
         }
         4..=6 => {
             let inbox = rng.random_range(0..INBOXES);
@@ -205,13 +215,25 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
                 }
                 _ => random_tags(rng),
             };
+            let nick = rng
+                .random_bool(0.5)
+                .then(|| pick(rng, &["", "cy", "dee"]).to_owned());
+            let mut u =
+                json!({"UserId": user, "Tags": tags.iter().map(tag_string).collect::<Vec<_>>()});
+            if let Some(n) = &nick {
+                u["NickName"] = json!(n);
+            }
             let a = call(
                 client,
                 "BatchUpdateUser",
-                json!({"AppId": APP, "Users": [{"UserId": user, "Tags": tags.iter().map(tag_string).collect::<Vec<_>>()}]}),
+                json!({"AppId": APP, "Users": [u]}),
             )
             .await;
-            assert_eq!(failed_infos(&a).is_empty(), model.replace(user, &tags));
+            let applied = model.replace(user, &tags);
+            if applied && let Some(n) = nick {
+                model.nicks.insert(user, n);
+            }
+            assert_eq!(failed_infos(&a).is_empty(), applied);
         }
         _ => {
             let others: Vec<i64> = vec![user, rng.random_range(1..=USERS)];
@@ -268,7 +290,65 @@ async fn list_all(client: &Client, mut body: Value) -> Vec<i64> {
     out
 }
 
+/// BatchGetUser of every user id, in every inbox, answers what the model holds: who is
+/// registered, their tags and their nick names.
+async fn check_users(client: &Client, model: &Model) {
+    let ids: Vec<i64> = (1..=USERS).collect();
+    for inbox in 0..INBOXES {
+        let a = call(
+            client,
+            "BatchGetUser",
+            json!({"AppId": APP, "InboxType": inbox, "UserIds": ids}),
+        )
+        .await;
+        let r = ok(&a);
+        let mut found = BTreeMap::new();
+        for u in r["Users"].as_array().unwrap() {
+            let tags: Vec<String> = u["Tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect();
+            assert!(
+                u["ModifyTime"].as_i64().unwrap() >= u["CreateTime"].as_i64().unwrap(),
+                "{u}"
+            );
+            found.insert(
+                u["UserId"].as_i64().unwrap(),
+                (u["NickName"].as_str().unwrap().to_owned(), tags),
+            );
+        }
+        let expected: BTreeMap<i64, (String, Vec<String>)> = model
+            .users
+            .iter()
+            .map(|(id, inboxes)| {
+                let tags = inboxes
+                    .get(&inbox)
+                    .map(|t| t.iter().map(|(k, v)| format!("{k}:{v}")).collect())
+                    .unwrap_or_default();
+                let nick = model.nicks.get(id).cloned().unwrap_or_default();
+                (*id, (nick, tags))
+            })
+            .collect();
+        assert_eq!(found, expected, "BatchGetUser in inbox {inbox}");
+        let missing: BTreeSet<i64> = r["NotFoundUsers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let unregistered: BTreeSet<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !model.users.contains_key(id))
+            .collect();
+        assert_eq!(missing, unregistered, "NotFoundUsers in inbox {inbox}");
+    }
+}
+
 async fn check_filters(rng: &mut StdRng, client: &Client, model: &Model, rounds: usize) {
+    check_users(client, model).await;
     for _ in 0..rounds {
         let inbox = rng.random_range(0..INBOXES);
         let f = random_filter(rng, 1);
@@ -336,10 +416,20 @@ async fn audiences_equal_a_brute_force_model_of_random_writes_and_survive_a_rest
             }
         }
         server.stop().await;
+        let snapshot = dir.join(tagcast::store::embedded::SNAPSHOT_FILE);
         if !crate::infra::postgres_backend() {
-            // A clean stop saved the index; the restart reads it instead of every row.
-            assert!(dir.join(tagcast::store::embedded::SNAPSHOT_FILE).exists());
+            // A clean stop saved the state; the restart reads it instead of every row.
+            assert!(snapshot.exists());
         }
+        let server = TestServer::start_in(&dir, tweak).await;
+        check_filters(&mut rng, &server.client(), &model, 20).await;
+        // More writes on the loaded state, then a start from the rows alone.
+        for _ in 0..50 {
+            random_write(&mut rng, &server.client(), &mut model).await;
+        }
+        check_filters(&mut rng, &server.client(), &model, 6).await;
+        server.stop().await;
+        let _ = std::fs::remove_file(&snapshot);
         let server = TestServer::start_in(&dir, tweak).await;
         check_filters(&mut rng, &server.client(), &model, 20).await;
         server.stop().await;

@@ -554,11 +554,14 @@ async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(dir.path(), |_| {}).await;
     register(&s.client(), APP, &[1, 2]).await;
-    // Damage one row behind the server's back.
+    // Damage one row behind the server's back; the next start builds its state from it.
     run_sql(
         &s.config,
         "UPDATE users SET ext = 'not json' WHERE user_id = 1",
     );
+    s.stop().await;
+    let _ = std::fs::remove_file(dir.path().join(tagcast::store::embedded::SNAPSHOT_FILE));
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
     let a = get_users(&s.client(), &[1]).await;
     let v = assert_error(&a, 500, "InternalError");
     assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 100014);
@@ -567,8 +570,21 @@ async fn corrupted_stored_data_is_500_internal_error_without_the_cause() {
         !msg.contains("not json") && !msg.contains("column"),
         "{msg}"
     );
-    // Other users and other requests are unaffected.
-    ok(&get_users(&s.client(), &[2]).await);
+    // The node's state cannot be built until the row is repaired: every read says so (a
+    // state missing that user would answer wrongly). Embedded writes plan over that state
+    // and are refused too; PostgreSQL writes read the rows under their locks and go on.
+    assert_error(&get_users(&s.client(), &[2]).await, 500, "InternalError");
+    let w = call(
+        &s.client(),
+        "BatchUpdateUserTags",
+        json!({"AppId": APP, "UserIds": [2], "Tags": ["a:b"]}),
+    )
+    .await;
+    if crate::infra::postgres_backend() {
+        assert!(failed_infos(&w).is_empty(), "{}", w.json());
+    } else {
+        assert_error(&w, 500, "InternalError");
+    }
 }
 
 /// Writes are committed in shared batches; a request that fails inside the database (here

@@ -8,13 +8,21 @@ async fn the_cause_of_a_500_is_logged_with_the_request_id_the_client_got() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(&dir.path().join("data"));
     let server = ChildServer::spawn_logged(dir.path(), &config, "info");
-    let c = server.client();
-    register(&c, APP, &[7]).await;
-    // A row the API could never have written: Ext that is not a JSON object.
+    register(&server.client(), APP, &[7]).await;
+    // A row the API could never have written: Ext that is not a JSON object. The next
+    // start builds its state from the rows and finds it.
     run_sql(
         &config,
         &format!("UPDATE users SET ext = 'not json' WHERE app_id = {APP} AND user_id = 7"),
     );
+    assert!(server.terminate().success());
+    let _ = std::fs::remove_file(
+        config
+            .data_dir
+            .join(tagcast::store::embedded::SNAPSHOT_FILE),
+    );
+    let server = ChildServer::spawn_logged(dir.path(), &config, "info");
+    let c = server.client();
     let a = get_users(&c, &[7]).await;
     let v = assert_error(&a, 500, "InternalError");
     let request_id = v["ResponseMetadata"]["RequestId"].as_str().unwrap();

@@ -3,75 +3,16 @@
 //! being the only writer, it needs no row locks for the read-then-write of the tag cap.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
-use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
-use rustc_hash::FxHashMap;
+use rusqlite::{CachedStatement, Connection, params};
 
-use crate::audience::index::Builder;
-use crate::store::plan::{Batch, Change, Plan, Snapshot, UserState};
-use crate::store::{StoredUser, WriteJob, ext_json, now_ms};
-
-/// Reads the state of every user `jobs` name, and the next ordinal of the apps where the
-/// plan may register users: set-based, [`CHUNK`] users of one app per statement, in key
-/// order (the users come sorted).
-pub fn read_snapshot(conn: &Connection, jobs: &[WriteJob]) -> rusqlite::Result<Snapshot> {
-    let batch = Batch { jobs };
-    let mut ordinals = conn.prepare_cached(&ORDINALS_SQL)?;
-    let mut tags = conn.prepare_cached(&ALL_TAGS_SQL)?;
-    let mut snapshot = Snapshot::default();
-    let users = batch.users();
-    let mut ids = Vec::with_capacity(CHUNK);
-    for group in users.chunk_by(|a, b| a.0 == b.0) {
-        let app = group[0].0;
-        for chunk in group.chunks(CHUNK) {
-            ids.clear();
-            ids.extend(chunk.iter().map(|&(_, u)| u));
-            bind_chunk(&mut ordinals, app, &ids)?;
-            let mut rows = ordinals.raw_query();
-            while let Some(r) = rows.next()? {
-                let ordinal = r.get::<_, Option<u32>>(1)?.ok_or_else(|| {
-                    rusqlite::Error::InvalidColumnType(
-                        1,
-                        "ordinal".into(),
-                        rusqlite::types::Type::Null,
-                    )
-                })?;
-                let state = UserState {
-                    ordinal: Some(ordinal),
-                    ..Default::default()
-                };
-                snapshot.users.insert((app, r.get(0)?), state);
-            }
-            if !chunk.iter().any(|u| snapshot.users.contains_key(u)) {
-                continue;
-            }
-            bind_chunk(&mut tags, app, &ids)?;
-            let mut rows = tags.raw_query();
-            while let Some(r) = rows.next()? {
-                // Tags of a user that is not registered (`tagcast check` reports them)
-                // are not part of its state.
-                if let Some(state) = snapshot.users.get_mut(&(app, r.get(0)?)) {
-                    state.tags.insert((r.get(1)?, r.get(2)?), r.get(3)?);
-                }
-            }
-        }
-    }
-    let mut next =
-        conn.prepare_cached("SELECT next_ordinal FROM tagcast_apps WHERE app_id = ?1")?;
-    for app in batch.needs_ordinals(&snapshot.users) {
-        let n = next
-            .query_row([app], |r| r.get::<_, u32>(0))
-            .optional()?
-            .unwrap_or(0);
-        snapshot.next_ordinal.insert(app, n);
-    }
-    Ok(snapshot)
-}
+use crate::audience::index::{Builder, Profile};
+use crate::store::ext_json;
+use crate::store::plan::{Change, Plan};
 
 /// Writes a plan's changes, in order, and the apps' next ordinals.
 pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
-    let now = now_ms();
+    let now = plan.time_ms;
     // The tag statements, looked up in the cache once per batch rather than per change.
     let (mut set_tag, mut delete_tag) = (None, None);
     let mut changes = plan.changes.iter().peekable();
@@ -178,13 +119,15 @@ fn statement<'s, 'c>(
     Ok(slot.as_mut().expect("set just above"))
 }
 
-/// Every registered user and every tag, into an index builder (at start). Both tables are
-/// read in primary key order, which starts (app_id, user_id) in both, and merged: no
-/// lookup per tag, and keys and values are borrowed from SQLite's rows, not copied.
+/// Every registered user with its profile and every tag, into a state builder (at start).
+/// Both tables are read in primary key order, which starts (app_id, user_id) in both, and
+/// merged: no lookup per tag, and keys and values are borrowed from SQLite's rows.
 pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
     let mut b = Builder::default();
-    let mut users =
-        conn.prepare("SELECT app_id, user_id, ordinal FROM users ORDER BY app_id, user_id")?;
+    let mut users = conn.prepare(
+        "SELECT app_id, user_id, ordinal, create_time, modify_time, nick_name, portrait, ext, is_robot
+         FROM users ORDER BY app_id, user_id",
+    )?;
     let mut users = users.query([])?;
     let mut tags = conn.prepare(
         "SELECT app_id, user_id, inbox_type, key, value FROM tags ORDER BY app_id, user_id",
@@ -196,7 +139,22 @@ pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
         Ok(match users.next()? {
             Some(r) => {
                 let u = (r.get(0)?, r.get(1)?, r.get(2)?);
-                b.user(u.0, u.1, u.2);
+                let nick_name = r.get_ref(5)?.as_str()?;
+                let portrait = r.get_ref(6)?.as_str()?;
+                let ext = r.get_ref(7)?.as_str()?;
+                let is_robot: bool = r.get(8)?;
+                let profile =
+                    (!nick_name.is_empty() || !portrait.is_empty() || ext != "{}" || is_robot)
+                        .then(|| -> rusqlite::Result<Profile> {
+                            Ok(Profile {
+                                nick_name: nick_name.to_owned(),
+                                portrait: portrait.to_owned(),
+                                ext: parse_ext(ext, 7, u.0, u.1)?,
+                                is_robot,
+                            })
+                        })
+                        .transpose()?;
+                b.user(u.0, u.1, u.2, (r.get(3)?, r.get(4)?), profile);
                 Some(u)
             }
             None => None,
@@ -221,164 +179,24 @@ pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
     while !users_done {
         users_done = next_user(&mut b)?.is_none();
     }
+    let mut apps = conn.prepare("SELECT app_id, next_ordinal FROM tagcast_apps")?;
+    let mut apps = apps.query([])?;
+    while let Some(r) = apps.next()? {
+        b.next_ordinal(r.get(0)?, r.get(1)?);
+    }
     Ok(b)
 }
 
-/// Ids per set-based statement (`user_id IN (?2, ..., ?17)`); a shorter list is padded
-/// with NULL, which matches nothing. Plain parameters need no virtual-table module on
-/// each connection (`rarray` measured the same), and one statement serves every length.
-const CHUNK: usize = 16;
-
-/// `?first, ?first+1, ..., ?first+CHUNK-1`.
-fn placeholders(first: usize) -> String {
-    (first..first + CHUNK)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-static USERS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
-         FROM users WHERE app_id = ?1 AND user_id IN ({})",
-        placeholders(2)
-    )
-});
-
-// Ordered by the primary key (app_id, user_id, inbox_type, key): a user's tags come
-// sorted by key.
-static TAGS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT user_id, key, value FROM tags
-         WHERE app_id = ?1 AND inbox_type = ?{} AND user_id IN ({})
-         ORDER BY user_id, key",
-        CHUNK + 2,
-        placeholders(2)
-    )
-});
-
-static ORDINALS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT user_id, ordinal FROM users WHERE app_id = ?1 AND user_id IN ({})",
-        placeholders(2)
-    )
-});
-
-static ALL_TAGS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT user_id, inbox_type, key, value FROM tags WHERE app_id = ?1 AND user_id IN ({})",
-        placeholders(2)
-    )
-});
-
-/// Binds `?1` = `app_id`, `?2..` = `ids` (at most [`CHUNK`], padded with NULL).
-fn bind_chunk(
-    stmt: &mut rusqlite::Statement<'_>,
-    app_id: u32,
-    ids: &[i64],
-) -> rusqlite::Result<()> {
-    stmt.raw_bind_parameter(1, app_id)?;
-    for i in 0..CHUNK {
-        match ids.get(i) {
-            Some(id) => stmt.raw_bind_parameter(i + 2, id)?,
-            None => stmt.raw_bind_parameter(i + 2, rusqlite::types::Null)?,
-        }
-    }
-    Ok(())
-}
-
-/// The users `user_ids` names (in that order; `None` for one not registered) with their
-/// tags of `inbox`: set-based statements, [`CHUNK`] users each, in one read transaction,
-/// so the WAL read lock is taken once per request, not twice per user.
-pub fn get_users(
-    conn: &Connection,
-    app_id: u32,
-    inbox: u32,
-    user_ids: &[i64],
-) -> rusqlite::Result<Vec<Option<StoredUser>>> {
-    let _read = ReadTransaction::begin(conn)?;
-    let mut users = conn.prepare_cached(&USERS_SQL)?;
-    let mut found: FxHashMap<i64, StoredUser> = FxHashMap::default();
-    for chunk in user_ids.chunks(CHUNK) {
-        bind_chunk(&mut users, app_id, chunk)?;
-        let mut rows = users.raw_query();
-        while let Some(r) = rows.next()? {
-            let ext: BTreeMap<String, String> = serde_json::from_str(r.get_ref(3)?.as_str()?)
-                .map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        3,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?;
-            let user_id = r.get(0)?;
-            found.insert(
-                user_id,
-                StoredUser {
-                    user_id,
-                    nick_name: r.get(1)?,
-                    portrait: r.get(2)?,
-                    ext,
-                    is_robot: r.get(4)?,
-                    create_time_ms: r.get(5)?,
-                    modify_time_ms: r.get(6)?,
-                    tags: Vec::new(),
-                },
-            );
-        }
-    }
-    if !found.is_empty() {
-        let mut tags = conn.prepare_cached(&TAGS_SQL)?;
-        for chunk in user_ids.chunks(CHUNK) {
-            bind_chunk(&mut tags, app_id, chunk)?;
-            tags.raw_bind_parameter(CHUNK + 2, inbox)?;
-            let mut rows = tags.raw_query();
-            while let Some(r) = rows.next()? {
-                if let Some(u) = found.get_mut(&r.get(0)?) {
-                    u.tags.push((r.get(1)?, r.get(2)?));
-                }
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(user_ids.len());
-    for (i, id) in user_ids.iter().enumerate() {
-        // A user asked for twice is answered twice; the last ask takes it without a copy.
-        let asked_again = user_ids[i + 1..].contains(id);
-        out.push(if asked_again {
-            found.get(id).cloned()
-        } else {
-            found.remove(id)
-        });
-    }
-    Ok(out)
-}
-
-/// `BEGIN` now, `COMMIT` when dropped: the statements between share one snapshot and one
-/// WAL read lock.
-pub struct ReadTransaction<'c>(&'c Connection);
-
-impl<'c> ReadTransaction<'c> {
-    pub fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
-        if !conn.is_autocommit() {
-            // One left open by a COMMIT that failed: end it first.
-            conn.prepare_cached("ROLLBACK")?.execute([])?;
-        }
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        Ok(ReadTransaction(conn))
-    }
-}
-
-impl Drop for ReadTransaction<'_> {
-    fn drop(&mut self) {
-        // A read transaction has nothing to commit; this only ends it. It fails only after
-        // a read failed (a damaged file, say), whose error the caller already has; the
-        // next `begin` rolls back whatever was left open.
-        if let Err(e) = self
-            .0
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]))
-        {
-            tracing::debug!(error = %e, "ending a read transaction");
-        }
-    }
+/// `users.ext` (column `col`) of user `user` of `app` as the map it stores.
+fn parse_ext(
+    text: &str,
+    col: usize,
+    app: u32,
+    user: i64,
+) -> rusqlite::Result<BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| {
+        let why =
+            format!("users.ext of user {user} of AppId {app} is not a JSON object of strings: {e}");
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, why.into())
+    })
 }

@@ -227,19 +227,6 @@ pub(super) fn list(
         .collect()
 }
 
-/// The user's ordinal (`None`: not registered).
-pub(super) fn ordinal(
-    conn: &Connection,
-    app_id: u32,
-    user_id: i64,
-) -> rusqlite::Result<Option<u32>> {
-    let ordinal: Option<Option<i64>> = conn
-        .prepare_cached("SELECT ordinal FROM users WHERE app_id = ?1 AND user_id = ?2")?
-        .query_row(params![app_id, user_id], |r| r.get(0))
-        .optional()?;
-    Ok(ordinal.flatten().map(|o| o as u32))
-}
-
 /// A broadcast neither recalled nor purged, as the pull needs it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Active {

@@ -123,6 +123,14 @@ impl Health {
         }
     }
 
+    /// The store holds something this binary cannot read (the state's build failed on
+    /// it): not ready, and every request answers the failure, until a restart.
+    pub fn corrupt(&self, why: String) -> StoreError {
+        *self.problem.lock().expect("health lock") = Some(Problem::Corrupt(why.clone()));
+        self.metrics.set_store_writable(false);
+        StoreError::Internal(why)
+    }
+
     /// A probe found the store still unable to write, for `why`.
     pub fn still_unwritable(&self, why: String) {
         let mut p = self.problem.lock().expect("health lock");

@@ -258,13 +258,18 @@ impl EmbeddedStore {
     /// Audience answers wait for nothing but the index's build at start (at most
     /// [`BUSY_TIMEOUT`]): the writer applies each commit to the index before it answers.
     async fn index_built(&self) -> Result<(), StoreError> {
-        if self.index.wait_built(BUSY_TIMEOUT).await {
-            Ok(())
-        } else {
-            Err(StoreError::Unavailable(
-                "the audience index is being built".into(),
-            ))
+        if self.index.is_built() {
+            return Ok(());
         }
+        // A build that failed (a row it cannot read) is the answer, not a wait.
+        self.health.check()?;
+        if self.index.wait_built(BUSY_TIMEOUT).await {
+            return Ok(());
+        }
+        self.health.check()?;
+        Err(StoreError::Unavailable(
+            "the state is being built from the store".into(),
+        ))
     }
 
     /// Runs `f` on a reader connection, on the calling worker thread: the hot reads
@@ -364,8 +369,8 @@ impl Store for EmbeddedStore {
         inbox: u32,
         user_ids: Vec<i64>,
     ) -> Result<Vec<Option<StoredUser>>, StoreError> {
-        self.read_inline(|conn| apply::get_users(conn, app_id, inbox, &user_ids))
-            .await
+        self.index_built().await?;
+        Ok(self.index.get_users(app_id, inbox, &user_ids))
     }
 
     async fn count_audience(
@@ -457,10 +462,8 @@ impl Store for EmbeddedStore {
         user_id: i64,
         now_ms: i64,
     ) -> Result<(Option<u32>, Vec<i64>), StoreError> {
-        let ordinal = self
-            .read_inline(|conn| broadcast::ordinal(conn, app_id, user_id))
-            .await?;
-        Ok(match ordinal {
+        self.index_built().await?;
+        Ok(match self.index.ordinal(app_id, user_id) {
             None => (None, Vec::new()),
             Some(o) => (Some(o), self.active.ids(app_id, inbox, now_ms)),
         })

@@ -252,8 +252,10 @@ fn start_index(w: &mut Writer, rx: &mut mpsc::Receiver<Msg>) -> bool {
 
 /// Answers every write with `e` until the store closes (the index could not be built).
 fn fail_every_write(w: &Writer, rx: &mut mpsc::Receiver<Msg>, e: rusqlite::Error) -> bool {
-    let e = w.health.failed(e, false);
-    tracing::error!(error = %e, "building the audience index failed; writes and audience queries are refused");
+    let e = w
+        .health
+        .corrupt(format!("building the state from the store failed: {e}"));
+    tracing::error!(error = %e, "building the state failed; every request is refused until the store is repaired (tagcast check)");
     while let Some(msg) = rx.blocking_recv() {
         if let Msg::Job(job) = msg {
             let _ = job.reply.send(Err(e.clone()));
@@ -285,9 +287,10 @@ impl Writer {
     /// of the store itself (disk full, I/O) fails the whole batch: none was acknowledged.
     fn commit_batch(&mut self, batch: &[WriteJob]) -> Vec<Result<Vec<Outcome>, StoreError>> {
         let cap = self.options.max_tags_per_user;
-        let failure = match commit_all(&mut self.conn, batch, cap) {
+        let failure = match commit_all(&mut self.conn, &self.index, batch, cap) {
             Ok(plan) => {
-                self.index.apply(&plan.changes);
+                self.index.apply(&plan.changes, plan.time_ms);
+                self.index.set_next_ordinals(&plan.next_ordinal);
                 return plan.outcomes.into_iter().map(Ok).collect();
             }
             Err(Failure::Sql(e)) => self.health.failed(e, true),
@@ -298,16 +301,22 @@ impl Writer {
                 self.metrics.observe_batch_split();
                 batch
                     .iter()
-                    .map(
-                        |job| match commit_all(&mut self.conn, std::slice::from_ref(job), cap) {
+                    .map(|job| {
+                        match commit_all(
+                            &mut self.conn,
+                            &self.index,
+                            std::slice::from_ref(job),
+                            cap,
+                        ) {
                             Ok(mut plan) => {
-                                self.index.apply(&plan.changes);
+                                self.index.apply(&plan.changes, plan.time_ms);
+                                self.index.set_next_ordinals(&plan.next_ordinal);
                                 Ok(plan.outcomes.remove(0))
                             }
                             Err(Failure::Sql(e)) => Err(self.health.failed(e, true)),
                             Err(Failure::Plan(e)) => Err(e),
-                        },
-                    )
+                        }
+                    })
                     .collect()
             }
             e => vec![Err(e); batch.len()],
@@ -413,12 +422,24 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-/// Reads the state `jobs` touch, plans them, writes the changes and commits, in one
-/// transaction; the plan, or the first error (then nothing of the transaction is kept).
-fn commit_all(conn: &mut Connection, jobs: &[WriteJob], cap: usize) -> Result<Plan, Failure> {
+/// Plans `jobs` over the state in memory (which holds every commit: this thread is the
+/// only writer and applies each commit before the next), writes the changes and commits,
+/// in one transaction; the plan, or the first error (then nothing of it is kept, in the
+/// store or in memory).
+fn commit_all(
+    conn: &mut Connection,
+    index: &AudienceIndex,
+    jobs: &[WriteJob],
+    cap: usize,
+) -> Result<Plan, Failure> {
+    let batch = plan::Batch { jobs };
+    let (users, next_ordinal) = index.planner_state(&batch.users(), |u| batch.needs_ordinals(u));
+    let snapshot = plan::Snapshot {
+        users,
+        next_ordinal,
+    };
+    let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let snapshot = apply::read_snapshot(&tx, jobs)?;
-    let plan = plan::plan(jobs, snapshot, cap).map_err(Failure::Plan)?;
     apply::write_changes(&tx, &plan)?;
     tx.commit()?;
     Ok(plan)

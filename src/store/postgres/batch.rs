@@ -159,8 +159,7 @@ impl Pending {
 
     /// Sends every pending write, pipelined in one round trip (they touch disjoint rows,
     /// except the users' two statements, which run in order on the connection).
-    async fn flush(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-        let now = now_ms();
+    async fn flush(&mut self, tx: &Transaction<'_>, now: i64) -> Result<(), tokio_postgres::Error> {
         let Pending {
             upserts,
             deletes,
@@ -303,15 +302,15 @@ pub(super) async fn apply(
     cap: usize,
 ) -> Result<Plan, Failure> {
     let snapshot = lock_and_read(tx, jobs).await?;
-    let plan = plan::plan(jobs, snapshot, cap).map_err(Failure::Plan)?;
+    let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let mut pending = Pending::default();
     for change in &plan.changes {
         if pending.fold(change) {
-            pending.flush(tx).await?;
+            pending.flush(tx, plan.time_ms).await?;
             pending.fold(change);
         }
     }
-    pending.flush(tx).await?;
+    pending.flush(tx, plan.time_ms).await?;
     if !plan.next_ordinal.is_empty() {
         let (a, n): (Vec<i32>, Vec<i64>) = plan
             .next_ordinal
@@ -320,17 +319,12 @@ pub(super) async fn apply(
             .unzip();
         exec(tx, WRITE_APPS, &[&a, &n]).await?;
     }
-    let logged: Vec<&Change> = plan
-        .changes
-        .iter()
-        .filter(|c| !matches!(c, Change::Profile { .. }))
-        .collect();
-    if !logged.is_empty() {
-        let body = serde_json::to_vec(&logged).expect("changes serialize");
+    // Every change, profiles included: the other nodes' state answers BatchGetUser.
+    if !plan.changes.is_empty() {
+        let body = serde_json::to_vec(&plan.changes).expect("changes serialize");
         let (append, notify) =
             tokio::try_join!(tx.prepare_cached(APPEND_LOG), tx.prepare_cached(NOTIFY))?;
-        let now = now_ms();
-        let append_params: [&(dyn ToSql + Sync); 2] = [&now, &body];
+        let append_params: [&(dyn ToSql + Sync); 2] = [&plan.time_ms, &body];
         tokio::try_join!(
             tx.execute(&append, &append_params),
             tx.execute(&notify, &[])

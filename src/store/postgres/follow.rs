@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use super::{Shared, classify};
 use crate::audience::AudienceIndex;
-use crate::audience::index::Builder;
+use crate::audience::index::{Builder, Profile};
 use crate::store::StoreError;
 use crate::store::now_ms;
 use crate::store::plan::Change;
@@ -46,14 +46,29 @@ const BUILD_FETCH: &str = "FETCH 50000 FROM build";
 pub(super) struct Follower {
     pub index: Arc<AudienceIndex>,
     pub wake: Notify,
+    /// Why the last build from the tables failed on what they hold (a row this binary
+    /// cannot read): answered to requests while the state is not built.
+    pub build_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// Reads the log head and waits until this node's index has applied it, at most `limit`.
 pub(super) async fn catch_up(shared: &Shared, limit: Duration) -> Result<(), StoreError> {
     let follower = &shared.follower;
+    let failed = || {
+        let why = follower
+            .build_failure
+            .lock()
+            .expect("follower lock")
+            .clone();
+        why.map_or(Ok(()), |w| Err(StoreError::Internal(w)))
+    };
+    if !follower.index.is_built() {
+        failed()?;
+    }
     if !follower.index.wait_built(limit).await {
+        failed()?;
         return Err(StoreError::Unavailable(
-            "the audience index is being built".into(),
+            "the state is being built from the tables".into(),
         ));
     }
     let head: i64 = {
@@ -189,8 +204,8 @@ async fn apply_log(shared: &Shared) -> Result<bool, StoreError> {
         let client = shared.client().await?;
         let st = client
             .prepare_cached(
-                "SELECT h.pos, c.pos, c.changes FROM tagcast_log_head h
-                 LEFT JOIN LATERAL (SELECT pos, changes FROM tagcast_changes
+                "SELECT h.pos, c.pos, c.changes, c.created FROM tagcast_log_head h
+                 LEFT JOIN LATERAL (SELECT pos, changes, created FROM tagcast_changes
                                     WHERE pos > $1 ORDER BY pos LIMIT $2) c ON true",
             )
             .await
@@ -213,7 +228,7 @@ async fn apply_log(shared: &Shared) -> Result<bool, StoreError> {
         let changes: Vec<Change> = serde_json::from_slice(body).map_err(|e| {
             StoreError::Internal(format!("change log entry {pos} does not decode: {e}"))
         })?;
-        if !index.apply_at(pos as u64, &changes) {
+        if !index.apply_at(pos as u64, &changes, r.get::<_, i64>(3)) {
             // Not the next one: the entries in between were trimmed.
             tracing::warn!(
                 applied = index.applied(),
@@ -256,15 +271,47 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
         .map_err(classify)?
         .get(0);
     let mut b = Builder::default();
-    for_each_row(&tx, "SELECT app_id, user_id, ordinal FROM users", |r| {
-        b.user(
-            r.get::<_, i32>(0) as u32,
-            r.get(1),
-            r.get::<_, i64>(2) as u32,
-        )
-    })
+    let mut bad_ext = None;
+    for_each_row(
+        &tx,
+        "SELECT app_id, user_id, ordinal, create_time, modify_time, nick_name, portrait, ext, is_robot
+         FROM users",
+        |r| {
+            let (app, user): (i32, i64) = (r.get(0), r.get(1));
+            let ext = match serde_json::from_str(r.get(7)) {
+                Ok(ext) => ext,
+                Err(e) => {
+                    bad_ext.get_or_insert(format!("users.ext of user {user} of AppId {app} is not a JSON object of strings: {e}"));
+                    return;
+                }
+            };
+            b.user(
+                app as u32,
+                user,
+                r.get::<_, i64>(2) as u32,
+                (r.get(3), r.get(4)),
+                Some(Profile {
+                    nick_name: r.get(5),
+                    portrait: r.get(6),
+                    ext,
+                    is_robot: r.get(8),
+                }),
+            )
+        },
+    )
     .await
     .map_err(classify)?;
+    if let Some(e) = bad_ext {
+        *shared.follower.build_failure.lock().expect("follower lock") = Some(e.clone());
+        return Err(StoreError::Internal(e));
+    }
+    for r in tx
+        .query("SELECT app_id, next_ordinal FROM tagcast_apps", &[])
+        .await
+        .map_err(classify)?
+    {
+        b.next_ordinal(r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u32);
+    }
     for_each_row(
         &tx,
         "SELECT t.app_id, t.inbox_type, t.key, t.value, u.ordinal
@@ -282,6 +329,7 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
     .await
     .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
+    *shared.follower.build_failure.lock().expect("follower lock") = None;
     shared.follower.index.replace(b.finish(), pos as u64);
     let (apps, bitmaps) = shared.follower.index.size();
     tracing::info!(

@@ -31,7 +31,6 @@ pub mod connect;
 mod follow;
 pub mod schema;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +38,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::ToSql;
 
 use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
@@ -181,6 +179,7 @@ impl PostgresStore {
             follower: follow::Follower {
                 index: Arc::new(AudienceIndex::new()),
                 wake: tokio::sync::Notify::new(),
+                build_failure: std::sync::Mutex::default(),
             },
         });
         let committers = (0..shared.options.committers.max(1))
@@ -348,71 +347,20 @@ impl Store for PostgresStore {
         self.submit(app_id, WriteOp::Unregister(user_ids)).await
     }
 
+    /// From this node's state, once it has applied every change committed before the call
+    /// (on any node): one round trip for the log head instead of reading rows.
     async fn get_users(
         &self,
         app_id: u32,
         inbox: u32,
         user_ids: Vec<i64>,
     ) -> Result<Vec<Option<StoredUser>>, StoreError> {
-        let (app, inbox) = (app_id as i32, inbox as i32);
-        let target = &self.shared.target;
-        let classify = |e| classify(target, e);
-        let work = async {
-            let client = self.shared.client().await?;
-            let (users_st, tags_st) = tokio::try_join!(
-                client.prepare_cached(
-                    "SELECT user_id, nick_name, portrait, ext, is_robot, create_time, modify_time
-                     FROM users WHERE app_id = $1 AND user_id = ANY($2)"
-                ),
-                client.prepare_cached(
-                    // "Query plans" in the module documentation.
-                    "SELECT x.u, t.key, t.value FROM unnest($3::bigint[]) AS x(u)
-                     JOIN LATERAL (SELECT key, value FROM tags
-                                   WHERE app_id = $1 AND user_id = x.u AND inbox_type + 0 = $2
-                                   OFFSET 0) t ON true
-                     ORDER BY x.u, t.key"
-                )
-            )
-            .map_err(classify)?;
-            let users_params: [&(dyn ToSql + Sync); 2] = [&app, &user_ids];
-            let tags_params: [&(dyn ToSql + Sync); 3] = [&app, &inbox, &user_ids];
-            // Pipelined: both queries leave in one round trip.
-            let (users, tags) = tokio::try_join!(
-                client.query(&users_st, &users_params),
-                client.query(&tags_st, &tags_params)
-            )
-            .map_err(classify)?;
-            let mut by_id: HashMap<i64, StoredUser> = HashMap::new();
-            for r in users {
-                let ext: String = r.get(3);
-                let ext = serde_json::from_str(&ext).map_err(|e| {
-                    StoreError::Internal(format!(
-                        "users.ext of user {} is not a JSON object: {e}",
-                        r.get::<_, i64>(0)
-                    ))
-                })?;
-                by_id.insert(
-                    r.get(0),
-                    StoredUser {
-                        user_id: r.get(0),
-                        nick_name: r.get(1),
-                        portrait: r.get(2),
-                        ext,
-                        is_robot: r.get(4),
-                        create_time_ms: r.get(5),
-                        modify_time_ms: r.get(6),
-                        tags: Vec::new(),
-                    },
-                );
-            }
-            for r in tags {
-                if let Some(u) = by_id.get_mut(&r.get::<_, i64>(0)) {
-                    u.tags.push((r.get(1), r.get(2)));
-                }
-            }
-            Ok(user_ids.iter().map(|id| by_id.get(id).cloned()).collect())
-        };
-        within(self.shared.options.timeout, work).await
+        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        Ok(self
+            .shared
+            .follower
+            .index
+            .get_users(app_id, inbox, &user_ids))
     }
 
     async fn count_audience(

@@ -176,6 +176,15 @@ pub const MIGRATIONS: &[Migration] = &[
               CREATE INDEX tagcast_broadcast_tokens_age ON tagcast_broadcast_tokens (created);",
         usable_from: 4,
     },
+    // v5: the change log carries every change, profiles included, with the batch's time
+    // (issue 18): each node's state answers BatchGetUser from it. A node of the previous
+    // release would append entries without profiles, which the others would miss: usable
+    // from this version on. The entries written before lack them too, so they go; every
+    // node builds its state from the tables at start.
+    Migration {
+        sql: "DELETE FROM tagcast_changes;",
+        usable_from: 5,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
