@@ -24,14 +24,14 @@ use super::filter::{self, Bitmaps, Filter};
 use super::strings::Strings;
 use crate::model::{Change, StoredUser, UserState};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct KeyIndex {
     pub(super) any: RoaringBitmap,
     /// Value id -> the users with that value.
     pub(super) values: FxHashMap<u32, RoaringBitmap>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct InboxIndex {
     /// Key id -> its bitmaps.
     pub(super) keys: FxHashMap<u32, KeyIndex>,
@@ -55,7 +55,7 @@ pub(super) struct TagRef {
 }
 
 /// What an ordinal holds: a registered user, or (id 0) an ordinal no longer in use.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Slot {
     pub(super) id: i64,
     pub(super) created_ms: i64,
@@ -73,7 +73,7 @@ impl Slot {
 }
 
 /// One app's part of the state.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct AppIndex {
     pub(super) registered: RoaringBitmap,
     /// Ordinal -> user.
@@ -84,6 +84,10 @@ pub struct AppIndex {
     pub(super) next_ordinal: u32,
     pub(super) strings: Strings,
     pub(super) inboxes: FxHashMap<u32, InboxIndex>,
+    /// Embedded: the app's last change log position applied, and that entry's time (a
+    /// saved state names the entry it ends at, so a start can check the log still has it).
+    pub(super) log_pos: u64,
+    pub(super) log_time_ms: i64,
 }
 
 struct View<'a> {
@@ -263,6 +267,20 @@ impl AppIndex {
         }
     }
 
+    /// The change log position this state holds (embedded), with that entry's time.
+    pub fn log_head(&self) -> (u64, i64) {
+        (self.log_pos, self.log_time_ms)
+    }
+
+    /// Applies one change log entry of this app (a replay at start).
+    pub fn apply_entry(&mut self, changes: &[Change], time_ms: i64, pos: u64) {
+        for c in changes {
+            self.apply(c, time_ms);
+        }
+        self.log_pos = pos;
+        self.log_time_ms = time_ms;
+    }
+
     /// The user as BatchGetUser answers it, with its tags of `inbox` sorted by key.
     fn stored_user(&self, ordinal: u32, inbox: u32) -> Option<StoredUser> {
         let slot = self.users.get(ordinal as usize).filter(|s| s.id != 0)?;
@@ -429,6 +447,12 @@ impl AudienceIndex {
     /// Applies committed changes in order, each app's under one write lock; `time_ms` is
     /// the time their transaction wrote (CreateTime and ModifyTime).
     pub fn apply(&self, changes: &[Change], time_ms: i64) {
+        self.apply_logged(changes, time_ms, &[]);
+    }
+
+    /// [`AudienceIndex::apply`], recording each app's new change log position under the
+    /// same lock (embedded: `heads` as the writer appended them).
+    pub fn apply_logged(&self, changes: &[Change], time_ms: i64, heads: &[(u32, u64)]) {
         let mut i = 0;
         while i < changes.len() {
             let app = changes[i].app();
@@ -440,6 +464,10 @@ impl AudienceIndex {
             let mut index = index.write().expect("index lock");
             for c in &changes[i..end] {
                 index.apply(c, time_ms);
+            }
+            if let Some(&(_, pos)) = heads.iter().find(|(a, _)| *a == app) {
+                index.log_pos = pos;
+                index.log_time_ms = time_ms;
             }
             i = end;
         }
@@ -519,6 +547,27 @@ impl AudienceIndex {
         user_ids
             .iter()
             .map(|id| a.stored_user(*a.by_id.get(id)?, inbox))
+            .collect()
+    }
+
+    /// The app's last applied change log position (embedded; 0: none).
+    pub fn log_pos(&self, app: u32) -> u64 {
+        self.app(app)
+            .map_or(0, |a| a.read().expect("index lock").log_pos)
+    }
+
+    /// A copy of each app's state, each taken under its read lock (a periodic snapshot
+    /// writes the copies without holding anything).
+    pub fn copy_apps(&self) -> Vec<(u32, AppIndex)> {
+        let apps: Vec<(u32, Arc<RwLock<AppIndex>>)> = self
+            .apps
+            .read()
+            .expect("index lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        apps.into_iter()
+            .map(|(app, a)| (app, a.read().expect("index lock").clone()))
             .collect()
     }
 
@@ -672,6 +721,13 @@ impl Builder {
             return;
         }
         a.set(inbox, key, value, ordinal);
+    }
+
+    /// The app's last change log entry (embedded), which the rows hold.
+    pub fn log_head(&mut self, app: u32, pos: u64, time_ms: i64) {
+        let a = self.apps.entry(app).or_default();
+        a.log_pos = pos;
+        a.log_time_ms = time_ms;
     }
 
     /// The app's next ordinal as stored (never below what its users hold).

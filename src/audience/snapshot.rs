@@ -2,7 +2,7 @@
 //! does not rebuild it from every row of the store.
 //!
 //! The format (little endian): the magic `TCIDX002`, a 16-byte token, then per app its id,
-//! its next ordinal, its strings (tag keys and values, in id order, "" for a free id), the
+//! the change log position it holds with that entry's time, its next ordinal, its strings (tag keys and values, in id order, "" for a free id), the
 //! registered bitmap, every ordinal's user (id; for a registered one its times, profile and
 //! tags as interned ids), and per inbox and key id the key's bitmap and each value id's
 //! bitmap, bitmaps in the portable Roaring format; an app id 0 ends the file. The strings'
@@ -48,18 +48,45 @@ fn get_str(r: &mut impl Read) -> std::io::Result<String> {
     String::from_utf8(b).map_err(std::io::Error::other)
 }
 
-/// Writes `index` with `token` to `path` (through a temporary file, fsynced, renamed).
+/// Writes `index` with `token` to `path` (through a temporary file, fsynced, renamed),
+/// each app under its read lock (at a clean stop: no writer is waiting).
 pub fn write(index: &AudienceIndex, token: &[u8; 16], path: &Path) -> std::io::Result<()> {
+    write_file(token, path, |w| {
+        index.each_app(|app, a| -> std::io::Result<()> {
+            put_u32(w, app)?;
+            a.write_to(w)
+        })
+    })
+}
+
+/// Writes copies of the apps' state (taken by [`AudienceIndex::copy_apps`]), holding no
+/// lock: the periodic snapshot.
+pub fn write_copies(
+    apps: &[(u32, AppIndex)],
+    token: &[u8; 16],
+    path: &Path,
+) -> std::io::Result<()> {
+    write_file(token, path, |w| {
+        for (app, a) in apps {
+            put_u32(w, *app)?;
+            a.write_to(w)?;
+        }
+        Ok(())
+    })
+}
+
+fn write_file(
+    token: &[u8; 16],
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let file = std::fs::File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, &file);
         w.write_all(MAGIC)?;
         w.write_all(token)?;
-        index.each_app(|app, a| -> std::io::Result<()> {
-            put_u32(&mut w, app)?;
-            a.write_to(&mut w)
-        })?;
+        body(&mut w)?;
         // The end: an app id no app has (AppIds start at 1).
         put_u32(&mut w, 0)?;
         w.flush()?;
@@ -114,6 +141,8 @@ fn damaged(what: &str) -> std::io::Error {
 
 impl AppIndex {
     fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        w.write_all(&self.log_pos.to_le_bytes())?;
+        put_i64(w, self.log_time_ms)?;
         put_u32(w, self.next_ordinal)?;
         let strings: Vec<&str> = self.strings.all().collect();
         put_u32(w, strings.len() as u32)?;
@@ -167,6 +196,8 @@ impl AppIndex {
     }
 
     fn read_from(r: &mut impl Read) -> std::io::Result<AppIndex> {
+        let log_pos = get_i64(r)? as u64;
+        let log_time_ms = get_i64(r)?;
         let next_ordinal = get_u32(r)?;
         let n = get_u32(r)?;
         let mut texts = Vec::with_capacity(n.min(1 << 20) as usize);
@@ -240,6 +271,8 @@ impl AppIndex {
             by_id,
             next_ordinal,
             strings,
+            log_pos,
+            log_time_ms,
             ..AppIndex::default()
         };
         for _ in 0..get_u32(r)? {

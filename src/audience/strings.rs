@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Strings {
     /// Id -> text ("" for a free id).
     text: Vec<Box<str>>,

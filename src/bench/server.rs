@@ -189,6 +189,15 @@ impl ServerProcess {
         ))
     }
 
+    /// SIGKILL, then wait: a crash, with no clean stop.
+    pub fn kill9(mut self) -> Result<(), String> {
+        self.child
+            .kill()
+            .map_err(|e| format!("killing tagcast serve: {e}"))?;
+        self.child.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// SIGTERM (graceful: queued writes commit), then wait.
     pub fn stop(mut self) -> Result<(), String> {
         let pid = self.child.id().to_string();

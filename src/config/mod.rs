@@ -238,6 +238,12 @@ pub struct StoreConfig {
     /// checkpoint and starts it over, so it cannot grow without bound under sustained
     /// writes.
     pub wal_limit_mb: u64,
+    /// Embedded: the state is saved to `data_dir/audience.snapshot` this often (seconds)
+    /// when anything changed, so a start after a crash loads it and replays only the change
+    /// log after it; 0 saves only at a clean stop.
+    pub snapshot_interval_s: u64,
+    /// Embedded: ... or as soon as this many changes were applied since the last save.
+    pub snapshot_changes: u64,
     /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -261,6 +267,8 @@ impl Default for StoreConfig {
             read_connections: 4,
             cache_mb: 64,
             wal_limit_mb: 64,
+            snapshot_interval_s: 300,
+            snapshot_changes: 1_000_000,
             url: None,
             pool_size: 16,
             committers: 4,
@@ -278,6 +286,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("read_connections", &self.read_connections)
             .field("cache_mb", &self.cache_mb)
             .field("wal_limit_mb", &self.wal_limit_mb)
+            .field("snapshot_interval_s", &self.snapshot_interval_s)
+            .field("snapshot_changes", &self.snapshot_changes)
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .field("pool_size", &self.pool_size)
             .field("committers", &self.committers)

@@ -255,6 +255,9 @@ pub async fn open(
                 max_batch: s.max_batch,
                 cache_mb: s.cache_mb,
                 wal_limit_bytes: s.wal_limit_mb << 20,
+                snapshot_every: (s.snapshot_interval_s > 0)
+                    .then(|| Duration::from_secs(s.snapshot_interval_s)),
+                snapshot_changes: s.snapshot_changes.max(1),
             };
             let store = tokio::task::spawn_blocking(move || {
                 EmbeddedStore::open_locked(lock, options, metrics)

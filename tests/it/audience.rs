@@ -647,3 +647,87 @@ async fn after_kill_9_under_writers_the_rebuilt_index_equals_the_store() {
         server.terminate();
     }
 }
+
+/// Embedded: the state saved periodically plus the change log after it are the store after
+/// a kill -9. Random writes, a periodic save (every second here), more writes, kill -9:
+/// the start loads the file, replays the entries after it, and every read and audience
+/// answer equals the model. Then the fallbacks, each with its one log line and the same
+/// answers: a truncated file, and a log that no longer holds the entry the file ends at.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_the_start_loads_the_saved_state_and_replays_the_log_after_it() {
+    if crate::skip::on_postgres("the embedded store's saved state and change log") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(&tmp.path().join("data"));
+    config.tags.max_per_user = CAP;
+    config.store.snapshot_interval_s = 1;
+    let snapshot = config
+        .data_dir
+        .join(tagcast::store::embedded::SNAPSHOT_FILE);
+    let mut rng = StdRng::seed_from_u64(18);
+    let mut model = Model::default();
+    let server = ChildServer::spawn_logged(tmp.path(), &config, "info");
+    for _ in 0..120 {
+        random_write(&mut rng, &server.client(), &mut model).await;
+    }
+    server.wait_for_log("state saved").await;
+    for _ in 0..80 {
+        random_write(&mut rng, &server.client(), &mut model).await;
+    }
+    server.kill9();
+
+    let server = ChildServer::spawn_logged(tmp.path(), &config, "info");
+    let built = server.wait_for_log("audience index built").await;
+    assert!(
+        built
+            .iter()
+            .any(|l| l.contains("from=\"snapshot\"") && !l.contains("replayed=0")),
+        "the start after kill -9 did not load the saved state and replay: {built:?}"
+    );
+    check_filters(&mut rng, &server.client(), &model, 10).await;
+    for _ in 0..40 {
+        random_write(&mut rng, &server.client(), &mut model).await;
+    }
+    server.kill9();
+
+    // A truncated file: built from the rows, saying why.
+    let len = std::fs::metadata(&snapshot).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&snapshot)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let server = ChildServer::spawn_logged(tmp.path(), &config, "info");
+    let built = server.wait_for_log("audience index built").await;
+    assert!(
+        built.iter().any(|l| l.contains("from=\"store\"")),
+        "{built:?}"
+    );
+    let why = server.log_lines_with("not starting from the saved state");
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(why[0].contains("unreadable"), "{why:?}");
+    check_filters(&mut rng, &server.client(), &model, 10).await;
+    for _ in 0..40 {
+        random_write(&mut rng, &server.client(), &mut model).await;
+    }
+    server.wait_for_log("state saved").await;
+    server.kill9();
+
+    // The log trimmed past the file: the entry it ends at is gone.
+    run_sql(
+        &config,
+        &format!("DELETE FROM tagcast_log WHERE app_id = {APP}"),
+    );
+    let server = ChildServer::spawn_logged(tmp.path(), &config, "info");
+    let built = server.wait_for_log("audience index built").await;
+    assert!(
+        built.iter().any(|l| l.contains("from=\"store\"")),
+        "{built:?}"
+    );
+    let why = server.log_lines_with("not starting from the saved state");
+    assert_eq!(why.len(), 1, "{why:?}");
+    check_filters(&mut rng, &server.client(), &model, 10).await;
+    server.terminate();
+}

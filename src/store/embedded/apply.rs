@@ -184,6 +184,15 @@ pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
     while let Some(r) = apps.next()? {
         b.next_ordinal(r.get(0)?, r.get(1)?);
     }
+    // Each app's last change log entry: the rows hold everything up to it.
+    let mut heads = conn.prepare(
+        "SELECT l.app_id, l.pos, l.time_ms FROM tagcast_log l
+         WHERE l.pos = (SELECT MAX(pos) FROM tagcast_log WHERE app_id = l.app_id)",
+    )?;
+    let mut heads = heads.query([])?;
+    while let Some(r) = heads.next()? {
+        b.log_head(r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?);
+    }
     Ok(b)
 }
 

@@ -30,6 +30,8 @@ const IDLE_TICKS: u32 = 10;
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Maintenance {
+    /// The periodic save of the state (saved.rs).
+    pub periodic: super::saved::Periodic,
     pub conn: Connection,
     pub wal_path: PathBuf,
     /// Frames in the log after the writer's last commit (reset when idle truncation
@@ -41,7 +43,7 @@ pub(super) struct Maintenance {
 }
 
 /// Runs until the store drops `stop`'s sender.
-pub(super) fn run(m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
+pub(super) fn run(mut m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
     let failures = LogThrottle::new(Duration::from_secs(30));
     let mut last_version = None;
     let mut quiet_ticks = 0u32;
@@ -61,6 +63,7 @@ pub(super) fn run(m: Maintenance, stop: std::sync::mpsc::Receiver<()>) {
                 }
             }
         }
+        m.periodic.tick();
         // `data_version` changes when another connection (the writer) commits.
         let version: Option<i64> = m
             .conn

@@ -16,6 +16,7 @@ pub mod check;
 mod health;
 pub mod lock;
 mod maintenance;
+mod saved;
 pub mod schema;
 mod writer;
 
@@ -62,6 +63,10 @@ pub struct EmbeddedOptions {
     pub cache_mb: usize,
     /// The write-ahead log is restarted from its beginning when it holds more than this.
     pub wal_limit_bytes: u64,
+    /// The state is saved this often when it changed (`None`: only at a clean stop)...
+    pub snapshot_every: Option<Duration>,
+    /// ... or once this many changes were applied since the last save.
+    pub snapshot_changes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -72,6 +77,8 @@ impl Default for EmbeddedOptions {
             max_batch: 512,
             cache_mb: 64,
             wal_limit_bytes: 64 << 20,
+            snapshot_every: Some(Duration::from_secs(300)),
+            snapshot_changes: 1_000_000,
         }
     }
 }
@@ -175,7 +182,23 @@ impl EmbeddedStore {
         let health = Arc::new(Health::new(metrics.clone()));
         let (tx, rx) = mpsc::channel(options.max_batch * 4);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let index = Arc::new(AudienceIndex::new());
+        let saved = Arc::new(saved::Saved {
+            path: lock.dir().join(SNAPSHOT_FILE),
+            token: Mutex::new(None),
+            changes: std::sync::atomic::AtomicU64::new(0),
+            writing: Mutex::new(()),
+        });
+        let periodic = saved::Periodic {
+            saved: saved.clone(),
+            index: index.clone(),
+            every: options.snapshot_every,
+            max_changes: options.snapshot_changes,
+            last: Instant::now(),
+            writer: tx.clone(),
+        };
         let maintenance = maintenance::Maintenance {
+            periodic,
             conn: maintenance_conn,
             wal_path: wal_path.clone(),
             wal_frames: wal_frames.clone(),
@@ -187,10 +210,9 @@ impl EmbeddedStore {
             .name("tagcast-maintenance".into())
             .spawn(move || maintenance::run(maintenance, stopped))
             .map_err(|e| format!("starting the maintenance thread: {e}"))?;
-        let index = Arc::new(AudienceIndex::new());
         let writer = writer::Writer {
             index: index.clone(),
-            snapshot_path: lock.dir().join(SNAPSHOT_FILE),
+            saved,
             trust_snapshot: migration.from == migration.to,
             conn,
             wal_frames,

@@ -167,6 +167,22 @@ pub const MIGRATIONS: &[Migration] = &[
               CREATE INDEX tagcast_broadcast_tokens_age ON tagcast_broadcast_tokens (created);",
         usable_from: 5,
     },
+    // v6: the change log (issue 18): per app, every committed batch's changes at the app's
+    // next position, in the batch's transaction, so a start loads the newest saved state
+    // and replays the entries after it instead of reading every row. Additive: a binary of
+    // the previous release writes no entries, but it also retires the saved state's token
+    // at its start, so the next start of this release builds from the rows instead of
+    // replaying an incomplete log.
+    Migration {
+        sql: "CREATE TABLE tagcast_log (
+                  app_id  INTEGER NOT NULL,
+                  pos     INTEGER NOT NULL,
+                  time_ms INTEGER NOT NULL,
+                  body    BLOB    NOT NULL,
+                  PRIMARY KEY (app_id, pos)
+              ) WITHOUT ROWID;",
+        usable_from: 5,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::apply;
 use super::health::Health;
+use super::saved::{self, Saved};
 use super::{BUSY_TIMEOUT, EmbeddedOptions};
 use crate::audience::{AudienceIndex, snapshot};
 use crate::metrics::Metrics;
@@ -77,8 +78,9 @@ pub(super) struct Writer {
     pub over_bound: LogThrottle,
     /// Follows every commit, before its requests are answered.
     pub index: Arc<AudienceIndex>,
-    /// Where the index is saved at a clean stop.
-    pub snapshot_path: std::path::PathBuf,
+    /// Where the state is saved, its token and the changes since (shared with the
+    /// periodic saver).
+    pub saved: Arc<Saved>,
     /// False when this start migrated the schema: a saved index may not match it.
     pub trust_snapshot: bool,
 }
@@ -162,10 +164,13 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     // into the main file so the next start opens quickly.
     let started = Instant::now();
     match save_snapshot(&w) {
-        Ok(()) => tracing::info!(
-            ms = started.elapsed().as_millis() as u64,
-            "audience index saved for the next start"
-        ),
+        Ok(()) => {
+            saved::trim_log(&w.conn, &saved::positions(&w.index));
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "state saved for the next start"
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, "saving the audience index failed; the next start rebuilds it from the store")
         }
@@ -175,75 +180,67 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-/// The key in `tagcast_meta` of the token of the audience snapshot that describes the
-/// store as it is (absent as soon as anything may have been written since).
-const SNAPSHOT_TOKEN: &str = "index_snapshot";
-
-fn snapshot_token(conn: &Connection) -> rusqlite::Result<Option<[u8; 16]>> {
-    let hex_token: Option<String> = conn
-        .query_row(
-            "SELECT value FROM tagcast_meta WHERE key = ?1",
-            [SNAPSHOT_TOKEN],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(hex_token.and_then(|t| hex::decode(t).ok()?.try_into().ok()))
-}
-
-/// Builds the index (from the snapshot when the store vouches for it, else from every
-/// row), and makes sure the snapshot is not trusted again once writes begin. `false`
-/// when the index cannot be built (every write is then answered with the failure).
+/// Builds the state: from the saved file and the change log after it when the store
+/// vouches for them (saved.rs), else from every row; then makes sure the store holds the
+/// token the next saves carry. `false` when the state cannot be built (every write is
+/// then answered with the failure).
 fn start_index(w: &mut Writer, rx: &mut mpsc::Receiver<Msg>) -> bool {
     let started = Instant::now();
-    let token = match snapshot_token(&w.conn) {
+    let token = match saved::stored_token(&w.conn) {
         Ok(t) => t,
         Err(e) => return fail_every_write(w, rx, e),
     };
-    let from_snapshot = token.filter(|_| w.trust_snapshot).and_then(|token| {
-        match snapshot::read(&w.snapshot_path, &token) {
-            Ok(apps) => apps,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(file = %w.snapshot_path.display(), "no saved audience index; building it from the store");
+    let path = w.saved.path.clone();
+    let loaded = match (token, w.trust_snapshot) {
+        (Some(t), true) => match saved::load(&w.conn, &path, &t) {
+            Ok(loaded) => Some(loaded),
+            Err(why) => {
+                tracing::warn!(file = %path.display(), cause = %why, "not starting from the saved state; building it from the store");
                 None
             }
-            Err(e) => {
-                tracing::warn!(error = %e, file = %w.snapshot_path.display(), "the saved audience index is unreadable; building it from the store");
-                None
+        },
+        (None, _) => {
+            if path.exists() {
+                tracing::warn!(file = %path.display(), cause = "the store holds no token for it (a release before the change log ran since?)", "not starting from the saved state; building it from the store");
             }
+            None
         }
-    });
-    let source = if from_snapshot.is_some() {
-        "snapshot"
-    } else {
-        "store"
+        (Some(_), false) => {
+            tracing::info!(
+                "the schema was migrated at this start; building the state from the store"
+            );
+            None
+        }
     };
-    let apps = match from_snapshot {
-        Some(apps) => apps,
+    let (apps, source, replayed) = match loaded {
+        Some((apps, replayed)) => (apps, "snapshot", replayed),
         None => match apply::build_index(&w.conn) {
-            Ok(builder) => builder.finish(),
+            Ok(builder) => (builder.finish(), "store", 0),
             Err(e) => return fail_every_write(w, rx, e),
         },
     };
-    // From the first write on, the file no longer describes the store.
-    if token.is_some() {
-        let mut warned = false;
-        while let Err(e) = w
-            .conn
-            .execute("DELETE FROM tagcast_meta WHERE key = ?1", [SNAPSHOT_TOKEN])
-        {
-            if !std::mem::replace(&mut warned, true) {
-                tracing::warn!(error = %e, "cannot retire the audience index file's token; writes wait, retrying every second");
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let t: [u8; 16] = rand::random();
+            let mut warned = false;
+            while let Err(e) = saved::record_token(&w.conn, &t) {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "cannot record the saved state's token; writes wait, retrying every second");
+                }
+                std::thread::sleep(Duration::from_secs(1));
             }
-            std::thread::sleep(Duration::from_secs(1));
+            t
         }
-        let _ = std::fs::remove_file(&w.snapshot_path);
-    }
+    };
+    *w.saved.token.lock().expect("token lock") = Some(token);
     w.index.replace(apps, 0);
     let (apps, bitmaps) = w.index.size();
     tracing::info!(
         apps,
         bitmaps,
         from = source,
+        replayed,
         ms = started.elapsed().as_millis() as u64,
         "audience index built"
     );
@@ -264,19 +261,14 @@ fn fail_every_write(w: &Writer, rx: &mut mpsc::Receiver<Msg>, e: rusqlite::Error
     false
 }
 
-/// Writes the index to its file, then records the file's token in the store.
+/// Writes the state to its file with the store's token (at a clean stop).
 fn save_snapshot(w: &Writer) -> Result<(), String> {
-    let token: [u8; 16] = rand::random();
-    snapshot::write(&w.index, &token, &w.snapshot_path)
-        .map_err(|e| format!("writing {}: {e}", w.snapshot_path.display()))?;
-    w.conn
-        .execute(
-            "INSERT INTO tagcast_meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [SNAPSHOT_TOKEN, &hex::encode(token)],
-        )
-        .map_err(|e| format!("recording the index file's token: {e}"))?;
-    Ok(())
+    let Some(token) = *w.saved.token.lock().expect("token lock") else {
+        return Err("the store holds no token for a saved state".into());
+    };
+    let _writing = w.saved.writing.lock().expect("save lock");
+    snapshot::write(&w.index, &token, &w.saved.path)
+        .map_err(|e| format!("writing {}: {e}", w.saved.path.display()))
 }
 
 impl Writer {
@@ -288,9 +280,8 @@ impl Writer {
     fn commit_batch(&mut self, batch: &[WriteJob]) -> Vec<Result<Vec<Outcome>, StoreError>> {
         let cap = self.options.max_tags_per_user;
         let failure = match commit_all(&mut self.conn, &self.index, batch, cap) {
-            Ok(plan) => {
-                self.index.apply(&plan.changes, plan.time_ms);
-                self.index.set_next_ordinals(&plan.next_ordinal);
+            Ok((plan, heads)) => {
+                self.applied(&plan, &heads);
                 return plan.outcomes.into_iter().map(Ok).collect();
             }
             Err(Failure::Sql(e)) => self.health.failed(e, true),
@@ -308,9 +299,8 @@ impl Writer {
                             std::slice::from_ref(job),
                             cap,
                         ) {
-                            Ok(mut plan) => {
-                                self.index.apply(&plan.changes, plan.time_ms);
-                                self.index.set_next_ordinals(&plan.next_ordinal);
+                            Ok((mut plan, heads)) => {
+                                self.applied(&plan, &heads);
                                 Ok(plan.outcomes.remove(0))
                             }
                             Err(Failure::Sql(e)) => Err(self.health.failed(e, true)),
@@ -323,13 +313,23 @@ impl Writer {
         }
     }
 
+    /// A committed plan into the state, with the log positions it took.
+    fn applied(&self, plan: &Plan, heads: &[(u32, u64)]) {
+        self.index.apply_logged(&plan.changes, plan.time_ms, heads);
+        self.index.set_next_ordinals(&plan.next_ordinal);
+        self.saved
+            .changes
+            .fetch_add(plan.changes.len() as u64, Ordering::Relaxed);
+    }
+
     /// Ready again only when a write like the requests' would commit: the filesystem has
     /// [`PROBE_HEADROOM`] free, and 1 MiB commits (then is freed again) where the requests
     /// write, after the log as it is. The probe makes no room for itself (emptying the log
     /// first would let it fit where the requests do not, and `/readyz` would flap).
     fn probe(&mut self) {
         let dir = self
-            .snapshot_path
+            .saved
+            .path
             .parent()
             .unwrap_or(std::path::Path::new("."));
         if let Some(free) = free_bytes(dir).filter(|f| *f < PROBE_HEADROOM) {
@@ -431,7 +431,7 @@ fn commit_all(
     index: &AudienceIndex,
     jobs: &[WriteJob],
     cap: usize,
-) -> Result<Plan, Failure> {
+) -> Result<(Plan, Vec<(u32, u64)>), Failure> {
     let batch = plan::Batch { jobs };
     let (users, next_ordinal) = index.planner_state(&batch.users(), |u| batch.needs_ordinals(u));
     let snapshot = plan::Snapshot {
@@ -441,6 +441,8 @@ fn commit_all(
     let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     apply::write_changes(&tx, &plan)?;
+    let heads = saved::heads(index, &plan.changes);
+    saved::append(&tx, &plan.changes, &heads, plan.time_ms)?;
     tx.commit()?;
-    Ok(plan)
+    Ok((plan, heads))
 }

@@ -1,0 +1,241 @@
+//! The saved state and the change log behind it (issue 18).
+//!
+//! Every committed batch appends, per app it changed, one entry to `tagcast_log` at the
+//! app's next position (`postcard` of its changes, in the batch's transaction). The state
+//! is saved to a file at a clean stop and periodically (`store.snapshot_interval_s`,
+//! `store.snapshot_changes`), each app with the position it holds; a start loads the
+//! newest file and replays each app's entries after its position, so a start after a
+//! crash costs the file and the log since, not every row. The file is trusted only when:
+//! it carries the token `tagcast_meta` holds (a release before the log retires that token
+//! at its start, so a store written without entries is never replayed), no migration ran
+//! at this start, each app's entry at its position is still there with the same time (a
+//! restored or swapped store fails this), and the log continues right after it. Otherwise
+//! the state is built from the rows, and the log line says why. Entries are trimmed behind
+//! the newest saved file only (the entry it ends at is kept, for the check).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc;
+
+use super::writer::Msg;
+use crate::audience::index::AppIndex;
+use crate::audience::{AudienceIndex, snapshot};
+use crate::model::Change;
+
+/// The key in `tagcast_meta` of the token every saved file of this store carries.
+pub(super) const TOKEN_KEY: &str = "index_snapshot";
+
+/// What the writer and the periodic saver share.
+pub(super) struct Saved {
+    pub path: PathBuf,
+    /// The store's token (`None` until the writer has recorded one).
+    pub token: Mutex<Option<[u8; 16]>>,
+    /// Changes applied since the last save.
+    pub changes: AtomicU64,
+    /// One save at a time (the periodic one, the one at a clean stop).
+    pub writing: Mutex<()>,
+}
+
+pub(super) fn stored_token(conn: &Connection) -> rusqlite::Result<Option<[u8; 16]>> {
+    let hex_token: Option<String> = conn
+        .query_row(
+            "SELECT value FROM tagcast_meta WHERE key = ?1",
+            [TOKEN_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(hex_token.and_then(|t| hex::decode(t).ok()?.try_into().ok()))
+}
+
+pub(super) fn record_token(conn: &Connection, token: &[u8; 16]) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO tagcast_meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [TOKEN_KEY, &hex::encode(token)],
+    )?;
+    Ok(())
+}
+
+/// Each app's next log position for a plan's changes, in the order the apps first appear.
+pub(super) fn heads(index: &AudienceIndex, changes: &[Change]) -> Vec<(u32, u64)> {
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for c in changes {
+        let app = c.app();
+        if !out.iter().any(|(a, _)| *a == app) {
+            out.push((app, index.log_pos(app) + 1));
+        }
+    }
+    out
+}
+
+/// Appends one entry per app of `heads`: that app's changes, in order.
+pub(super) fn append(
+    conn: &Connection,
+    changes: &[Change],
+    heads: &[(u32, u64)],
+    time_ms: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO tagcast_log (app_id, pos, time_ms, body) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for &(app, pos) in heads {
+        let of_app: Vec<&Change> = changes.iter().filter(|c| c.app() == app).collect();
+        let body = postcard::to_allocvec(&of_app).map_err(|e| {
+            rusqlite::Error::ToSqlConversionFailure(format!("encoding a log entry: {e}").into())
+        })?;
+        insert.execute(params![app, pos as i64, time_ms, body])?;
+    }
+    Ok(())
+}
+
+/// The saved state, checked against the store and brought up to date with the log after
+/// it: `Ok((apps, entries replayed))`, or why it cannot be used.
+pub(super) fn load(
+    conn: &Connection,
+    path: &Path,
+    token: &[u8; 16],
+) -> Result<(HashMap<u32, AppIndex>, u64), String> {
+    let mut apps = match snapshot::read(path, token) {
+        Ok(Some(apps)) => apps,
+        Ok(None) => return Err("the saved state is of another store or an older one".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("no saved state".into());
+        }
+        Err(e) => return Err(format!("the saved state is unreadable: {e}")),
+    };
+    let sql = |e: rusqlite::Error| format!("reading the change log: {e}");
+    let mut at = conn
+        .prepare("SELECT time_ms FROM tagcast_log WHERE app_id = ?1 AND pos = ?2")
+        .map_err(sql)?;
+    for (app, a) in &apps {
+        let (pos, time) = a.log_head();
+        if pos == 0 {
+            continue;
+        }
+        let found: Option<i64> = at
+            .query_row(params![app, pos as i64], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
+        if found != Some(time) {
+            return Err(format!(
+                "the change log of AppId {app} no longer holds the entry {pos} the saved state ends at (a restored or replaced store?)"
+            ));
+        }
+    }
+    let mut logged: Vec<u32> = conn
+        .prepare("SELECT DISTINCT app_id FROM tagcast_log")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(sql)?;
+    logged.retain(|a| !apps.contains_key(a));
+    let mut entries = conn
+        .prepare("SELECT pos, time_ms, body FROM tagcast_log WHERE app_id = ?1 AND pos > ?2 ORDER BY pos")
+        .map_err(sql)?;
+    let mut replayed = 0;
+    let ids: Vec<u32> = apps.keys().copied().chain(logged).collect();
+    for app in ids {
+        let a = apps.entry(app).or_default();
+        let mut rows = entries
+            .query(params![app, a.log_head().0 as i64])
+            .map_err(sql)?;
+        while let Some(r) = rows.next().map_err(sql)? {
+            let pos = r.get::<_, i64>(0).map_err(sql)? as u64;
+            if pos != a.log_head().0 + 1 {
+                return Err(format!(
+                    "the change log of AppId {app} jumps from {} to {pos} (trimmed past the saved state)",
+                    a.log_head().0
+                ));
+            }
+            let time: i64 = r.get(1).map_err(sql)?;
+            let body = r
+                .get_ref(2)
+                .map_err(sql)?
+                .as_blob()
+                .map_err(|e| format!("the change log entry {pos} of AppId {app}: {e}"))?;
+            let changes: Vec<Change> = postcard::from_bytes(body).map_err(|e| {
+                format!("the change log entry {pos} of AppId {app} does not decode: {e}")
+            })?;
+            a.apply_entry(&changes, time, pos);
+            replayed += 1;
+        }
+    }
+    Ok((apps, replayed))
+}
+
+/// Deletes each app's entries before the position a saved file holds (keeping that one,
+/// which the next start checks).
+pub(super) fn trim_log(conn: &Connection, behind: &[(u32, u64)]) {
+    for &(app, pos) in behind {
+        if let Err(e) = conn.execute(
+            "DELETE FROM tagcast_log WHERE app_id = ?1 AND pos < ?2",
+            params![app, pos as i64],
+        ) {
+            tracing::debug!(error = %e, "trimming the change log failed; next time");
+        }
+    }
+}
+
+/// Each app's position in the state now.
+pub(super) fn positions(index: &AudienceIndex) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let _ = index.each_app(|app, a| -> Result<(), ()> {
+        out.push((app, a.log_head().0));
+        Ok(())
+    });
+    out
+}
+
+/// The periodic save, run by the maintenance thread between its checkpoints.
+pub(super) struct Periodic {
+    pub saved: std::sync::Arc<Saved>,
+    pub index: std::sync::Arc<AudienceIndex>,
+    pub every: Option<Duration>,
+    pub max_changes: u64,
+    pub last: Instant,
+    pub writer: mpsc::Sender<Msg>,
+}
+
+impl Periodic {
+    pub fn tick(&mut self) {
+        let changes = self.saved.changes.load(Ordering::Relaxed);
+        let due = changes >= self.max_changes
+            || (changes > 0 && self.every.is_some_and(|e| self.last.elapsed() >= e));
+        if !due || !self.index.is_built() {
+            return;
+        }
+        let Some(token) = *self.saved.token.lock().expect("token lock") else {
+            return;
+        };
+        self.last = Instant::now();
+        let started = Instant::now();
+        let _writing = self.saved.writing.lock().expect("save lock");
+        // The changes counted from here on are after the copies.
+        self.saved.changes.fetch_sub(changes, Ordering::Relaxed);
+        let apps = self.index.copy_apps();
+        let copied_ms = started.elapsed().as_millis() as u64;
+        if let Err(e) = snapshot::write_copies(&apps, &token, &self.saved.path) {
+            self.saved.changes.fetch_add(changes, Ordering::Relaxed);
+            tracing::warn!(error = %e, file = %self.saved.path.display(), "saving the state failed; retrying at the next interval");
+            return;
+        }
+        let trim: Vec<(u32, u64)> = apps
+            .iter()
+            .map(|(app, a)| (*app, a.log_head().0))
+            .filter(|(_, pos)| *pos > 1)
+            .collect();
+        drop(apps);
+        tracing::info!(
+            changes,
+            copy_ms = copied_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "state saved; the change log before it is trimmed"
+        );
+        let work: super::writer::WriterWork = Box::new(move |conn, _, _| trim_log(conn, &trim));
+        // A full queue: the next save trims what this one would have.
+        let _ = self.writer.try_send(Msg::Run(work));
+    }
+}
