@@ -166,17 +166,64 @@ pub(super) fn load(
     Ok((apps, replayed))
 }
 
-/// Deletes each app's entries before the position a saved file holds (keeping that one,
-/// which the next start checks).
+/// Entries deleted per statement when trimming: one trim of a long log must not become
+/// one transaction that takes the write-ahead log far past `store.wal_limit_mb`.
+const TRIM_CHUNK: i64 = 32;
+
+/// Deletes up to [`TRIM_CHUNK`] of the app's oldest entries before `pos` (the position a
+/// saved file holds; that entry is kept, for the check at start); whether any are left.
+fn trim_chunk(conn: &Connection, app: u32, pos: u64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "DELETE FROM tagcast_log WHERE app_id = ?1
+           AND pos < MIN(?2, (SELECT MIN(pos) FROM tagcast_log WHERE app_id = ?1) + ?3)",
+    )?
+    .execute(params![app, pos as i64, TRIM_CHUNK])?;
+    let oldest: Option<i64> = conn
+        .prepare_cached("SELECT MIN(pos) FROM tagcast_log WHERE app_id = ?1")?
+        .query_row([app], |r| r.get(0))?;
+    Ok(oldest.is_some_and(|o| (o as u64) < pos))
+}
+
+/// Trims every app's entries before its position, all at once (at a clean stop, when the
+/// log is emptied right after).
 pub(super) fn trim_log(conn: &Connection, behind: &[(u32, u64)]) {
     for &(app, pos) in behind {
-        if let Err(e) = conn.execute(
-            "DELETE FROM tagcast_log WHERE app_id = ?1 AND pos < ?2",
-            params![app, pos as i64],
-        ) {
-            tracing::debug!(error = %e, "trimming the change log failed; next time");
+        loop {
+            match trim_chunk(conn, app, pos) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "trimming the change log failed; next time");
+                    break;
+                }
+            }
         }
     }
+}
+
+/// Trims one chunk on the writer, then queues the next chunk behind the writes waiting,
+/// so the writer checks the write-ahead log's bound between chunks. A full queue leaves
+/// the rest to the next save.
+fn trim_on_writer(writer: mpsc::Sender<Msg>, mut behind: Vec<(u32, u64)>) {
+    let again = writer.clone();
+    let work: super::writer::WriterWork = Box::new(move |conn, _, _| {
+        while let Some(&(app, pos)) = behind.last() {
+            match trim_chunk(conn, app, pos) {
+                Ok(true) => {
+                    trim_on_writer(again, behind);
+                    return;
+                }
+                Ok(false) => {
+                    behind.pop();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "trimming the change log failed; next time");
+                    return;
+                }
+            }
+        }
+    });
+    let _ = writer.try_send(Msg::Run(work));
 }
 
 /// Each app's position in the state now.
@@ -234,8 +281,6 @@ impl Periodic {
             ms = started.elapsed().as_millis() as u64,
             "state saved; the change log before it is trimmed"
         );
-        let work: super::writer::WriterWork = Box::new(move |conn, _, _| trim_log(conn, &trim));
-        // A full queue: the next save trims what this one would have.
-        let _ = self.writer.try_send(Msg::Run(work));
+        trim_on_writer(self.writer.clone(), trim);
     }
 }
