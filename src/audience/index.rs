@@ -432,6 +432,17 @@ impl AudienceIndex {
         self.apps.read().expect("index lock").get(&app).cloned()
     }
 
+    /// Every app's handle, taken under the map's lock and released before any app's lock
+    /// is taken.
+    fn handles(&self) -> Vec<(u32, Arc<RwLock<AppIndex>>)> {
+        self.apps
+            .read()
+            .expect("index lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
     fn app_or_insert(&self, app: u32) -> Arc<RwLock<AppIndex>> {
         if let Some(a) = self.app(app) {
             return a;
@@ -559,14 +570,8 @@ impl AudienceIndex {
     /// A copy of each app's state, each taken under its read lock (a periodic snapshot
     /// writes the copies without holding anything).
     pub fn copy_apps(&self) -> Vec<(u32, AppIndex)> {
-        let apps: Vec<(u32, Arc<RwLock<AppIndex>>)> = self
-            .apps
-            .read()
-            .expect("index lock")
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        apps.into_iter()
+        self.handles()
+            .into_iter()
             .map(|(app, a)| (app, a.read().expect("index lock").clone()))
             .collect()
     }
@@ -655,14 +660,7 @@ impl AudienceIndex {
 
     /// Calls `f` with every app's index, each under its read lock.
     pub fn each_app<E>(&self, mut f: impl FnMut(u32, &AppIndex) -> Result<(), E>) -> Result<(), E> {
-        let apps: Vec<(u32, Arc<RwLock<AppIndex>>)> = self
-            .apps
-            .read()
-            .expect("index lock")
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for (app, a) in apps {
+        for (app, a) in self.handles() {
             f(app, &a.read().expect("index lock"))?;
         }
         Ok(())

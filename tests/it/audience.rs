@@ -648,6 +648,25 @@ async fn after_kill_9_under_writers_the_rebuilt_index_equals_the_store() {
     }
 }
 
+/// Starts a server that must build its state from the rows, logging once why it did not
+/// use the saved state, with `cause` in that line.
+async fn start_from_the_rows(
+    dir: &std::path::Path,
+    config: &tagcast::config::Config,
+    cause: &str,
+) -> ChildServer {
+    let server = ChildServer::spawn_logged(dir, config, "info");
+    let built = server.wait_for_log("audience index built").await;
+    assert!(
+        built.iter().any(|l| l.contains("from=\"store\"")),
+        "{built:?}"
+    );
+    let why = server.log_lines_with("not starting from the saved state");
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(why[0].contains(cause), "{why:?}");
+    server
+}
+
 /// Embedded: the state saved periodically plus the change log after it are the store after
 /// a kill -9. Random writes, a periodic save (every second here), more writes, kill -9:
 /// the start loads the file, replays the entries after it, and every read and audience
@@ -699,15 +718,7 @@ async fn after_kill_9_the_start_loads_the_saved_state_and_replays_the_log_after_
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let server = ChildServer::spawn_logged(tmp.path(), &config, "info");
-    let built = server.wait_for_log("audience index built").await;
-    assert!(
-        built.iter().any(|l| l.contains("from=\"store\"")),
-        "{built:?}"
-    );
-    let why = server.log_lines_with("not starting from the saved state");
-    assert_eq!(why.len(), 1, "{why:?}");
-    assert!(why[0].contains("unreadable"), "{why:?}");
+    let server = start_from_the_rows(tmp.path(), &config, "unreadable").await;
     check_filters(&mut rng, &server.client(), &model, 10).await;
     for _ in 0..40 {
         random_write(&mut rng, &server.client(), &mut model).await;
@@ -720,14 +731,7 @@ async fn after_kill_9_the_start_loads_the_saved_state_and_replays_the_log_after_
         &config,
         &format!("DELETE FROM tagcast_log WHERE app_id = {APP}"),
     );
-    let server = ChildServer::spawn_logged(tmp.path(), &config, "info");
-    let built = server.wait_for_log("audience index built").await;
-    assert!(
-        built.iter().any(|l| l.contains("from=\"store\"")),
-        "{built:?}"
-    );
-    let why = server.log_lines_with("not starting from the saved state");
-    assert_eq!(why.len(), 1, "{why:?}");
+    let server = start_from_the_rows(tmp.path(), &config, "no longer holds the entry").await;
     check_filters(&mut rng, &server.client(), &model, 10).await;
     server.terminate();
 }
