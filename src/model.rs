@@ -1,7 +1,7 @@
 //! The domain's plain types, importing nothing of ours: tags and their operations, a
 //! write's outcome, a stored user as reads answer it, the state the planner reads, and
 //! the changes a committed write made (which the store writes, the in-memory state
-//! applies and the PostgreSQL change log carries). Every other layer points down here.
+//! applies and both stores' change logs carry). Every other layer points down here.
 
 use std::collections::BTreeMap;
 
@@ -124,4 +124,31 @@ impl Change {
             | Change::Unregistered { app, .. } => *app,
         }
     }
+}
+
+/// One change log entry's body: an app's changes of one transaction, in order, as
+/// `postcard` (both stores' logs; a few bytes per tag, not JSON).
+pub fn encode_entry(changes: &[&Change]) -> Vec<u8> {
+    postcard::to_allocvec(changes).expect("changes always encode")
+}
+
+/// The changes of an entry written by [`encode_entry`].
+pub fn decode_entry(body: &[u8]) -> Result<Vec<Change>, postcard::Error> {
+    postcard::from_bytes(body)
+}
+
+/// The changes of `app` among `changes`, in order.
+pub fn of_app(changes: &[Change], app: u32) -> Vec<&Change> {
+    changes.iter().filter(|c| c.app() == app).collect()
+}
+
+/// The apps of `changes`, each once, in the order they first appear.
+pub fn apps_of(changes: &[Change]) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for c in changes {
+        if !out.contains(&c.app()) {
+            out.push(c.app());
+        }
+    }
+    out
 }

@@ -6,10 +6,11 @@
 //! applied one app at a time under that app's write lock (a reader sees a batch's changes
 //! of an app all or none), so it can never disagree with what was committed.
 //!
-//! Positions: the PostgreSQL store numbers its committed transactions (its change log) and
-//! applies them here strictly in order ([`AudienceIndex::apply_at`]); [`AudienceIndex::
-//! applied`] is the last applied position, which queries wait for. The embedded store has
-//! a single writer that applies after each commit and leaves positions at 0.
+//! Positions: both stores number each app's committed changes (its change log) and each
+//! app here holds the last position it applied. The PostgreSQL follower applies entries
+//! strictly in order ([`AudienceIndex::apply_at`]) and queries wait until their app has
+//! reached the head they read ([`AudienceIndex::subscribe`] wakes on every apply); the
+//! embedded store's single writer applies after each commit.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -84,8 +85,8 @@ pub struct AppIndex {
     pub(super) next_ordinal: u32,
     pub(super) strings: Strings,
     pub(super) inboxes: FxHashMap<u32, InboxIndex>,
-    /// Embedded: the app's last change log position applied, and that entry's time (a
-    /// saved state names the entry it ends at, so a start can check the log still has it).
+    /// The app's last change log position applied, and that entry's time (a saved state
+    /// names the entry it ends at, so a start can check the log still has it).
     pub(super) log_pos: u64,
     pub(super) log_time_ms: i64,
 }
@@ -406,9 +407,10 @@ pub struct Page {
     pub next: Option<u32>,
 }
 
-/// The index of every app, with the position of the last change applied.
+/// The index of every app (each with the log position it holds).
 pub struct AudienceIndex {
     apps: RwLock<HashMap<u32, Arc<RwLock<AppIndex>>>>,
+    /// Bumped after every apply and replace: waiters re-check their app's position.
     applied: watch::Sender<u64>,
     built: AtomicBool,
 }
@@ -484,34 +486,34 @@ impl AudienceIndex {
         }
     }
 
-    /// Applies the changes of log position `pos` if it is the next one; returns whether it
-    /// was applied (`false`: already applied, or a gap the caller must fill first).
-    pub fn apply_at(&self, pos: u64, changes: &[Change], time_ms: i64) -> bool {
-        if pos != self.applied() + 1 {
-            return false;
+    /// Applies the changes of the app's log position `pos` if it is that app's next one;
+    /// returns whether it was applied (`false`: already applied, or a gap the caller must
+    /// fill first).
+    pub fn apply_at(&self, app: u32, pos: u64, changes: &[Change], time_ms: i64) -> bool {
+        {
+            let index = self.app_or_insert(app);
+            let mut index = index.write().expect("index lock");
+            if pos != index.log_pos + 1 {
+                return false;
+            }
+            index.apply_entry(changes, time_ms, pos);
         }
-        self.apply(changes, time_ms);
-        self.applied.send_replace(pos);
+        self.applied.send_modify(|g| *g += 1);
         true
     }
 
-    /// Replaces the whole index with `apps` as of position `pos` (a build or a rebuild).
-    pub fn replace(&self, apps: HashMap<u32, AppIndex>, pos: u64) {
+    /// Replaces the whole index with `apps` (a build, a rebuild, a loaded snapshot).
+    pub fn replace(&self, apps: HashMap<u32, AppIndex>) {
         *self.apps.write().expect("index lock") = apps
             .into_iter()
             .map(|(k, v)| (k, Arc::new(RwLock::new(v))))
             .collect();
-        // Built before the position is published: waiters check it when woken.
+        // Built before waiters are woken: they check it.
         self.built.store(true, Ordering::Release);
-        self.applied.send_replace(pos);
+        self.applied.send_modify(|g| *g += 1);
     }
 
-    /// The position of the last change applied.
-    pub fn applied(&self) -> u64 {
-        *self.applied.borrow()
-    }
-
-    /// Wakes on every applied position.
+    /// Wakes after every apply and replace.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }
@@ -561,10 +563,18 @@ impl AudienceIndex {
             .collect()
     }
 
-    /// The app's last applied change log position (embedded; 0: none).
+    /// The app's last applied change log position (0: none).
     pub fn log_pos(&self, app: u32) -> u64 {
         self.app(app)
             .map_or(0, |a| a.read().expect("index lock").log_pos)
+    }
+
+    /// Each app's change log position.
+    pub fn positions(&self) -> Vec<(u32, u64)> {
+        self.handles()
+            .into_iter()
+            .map(|(app, a)| (app, a.read().expect("index lock").log_pos))
+            .collect()
     }
 
     /// A copy of each app's state, each taken under its read lock (a periodic snapshot
@@ -721,7 +731,7 @@ impl Builder {
         a.set(inbox, key, value, ordinal);
     }
 
-    /// The app's last change log entry (embedded), which the rows hold.
+    /// The app's last change log entry, which the rows hold.
     pub fn log_head(&mut self, app: u32, pos: u64, time_ms: i64) {
         let a = self.apps.entry(app).or_default();
         a.log_pos = pos;

@@ -106,7 +106,7 @@ pub fn generate(dir: &Path, users: u64, app_id: u32) -> Result<DataSet, String> 
     }
     out.flush().map_err(|e| e.to_string())?;
     let index = AudienceIndex::new();
-    index.replace(builder.finish(), 0);
+    index.replace(builder.finish());
     Ok(DataSet {
         users,
         file,

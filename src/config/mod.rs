@@ -238,11 +238,12 @@ pub struct StoreConfig {
     /// checkpoint and starts it over, so it cannot grow without bound under sustained
     /// writes.
     pub wal_limit_mb: u64,
-    /// Embedded: the state is saved to `data_dir/audience.snapshot` this often (seconds)
-    /// when anything changed, so a start after a crash loads it and replays only the change
-    /// log after it; 0 saves only at a clean stop.
+    /// The state is saved to `data_dir/audience.snapshot` this often (seconds) when
+    /// anything changed, so a start (after a crash too) loads it and replays only the change
+    /// log after it; 0 saves only at a clean stop. Both stores: a PostgreSQL node saves its
+    /// own copy.
     pub snapshot_interval_s: u64,
-    /// Embedded: ... or as soon as this many changes were applied since the last save.
+    /// ... or as soon as this many changes were applied since the last save.
     pub snapshot_changes: u64,
     /// PostgreSQL URL (kind = "postgres"); may hold a password, so never printed.
     #[serde(skip_serializing_if = "Option::is_none")]

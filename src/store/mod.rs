@@ -220,12 +220,17 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Takes the data directory's lock when the configured store lives there (the embedded
-/// one): one server, restore or import per directory.
+/// Takes the data directory's lock when the process keeps files there: the embedded
+/// store, and a PostgreSQL node serving (its snapshot file): one server, restore or
+/// import per directory. An import into PostgreSQL keeps nothing there.
 pub fn lock_data_dir(config: &Config, holder: &str) -> Result<Option<DataDirLock>, String> {
-    Ok(match config.store.kind {
-        StoreKind::Embedded => Some(DataDirLock::acquire(&config.data_dir, holder)?),
-        StoreKind::Postgres => None,
+    let keeps_files = match config.store.kind {
+        StoreKind::Embedded => true,
+        StoreKind::Postgres => holder == "serve",
+    };
+    Ok(match keeps_files {
+        true => Some(DataDirLock::acquire(&config.data_dir, holder)?),
+        false => None,
     })
 }
 
@@ -237,7 +242,7 @@ pub async fn open(
 ) -> Result<Arc<dyn Store>, String> {
     let s = &config.store;
     match (s.kind, &s.url, lock) {
-        (StoreKind::Postgres, Some(url), _) => {
+        (StoreKind::Postgres, Some(url), lock) => {
             let options = PostgresOptions {
                 max_tags_per_user: config.tags.max_per_user,
                 pool_size: s.pool_size,
@@ -245,8 +250,18 @@ pub async fn open(
                 max_batch: s.max_batch,
                 timeout: Duration::from_millis(s.timeout_ms),
                 ca_file: s.ca_file.clone(),
+                // A serving node (it holds the directory's lock) follows the logs and
+                // saves its state there; an import only writes.
+                follow: lock.is_some(),
+                snapshot_file: lock
+                    .is_some()
+                    .then(|| config.data_dir.join(embedded::SNAPSHOT_FILE)),
+                snapshot_every: (s.snapshot_interval_s > 0)
+                    .then(|| Duration::from_secs(s.snapshot_interval_s)),
+                snapshot_changes: s.snapshot_changes.max(1),
             };
-            Ok(Arc::new(PostgresStore::open(url, options, metrics).await?))
+            let store = PostgresStore::open(url, options, metrics).await?;
+            Ok(Arc::new(store.holding(lock)))
         }
         (StoreKind::Embedded, _, Some(lock)) => {
             let options = EmbeddedOptions {

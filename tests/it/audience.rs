@@ -667,20 +667,21 @@ async fn start_from_the_rows(
     server
 }
 
-/// Embedded: the state saved periodically plus the change log after it are the store after
-/// a kill -9. Random writes, a periodic save (every second here), more writes, kill -9:
+/// Both backends: the state saved periodically plus the change log after it are the
+/// start after a kill -9. Random writes, a periodic save (every second here), more writes, kill -9:
 /// the start loads the file, replays the entries after it, and every read and audience
 /// answer equals the model. Then the fallbacks, each with its one log line and the same
 /// answers: a truncated file, and a log that no longer holds the entry the file ends at.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_kill_9_the_start_loads_the_saved_state_and_replays_the_log_after_it() {
-    if crate::skip::on_postgres("the embedded store's saved state and change log") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let mut config = test_config(&tmp.path().join("data"));
     config.tags.max_per_user = CAP;
     config.store.snapshot_interval_s = 1;
+    let log = match config.store.kind {
+        tagcast::config::StoreKind::Embedded => "tagcast_log",
+        tagcast::config::StoreKind::Postgres => "tagcast_app_log",
+    };
     let snapshot = config
         .data_dir
         .join(tagcast::store::embedded::SNAPSHOT_FILE);
@@ -727,10 +728,7 @@ async fn after_kill_9_the_start_loads_the_saved_state_and_replays_the_log_after_
     server.kill9();
 
     // The log trimmed past the file: the entry it ends at is gone.
-    run_sql(
-        &config,
-        &format!("DELETE FROM tagcast_log WHERE app_id = {APP}"),
-    );
+    run_sql(&config, &format!("DELETE FROM {log} WHERE app_id = {APP}"));
     let server = start_from_the_rows(tmp.path(), &config, "no longer holds the entry").await;
     check_filters(&mut rng, &server.client(), &model, 10).await;
     server.terminate();

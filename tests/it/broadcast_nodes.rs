@@ -22,10 +22,13 @@ fn node_config(dir: &std::path::Path, db_url: &str) -> Config {
     c
 }
 
+/// A node with its own data directory (each keeps its snapshot file there).
 fn node(root: &std::path::Path, name: &str, config: &Config) -> ChildServer {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    ChildServer::spawn_with(&dir, config)
+    let mut config = config.clone();
+    config.data_dir = dir.clone();
+    ChildServer::spawn_with(&dir, &config)
 }
 
 #[tokio::test(flavor = "multi_thread")]

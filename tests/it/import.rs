@@ -130,7 +130,8 @@ async fn a_running_server_refuses_an_embedded_import_or_follows_a_postgres_one()
     let tmp = tempfile::tempdir().unwrap();
     let (config, path) = write_config(tmp.path());
     let file = tmp.path().join("users.jsonl");
-    let lines: String = (1..=2500)
+    const USERS: u64 = 100_000;
+    let lines: String = (1..=USERS)
         .map(|i| format!("{{\"UserId\":{i},\"Tags\":[\"cohort:c{}\"]}}\n", i % 5))
         .collect();
     std::fs::write(&file, lines).unwrap();
@@ -144,15 +145,27 @@ async fn a_running_server_refuses_an_embedded_import_or_follows_a_postgres_one()
         file.to_str().unwrap(),
     ];
     let (code, out, err) = run_tagcast(&args, tmp.path()).await;
+    let cohort = |server: &ChildServer| {
+        let c = server.client();
+        async move {
+            let a = call(
+                &c,
+                "CountAudience",
+                json!({"AppId": APP, "Filter": {"Tag": "cohort:c0"}}),
+            )
+            .await;
+            ok(&a)["Count"].as_u64().unwrap()
+        }
+    };
     if postgres_backend() {
         assert_eq!(code, 0, "{out}{err}");
-        let a = call(
-            &server.client(),
-            "CountAudience",
-            json!({"AppId": APP, "Filter": {"Tag": "cohort:c0"}}),
-        )
-        .await;
-        assert_eq!(ok(&a)["Count"], 500);
+        assert_eq!(cohort(&server).await, USERS / 5);
+        // The import only wrote: the server's directory holds no state file of its own
+        // (the server saves at its interval or its stop, not before).
+        let saved = config
+            .data_dir
+            .join(tagcast::store::embedded::SNAPSHOT_FILE);
+        assert!(!saved.exists(), "{} written by the import", saved.display());
     } else {
         assert_ne!(code, 0);
         let pid = server.child.id().to_string();
@@ -162,6 +175,12 @@ async fn a_running_server_refuses_an_embedded_import_or_follows_a_postgres_one()
         );
         let a = call(&server.client(), "CountAudience", json!({"AppId": APP})).await;
         assert_eq!(ok(&a)["Count"], 0);
+        // Stopped, the store takes the import.
+        server.terminate();
+        let (code, out, err) = run_tagcast(&args, tmp.path()).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let server = ChildServer::spawn_with(tmp.path(), &config);
+        assert_eq!(cohort(&server).await, USERS / 5);
     }
 }
 

@@ -30,8 +30,12 @@ fn two_nodes(config: &Config) -> (tempfile::TempDir, ChildServer, ChildServer) {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    let na = ChildServer::spawn_with(&a, config);
-    let nb = ChildServer::spawn_with(&b, config);
+    // Each node with its own data directory (each keeps its snapshot file there).
+    let (mut ca, mut cb) = (config.clone(), config.clone());
+    ca.data_dir = a.clone();
+    cb.data_dir = b.clone();
+    let na = ChildServer::spawn_with(&a, &ca);
+    let nb = ChildServer::spawn_with(&b, &cb);
     (dir, na, nb)
 }
 

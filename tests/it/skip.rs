@@ -40,6 +40,18 @@ pub fn on_postgres(why: &str) -> bool {
     skip
 }
 
+/// True (and the skip recorded) when this pass runs on the embedded store: for tests of
+/// PostgreSQL's own schema, which the PostgreSQL pass runs.
+pub fn on_embedded(why: &str) -> bool {
+    let skip = !crate::infra::postgres_backend();
+    if skip {
+        record(&format!(
+            "PostgreSQL only ({why}); the PostgreSQL pass runs it"
+        ));
+    }
+    skip
+}
+
 /// Whether the test may go on: `present` says whether `what` is there. Missing in CI
 /// (`CI=true`): the test fails. Missing elsewhere: the skip is recorded.
 pub fn require(present: bool, what: &str) -> bool {

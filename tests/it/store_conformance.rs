@@ -44,6 +44,10 @@ async fn backend_with(
         max_batch: 64,
         timeout: Duration::from_secs(5),
         ca_file: None,
+        follow: true,
+        snapshot_file: None,
+        snapshot_every: None,
+        snapshot_changes: 1,
     };
     let postgres = PostgresStore::open(&fresh_database(shared_postgres()), options, metrics)
         .await

@@ -206,3 +206,71 @@ async fn an_outbox_of_pages_becomes_lanes_and_its_pending_page_is_delivered() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// PostgreSQL schema 5 (one global log behind `tagcast_log_head`) to 6 (a log per app):
+/// users, tags and old log entries written at schema 5; the new release migrates, builds
+/// its state from the tables, answers them, raises `usable_from` to 6, and its next write
+/// appends the app's first entry of the new log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_database_of_the_global_log_serves_its_users_after_the_per_app_log_migration() {
+    if crate::skip::on_embedded("its schema 5 to 6") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir.path().join("data"));
+    migrate_to(&config, 5).await;
+    run_sql(
+        &config,
+        "INSERT INTO users (app_id, user_id, ordinal, create_time, modify_time, nick_name)
+             VALUES (666675, 1, 0, 1, 1, 'ann'), (666675, 2, 1, 1, 1, '');
+         INSERT INTO tags VALUES (666675, 1, 0, 'level', 'gold'), (666675, 2, 0, 'level', 'gold'),
+                                 (666675, 2, 0, 'city', 'sh');
+         INSERT INTO tagcast_apps VALUES (666675, 2);
+         UPDATE tagcast_log_head SET pos = 7;
+         INSERT INTO tagcast_changes VALUES (7, 1, '\\x5b5d'::bytea);",
+    );
+    let s = TestServer::start_in(&dir.path().join("data"), {
+        let config = config.clone();
+        move |c| *c = config
+    })
+    .await;
+    let c = s.client();
+    let count = |f: serde_json::Value| {
+        let c = s.client();
+        async move {
+            ok(&call(&c, "CountAudience", json!({"AppId": APP, "Filter": f})).await)["Count"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(count(json!({"Tag": "level:gold"})).await, 2);
+    let got = ok(&call(&c, "BatchGetUser", json!({"AppId": APP, "UserIds": [1, 2]})).await);
+    assert_eq!(got["Users"][0]["NickName"], "ann", "{got}");
+    assert_eq!(
+        got["Users"][1]["Tags"],
+        json!(["city:sh", "level:gold"]),
+        "{got}"
+    );
+    let set = json!({"AppId": APP, "UserIds": [1], "Tags": ["city:bj"]});
+    assert!(failed_infos(&call(&c, "BatchUpdateUserTags", set).await).is_empty());
+    assert_eq!(count(json!({"Key": "city"})).await, 2);
+    let url = config.store.url.clone().unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT (SELECT usable_from FROM tagcast_schema),
+                    (SELECT log_pos FROM tagcast_apps WHERE app_id = 666675),
+                    (SELECT COUNT(*) FROM tagcast_app_log WHERE app_id = 666675),
+                    to_regclass('tagcast_log_head') IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(6));
+    assert_eq!(row.get::<_, i64>(1), 1);
+    assert_eq!(row.get::<_, i64>(2), 1);
+    assert!(row.get::<_, bool>(3), "tagcast_log_head is still there");
+}

@@ -63,14 +63,10 @@ pub(super) fn record_token(conn: &Connection, token: &[u8; 16]) -> rusqlite::Res
 
 /// Each app's next log position for a plan's changes, in the order the apps first appear.
 pub(super) fn heads(index: &AudienceIndex, changes: &[Change]) -> Vec<(u32, u64)> {
-    let mut out: Vec<(u32, u64)> = Vec::new();
-    for c in changes {
-        let app = c.app();
-        if !out.iter().any(|(a, _)| *a == app) {
-            out.push((app, index.log_pos(app) + 1));
-        }
-    }
-    out
+    crate::model::apps_of(changes)
+        .into_iter()
+        .map(|app| (app, index.log_pos(app) + 1))
+        .collect()
 }
 
 /// Appends one entry per app of `heads`: that app's changes, in order.
@@ -84,10 +80,7 @@ pub(super) fn append(
         "INSERT INTO tagcast_log (app_id, pos, time_ms, body) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for &(app, pos) in heads {
-        let of_app: Vec<&Change> = changes.iter().filter(|c| c.app() == app).collect();
-        let body = postcard::to_allocvec(&of_app).map_err(|e| {
-            rusqlite::Error::ToSqlConversionFailure(format!("encoding a log entry: {e}").into())
-        })?;
+        let body = crate::model::encode_entry(&crate::model::of_app(changes, app));
         insert.execute(params![app, pos as i64, time_ms, body])?;
     }
     Ok(())
@@ -156,7 +149,7 @@ pub(super) fn load(
                 .map_err(sql)?
                 .as_blob()
                 .map_err(|e| format!("the change log entry {pos} of AppId {app}: {e}"))?;
-            let changes: Vec<Change> = postcard::from_bytes(body).map_err(|e| {
+            let changes = crate::model::decode_entry(body).map_err(|e| {
                 format!("the change log entry {pos} of AppId {app} does not decode: {e}")
             })?;
             a.apply_entry(&changes, time, pos);
@@ -224,16 +217,6 @@ fn trim_on_writer(writer: mpsc::Sender<Msg>, mut behind: Vec<(u32, u64)>) {
         }
     });
     let _ = writer.try_send(Msg::Run(work));
-}
-
-/// Each app's position in the state now.
-pub(super) fn positions(index: &AudienceIndex) -> Vec<(u32, u64)> {
-    let mut out = Vec::new();
-    let _ = index.each_app(|app, a| -> Result<(), ()> {
-        out.push((app, a.log_head().0));
-        Ok(())
-    });
-    out
 }
 
 /// The periodic save, run by the maintenance thread between its checkpoints.

@@ -165,7 +165,7 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     let started = Instant::now();
     match save_snapshot(&w) {
         Ok(()) => {
-            saved::trim_log(&w.conn, &saved::positions(&w.index));
+            saved::trim_log(&w.conn, &w.index.positions());
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
                 "state saved for the next start"
@@ -234,7 +234,7 @@ fn start_index(w: &mut Writer, rx: &mut mpsc::Receiver<Msg>) -> bool {
         }
     };
     *w.saved.token.lock().expect("token lock") = Some(token);
-    w.index.replace(apps, 0);
+    w.index.replace(apps);
     let (apps, bitmaps) = w.index.size();
     tracing::info!(
         apps,

@@ -4,19 +4,23 @@
 //! users (only then, one more), every request's outcome from the shared planner
 //! (`store/plan.rs`), then the planned changes as set-based statements (one round trip;
 //! an UnRegisterUsers change is a barrier: what came before it is written first), and the
-//! changes the audience index needs appended to the change log (`follow.rs`).
+//! changes appended to each app's change log (`follow.rs`), one entry per app.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
+use crate::model;
 use crate::store::plan::{self, Batch, Change, Plan, Snapshot, UserState};
 use crate::store::{StoreError, UserRegistration, WriteJob, ext_json, now_ms};
 
 /// A lock key per (app, user), taken in one global order (sorted keys), so batches on any
-/// node never deadlock; collisions only serialize two unrelated users. Then the apps'
-/// ordinal counters (sorted), then the change log's head: the same order everywhere.
+/// node never deadlock; collisions only serialize two unrelated users. Then the rows of
+/// `tagcast_apps` (each app's ordinal counter and log head), sorted by app and all at
+/// once: a batch that registers locks every app it names before it writes, one that does
+/// not locks the apps it changed just before appending their entries, so no transaction
+/// takes an app's row after a higher one's.
 const LOCK: &str = "SELECT pg_advisory_xact_lock(k) FROM \
      (SELECT DISTINCT hashint8extended(u, a) AS k FROM unnest($1::bigint[], $2::bigint[]) AS x(a, u) ORDER BY 1) AS s";
 
@@ -30,15 +34,23 @@ const READ: &str = "SELECT x.a, x.u, r.ordinal, t.inbox_type, t.key, t.value
 
 const ENSURE_APPS: &str = "INSERT INTO tagcast_apps (app_id, next_ordinal)
      SELECT a, 0 FROM unnest($1::int[]) AS x(a) ON CONFLICT (app_id) DO NOTHING";
+/// Every app of the batch, not only those registering: see [`LOCK`].
 const READ_APPS: &str = "SELECT app_id, next_ordinal FROM tagcast_apps
      WHERE app_id = ANY($1) ORDER BY app_id FOR UPDATE";
 const WRITE_APPS: &str = "UPDATE tagcast_apps SET next_ordinal = x.n
      FROM unnest($1::int[], $2::bigint[]) AS x(a, n) WHERE app_id = x.a";
 
-/// The next log position, taken under the head row's lock (held until commit, so
-/// positions become visible in order, never one after a later one), and the entry.
-const APPEND_LOG: &str = "WITH h AS (UPDATE tagcast_log_head SET pos = pos + 1 RETURNING pos)
-     INSERT INTO tagcast_changes (pos, created, changes) SELECT pos, $1, $2 FROM h";
+/// The heads of the apps the batch changed, locked in app order (a no-op for those the
+/// batch locked already).
+const LOCK_HEADS: &str =
+    "SELECT app_id FROM tagcast_apps WHERE app_id = ANY($1) ORDER BY app_id FOR UPDATE";
+/// Each app's next log position, taken under its row's lock (held until commit, so an
+/// app's positions become visible in order, never one after a later one), and its entry.
+const APPEND_LOG: &str = "WITH h AS (UPDATE tagcast_apps SET log_pos = log_pos + 1
+                    WHERE app_id = ANY($1) RETURNING app_id, log_pos)
+     INSERT INTO tagcast_app_log (app_id, pos, created, body)
+     SELECT h.app_id, h.log_pos, $2, x.body
+     FROM h JOIN unnest($1::int[], $3::bytea[]) AS x(a, body) ON x.a = h.app_id";
 const NOTIFY: &str = "SELECT pg_notify('tagcast_changes', '')";
 
 const UPSERT_TAGS: &str = "INSERT INTO tags (app_id, user_id, inbox_type, key, value)
@@ -270,10 +282,17 @@ async fn lock_and_read(
         .map(|a| a as i32)
         .collect();
     if !apps.is_empty() {
+        let mut all: Vec<i32> = jobs.iter().map(|j| j.app_id as i32).collect();
+        all.sort_unstable();
+        all.dedup();
         let (ensure, read) =
             tokio::try_join!(tx.prepare_cached(ENSURE_APPS), tx.prepare_cached(READ_APPS))?;
-        let params: [&(dyn ToSql + Sync); 1] = [&apps];
-        let (_, rows) = tokio::try_join!(tx.execute(&ensure, &params), tx.query(&read, &params))?;
+        let ensure_params: [&(dyn ToSql + Sync); 1] = [&apps];
+        let read_params: [&(dyn ToSql + Sync); 1] = [&all];
+        let (_, rows) = tokio::try_join!(
+            tx.execute(&ensure, &ensure_params),
+            tx.query(&read, &read_params)
+        )?;
         for row in rows {
             snapshot
                 .next_ordinal
@@ -321,11 +340,22 @@ pub(super) async fn apply(
     }
     // Every change, profiles included: the other nodes' state answers BatchGetUser.
     if !plan.changes.is_empty() {
-        let body = serde_json::to_vec(&plan.changes).expect("changes serialize");
-        let (append, notify) =
-            tokio::try_join!(tx.prepare_cached(APPEND_LOG), tx.prepare_cached(NOTIFY))?;
-        let append_params: [&(dyn ToSql + Sync); 2] = [&plan.time_ms, &body];
+        let mut apps = model::apps_of(&plan.changes);
+        apps.sort_unstable();
+        let bodies: Vec<Vec<u8>> = apps
+            .iter()
+            .map(|a| model::encode_entry(&model::of_app(&plan.changes, *a)))
+            .collect();
+        let apps: Vec<i32> = apps.into_iter().map(|a| a as i32).collect();
+        let (lock, append, notify) = tokio::try_join!(
+            tx.prepare_cached(LOCK_HEADS),
+            tx.prepare_cached(APPEND_LOG),
+            tx.prepare_cached(NOTIFY)
+        )?;
+        let append_params: [&(dyn ToSql + Sync); 3] = [&apps, &plan.time_ms, &bodies];
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&apps];
         tokio::try_join!(
+            tx.execute(&lock, &lock_params),
             tx.execute(&append, &append_params),
             tx.execute(&notify, &[])
         )?;

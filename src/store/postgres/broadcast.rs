@@ -198,7 +198,7 @@ impl Shared {
         outlets: Vec<Outlet>,
         now: i64,
     ) -> Result<Sent, StoreError> {
-        follow::catch_up(self, self.options.timeout).await?;
+        follow::catch_up(self, b.app_id, self.options.timeout).await?;
         let work = async {
             let classify = |e| classify(&self.target, e);
             let mut client = self.client().await?;

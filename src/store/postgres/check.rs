@@ -22,10 +22,17 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("users", "ordinal", "bigint"),
     ("tagcast_apps", "app_id", "integer"),
     ("tagcast_apps", "next_ordinal", "bigint"),
-    ("tagcast_log_head", "pos", "bigint"),
-    ("tagcast_changes", "pos", "bigint"),
-    ("tagcast_changes", "created", "bigint"),
-    ("tagcast_changes", "changes", "bytea"),
+    ("tagcast_apps", "log_pos", "bigint"),
+    ("tagcast_app_log", "app_id", "integer"),
+    ("tagcast_app_log", "pos", "bigint"),
+    ("tagcast_app_log", "created", "bigint"),
+    ("tagcast_app_log", "body", "bytea"),
+    ("tagcast_snapshot_marks", "app_id", "integer"),
+    ("tagcast_snapshot_marks", "node", "text"),
+    ("tagcast_snapshot_marks", "pos", "bigint"),
+    ("tagcast_snapshot_marks", "saved", "bigint"),
+    ("tagcast_meta", "key", "text"),
+    ("tagcast_meta", "value", "text"),
     ("tags", "app_id", "integer"),
     ("tags", "user_id", "bigint"),
     ("tags", "inbox_type", "integer"),
@@ -37,7 +44,9 @@ const INDEXES: &[&str] = &[
     "users_pkey",
     "tags_pkey",
     "tagcast_apps_pkey",
-    "tagcast_changes_pkey",
+    "tagcast_app_log_pkey",
+    "tagcast_snapshot_marks_pkey",
+    "tagcast_meta_pkey",
 ];
 
 /// Checks the database at `url`. `Err` only when it cannot be reached or read at all.
@@ -101,7 +110,8 @@ async fn run_checks(
             "SELECT table_name::text, column_name::text, data_type::text
              FROM information_schema.columns
              WHERE table_schema = current_schema()
-               AND table_name IN ('users', 'tags', 'tagcast_apps', 'tagcast_log_head', 'tagcast_changes')",
+               AND table_name IN ('users', 'tags', 'tagcast_apps', 'tagcast_app_log',
+                                  'tagcast_snapshot_marks', 'tagcast_meta')",
             &[],
         )
         .await?;
@@ -123,7 +133,8 @@ async fn run_checks(
         .query(
             "SELECT indexname::text FROM pg_indexes
              WHERE schemaname = current_schema()
-               AND tablename IN ('users', 'tags', 'tagcast_apps', 'tagcast_changes')",
+               AND tablename IN ('users', 'tags', 'tagcast_apps', 'tagcast_app_log',
+                                 'tagcast_snapshot_marks', 'tagcast_meta')",
             &[],
         )
         .await?

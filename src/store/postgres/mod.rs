@@ -43,8 +43,8 @@ use super::{
     Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
     WriteJob, WriteOp,
 };
+use crate::audience::Page;
 use crate::audience::filter::Filter;
-use crate::audience::{AudienceIndex, Page};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
@@ -63,6 +63,16 @@ pub struct PostgresOptions {
     pub timeout: Duration,
     /// `store.ca_file`: the CA for sslmode=verify-* (the URL's `sslrootcert` wins).
     pub ca_file: Option<PathBuf>,
+    /// Whether this process follows the change logs to hold the state (a serving node;
+    /// `tagcast import` only writes: its planner reads the rows under their locks, and
+    /// nothing reads its state).
+    pub follow: bool,
+    /// Where this node saves its state (`data_dir/audience.snapshot`; `None`: never, every
+    /// start builds from the tables).
+    pub snapshot_file: Option<PathBuf>,
+    /// Saved this often, and after this many changes applied, whichever comes first.
+    pub snapshot_every: Option<Duration>,
+    pub snapshot_changes: u64,
 }
 
 pub struct PostgresStore {
@@ -71,6 +81,8 @@ pub struct PostgresStore {
     committers: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     follower: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop_follower: Arc<tokio::sync::Notify>,
+    /// The data directory's lock (a serving node keeps its snapshot file there).
+    _lock: Option<super::embedded::DataDirLock>,
 }
 
 /// What the request handlers and the committer tasks share.
@@ -176,24 +188,30 @@ impl PostgresStore {
             metrics,
             target: target.into(),
             url: url.to_owned(),
-            follower: follow::Follower {
-                index: Arc::new(AudienceIndex::new()),
-                wake: tokio::sync::Notify::new(),
-                build_failure: std::sync::Mutex::default(),
-            },
+            follower: follow::Follower::new(),
         });
         let committers = (0..shared.options.committers.max(1))
             .map(|_| tokio::spawn(committer(shared.clone(), rx.clone())))
             .collect();
         let stop_follower = Arc::new(tokio::sync::Notify::new());
-        let follower = tokio::spawn(follow::run(shared.clone(), stop_follower.clone()));
+        let follower = shared
+            .options
+            .follow
+            .then(|| tokio::spawn(follow::run(shared.clone(), stop_follower.clone())));
         Ok(PostgresStore {
             shared,
             queue: std::sync::Mutex::new(Some(tx)),
             committers: tokio::sync::Mutex::new(committers),
-            follower: tokio::sync::Mutex::new(Some(follower)),
+            follower: tokio::sync::Mutex::new(follower),
             stop_follower,
+            _lock: None,
         })
+    }
+
+    /// Keeps `lock` for as long as the store lives.
+    pub fn holding(mut self, lock: Option<super::embedded::DataDirLock>) -> Self {
+        self._lock = lock;
+        self
     }
 
     /// Queues a write for the committers and waits for its commit.
@@ -355,7 +373,7 @@ impl Store for PostgresStore {
         inbox: u32,
         user_ids: Vec<i64>,
     ) -> Result<Vec<Option<StoredUser>>, StoreError> {
-        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
         Ok(self
             .shared
             .follower
@@ -369,7 +387,7 @@ impl Store for PostgresStore {
         inbox: u32,
         filter: &Filter,
     ) -> Result<u64, StoreError> {
-        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
         Ok(self.shared.follower.index.count(app_id, inbox, filter))
     }
 
@@ -381,7 +399,7 @@ impl Store for PostgresStore {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
         Ok(self
             .shared
             .follower
@@ -468,7 +486,7 @@ impl Store for PostgresStore {
     }
 
     async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {
-        follow::catch_up(&self.shared, self.shared.options.timeout).await?;
+        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
         Ok(self.shared.follower.index.user_ids(app_id, ordinals))
     }
 

@@ -185,6 +185,40 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "DELETE FROM tagcast_changes;",
         usable_from: 5,
     },
+    // v6: one change log per app (issue 18), so writes of different apps never wait on
+    // one another and every table stays distributable by app_id: each app's head is
+    // `tagcast_apps.log_pos`, taken under that row's lock (see follow.rs), and entries
+    // are `postcard`, not JSON. Nodes start from a snapshot file of their state and
+    // record the positions it holds in `tagcast_snapshot_marks`, which the trim keeps
+    // behind; `tagcast_meta` holds the token the files carry (a file of another
+    // database is never replayed). A node of the previous release would append to the
+    // dropped global log: usable from this version on (stop every node, then upgrade).
+    Migration {
+        sql: "ALTER TABLE tagcast_apps ADD COLUMN log_pos bigint NOT NULL DEFAULT 0;
+              CREATE TABLE tagcast_app_log (
+                  app_id  integer NOT NULL,
+                  pos     bigint  NOT NULL,
+                  created bigint  NOT NULL,
+                  body    bytea   NOT NULL,
+                  PRIMARY KEY (app_id, pos)
+              );
+              CREATE TABLE tagcast_snapshot_marks (
+                  app_id integer NOT NULL,
+                  node   text    NOT NULL,
+                  pos    bigint  NOT NULL,
+                  saved  bigint  NOT NULL,
+                  PRIMARY KEY (app_id, node)
+              );
+              CREATE TABLE tagcast_meta (
+                  key   text PRIMARY KEY,
+                  value text NOT NULL
+              );
+              INSERT INTO tagcast_meta VALUES
+                  ('snapshot_token', md5(random()::text || clock_timestamp()::text));
+              DROP TABLE tagcast_changes;
+              DROP TABLE tagcast_log_head;",
+        usable_from: 6,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
