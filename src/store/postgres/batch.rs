@@ -243,11 +243,12 @@ impl Pending {
     }
 }
 
-/// Locks and reads everything the batch touches.
+/// Locks and reads everything the batch touches; whether it locked the rows of every app
+/// of the batch in `tagcast_apps` (it does when some user registers).
 async fn lock_and_read(
     tx: &Transaction<'_>,
     jobs: &[WriteJob],
-) -> Result<Snapshot, tokio_postgres::Error> {
+) -> Result<(Snapshot, bool), tokio_postgres::Error> {
     let batch = Batch { jobs };
     let users = batch.users();
     let la: Vec<i64> = users.iter().map(|(a, _)| i64::from(*a)).collect();
@@ -299,7 +300,7 @@ async fn lock_and_read(
                 .insert(row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u32);
         }
     }
-    Ok(snapshot)
+    Ok((snapshot, !apps.is_empty()))
 }
 
 /// Why a batch failed.
@@ -320,7 +321,7 @@ pub(super) async fn apply(
     jobs: &[WriteJob],
     cap: usize,
 ) -> Result<Plan, Failure> {
-    let snapshot = lock_and_read(tx, jobs).await?;
+    let (snapshot, apps_locked) = lock_and_read(tx, jobs).await?;
     let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let mut pending = Pending::default();
     for change in &plan.changes {
@@ -347,18 +348,24 @@ pub(super) async fn apply(
             .map(|a| model::encode_entry(&model::of_app(&plan.changes, *a)))
             .collect();
         let apps: Vec<i32> = apps.into_iter().map(|a| a as i32).collect();
-        let (lock, append, notify) = tokio::try_join!(
-            tx.prepare_cached(LOCK_HEADS),
-            tx.prepare_cached(APPEND_LOG),
-            tx.prepare_cached(NOTIFY)
-        )?;
+        let (append, notify) =
+            tokio::try_join!(tx.prepare_cached(APPEND_LOG), tx.prepare_cached(NOTIFY))?;
         let append_params: [&(dyn ToSql + Sync); 3] = [&apps, &plan.time_ms, &bodies];
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&apps];
-        tokio::try_join!(
-            tx.execute(&lock, &lock_params),
-            tx.execute(&append, &append_params),
-            tx.execute(&notify, &[])
-        )?;
+        // One app's row needs no order; rows the batch holds already need no lock.
+        if apps.len() > 1 && !apps_locked {
+            let lock = tx.prepare_cached(LOCK_HEADS).await?;
+            let lock_params: [&(dyn ToSql + Sync); 1] = [&apps];
+            tokio::try_join!(
+                tx.execute(&lock, &lock_params),
+                tx.execute(&append, &append_params),
+                tx.execute(&notify, &[])
+            )?;
+        } else {
+            tokio::try_join!(
+                tx.execute(&append, &append_params),
+                tx.execute(&notify, &[])
+            )?;
+        }
     }
     Ok(plan)
 }
