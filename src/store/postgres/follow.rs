@@ -171,6 +171,9 @@ pub(super) async fn run(shared: Arc<Shared>, stop: Arc<Notify>) {
     let mut failed_at: Option<Instant> = None;
     let mut trimmed_at = Instant::now();
     let mut saved_at = Instant::now();
+    // The periodic save runs beside the follower (copying a large state takes a while;
+    // reads on this node wait for the entries it applies meanwhile), one at a time.
+    let mut saving: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if trimmed_at.elapsed() >= TRIM_EVERY {
             trimmed_at = Instant::now();
@@ -199,9 +202,10 @@ pub(super) async fn run(shared: Arc<Shared>, stop: Arc<Notify>) {
                 false
             }
         };
-        if save_due(&shared, saved_at) {
+        if saving.as_ref().is_none_or(|s| s.is_finished()) && save_due(&shared, saved_at) {
             saved_at = Instant::now();
-            save(&shared).await;
+            let shared = shared.clone();
+            saving = Some(tokio::spawn(async move { save(&shared).await }));
         }
         if more {
             continue;
@@ -214,6 +218,9 @@ pub(super) async fn run(shared: Arc<Shared>, stop: Arc<Notify>) {
     }
     if let Some(l) = listener {
         l.abort();
+    }
+    if let Some(s) = saving {
+        let _ = s.await;
     }
     // A clean stop: the next start replays only what is written after this.
     if follower.index.is_built() && follower.changes.load(Ordering::Relaxed) > 0 {
