@@ -87,6 +87,26 @@ pub fn creds(ak: &str, sk: &str) -> Credentials {
     }
 }
 
+/// `server::prepare`, retried for a few seconds while the data directory's lock is held
+/// by this very process. A test that stops a server and starts another on the same
+/// directory races the other tests' child processes: a `fork` in another thread copies
+/// every open descriptor, the lock file's too, and the kernel keeps an `flock` while any
+/// copy is open, until that child's `exec` closes it. A lock that stays held (a store
+/// that never released it) still fails after the wait.
+async fn prepare_in_process(config: &Config) -> tagcast::server::Prepared {
+    let ours = format!("(pid {})", std::process::id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tagcast::server::prepare(config).await {
+            Ok(prepared) => return prepared,
+            Err(e) if e.contains(&ours) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("server starts: {e:?}"),
+        }
+    }
+}
+
 /// An in-process server on a port of its own.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -114,9 +134,7 @@ impl TestServer {
     pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config(dir);
         tweak(&mut config);
-        let prepared = tagcast::server::prepare(&config)
-            .await
-            .expect("server starts");
+        let prepared = prepare_in_process(&config).await;
         // Serving starts while the audience index is built; tests start from a built one.
         prepared
             .state
