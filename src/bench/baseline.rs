@@ -1,7 +1,10 @@
 //! The database baselines: the same durable write as one end-to-end request (upsert 2 tags
 //! on each of 10 users, one transaction) sent straight to the database at the same
-//! concurrency, with no HTTP, signing, JSON or tagcast in between. Same tables and indexes
-//! as tagcast's (created by tagcast's own migrations), same durability settings.
+//! concurrency, with no HTTP, signing, JSON or tagcast in between, same durability
+//! settings. They write the schema a team would write without tagcast, one row per tag
+//! keyed (app, user, inbox, key): `bench_tags`, what tagcast itself kept before issue 18
+//! moved each user's tags into the user's row (so the figures stay comparable across
+//! releases).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +14,15 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 
 use super::{USERS_PER_REQUEST, tag_value};
+
+/// The baselines' table, in both dialects.
+pub const BENCH_TAGS: &str = "CREATE TABLE IF NOT EXISTS bench_tags (
+        app_id     integer NOT NULL,
+        user_id    bigint  NOT NULL,
+        inbox_type integer NOT NULL,
+        key        text    NOT NULL,
+        value      text    NOT NULL,
+        PRIMARY KEY (app_id, user_id, inbox_type, key))";
 
 pub struct BaselineResult {
     pub transactions: u64,
@@ -48,11 +60,9 @@ pub fn sqlite(
         Ok(conn)
     };
     {
-        let mut conn = open().map_err(|e| format!("opening {}: {e}", path.display()))?;
-        crate::store::embedded::schema::migrate_to(
-            &mut conn,
-            crate::store::embedded::schema::CURRENT_VERSION,
-        )?;
+        let conn = open().map_err(|e| format!("opening {}: {e}", path.display()))?;
+        conn.execute_batch(BENCH_TAGS)
+            .map_err(|e| format!("creating bench_tags: {e}"))?;
     }
     let users_per_worker = 1000u64;
     let stop = Arc::new(AtomicBool::new(false));
@@ -71,7 +81,7 @@ pub fn sqlite(
                 )?;
                 {
                     let mut stmt = tx.prepare_cached(
-                        "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (?1, ?2, 0, ?3, ?4)
+                        "INSERT INTO bench_tags (app_id, user_id, inbox_type, key, value) VALUES (?1, ?2, 0, ?3, ?4)
                          ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = excluded.value",
                     )?;
                     for user in users_of(w, n, users_per_worker) {
@@ -110,6 +120,16 @@ pub async fn postgres(
     workers: usize,
     duration: Duration,
 ) -> Result<BaselineResult, String> {
+    {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(BENCH_TAGS)
+            .await
+            .map_err(|e| format!("creating bench_tags: {e}"))?;
+    }
     let deadline = tokio::time::Instant::now() + duration;
     let done = Arc::new(AtomicU64::new(0));
     let users_per_worker = 1000u64;
@@ -124,7 +144,7 @@ pub async fn postgres(
         tasks.push(tokio::spawn(async move {
             let upsert = client
                 .prepare(
-                    "INSERT INTO tags (app_id, user_id, inbox_type, key, value)
+                    "INSERT INTO bench_tags (app_id, user_id, inbox_type, key, value)
                      SELECT $1, u, 0, k, v FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS t(u, k, v)
                      ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = excluded.value",
                 )

@@ -39,6 +39,19 @@ pub struct Plan {
     pub next_ordinal: HashMap<u32, u32>,
     /// The batch's time: CreateTime and ModifyTime of what it writes, and its log entry's.
     pub time_ms: i64,
+    /// The tags column of every user whose tags the batch changed or who it registered,
+    /// as it stands after the whole batch (users it left unregistered are not here).
+    pub rows: BTreeMap<(u32, i64), TagsRow>,
+}
+
+/// A user's tags after a batch, for the one row per user the stores keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagsRow {
+    /// The ordinal the user holds after the batch: a store writes the row with the
+    /// registration that gave it, or updates the row when the batch registered none.
+    pub ordinal: u32,
+    /// Every inbox's tags, [`crate::model::tags_json`].
+    pub tags: String,
 }
 
 /// The requests of one batch, as the planner sees them.
@@ -171,6 +184,22 @@ pub(crate) fn plan(
                 .collect(),
         };
         plan.outcomes.push(outcomes);
+    }
+    for change in &plan.changes {
+        let at = match change {
+            Change::Registered { app, user, .. }
+            | Change::SetTag { app, user, .. }
+            | Change::DeleteTag { app, user, .. } => (*app, *user),
+            Change::Profile { .. } | Change::Unregistered { .. } => continue,
+        };
+        if plan.rows.contains_key(&at) {
+            continue;
+        }
+        let state = &snapshot.users[&at];
+        if let Some(ordinal) = state.ordinal {
+            let tags = crate::model::tags_json(&state.tags);
+            plan.rows.insert(at, TagsRow { ordinal, tags });
+        }
     }
     Ok(plan)
 }

@@ -71,19 +71,27 @@ async fn check_passes_a_served_store_and_names_rows_that_break_the_rules() {
         assert!(stdout.contains("ok      integrity"), "{stdout}");
     }
 
-    // Rows the API could never have written.
+    // Rows the API could never have written: a tags column of the wrong shape, a key the
+    // decoder refuses, an Ext that is no object.
+    let (bad, colon) = match config.store.url.is_some() {
+        true => (
+            "'{\"0\": {\"k\": 1}}'::jsonb",
+            "'{\"0\": {\"a:b\": \"v\"}}'::jsonb",
+        ),
+        false => ("'{\"0\":{\"k\":1}}'", "'{\"0\":{\"a:b\":\"v\"}}'"),
+    };
     run_sql(
         &config,
         &format!(
-            "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES ({APP}, 424242, 0, 'k', 'v');
-             INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES ({APP}, 2, 0, 'a:b', 'v');
+            "UPDATE users SET tags = {bad} WHERE app_id = {APP} AND user_id = 1;
+             UPDATE users SET tags = {colon} WHERE app_id = {APP} AND user_id = 2;
              UPDATE users SET ext = '[1]' WHERE app_id = {APP} AND user_id = 2;"
         ),
     );
     let (code, stdout, _) = check().await;
     assert_eq!(code, 1, "{stdout}");
     for expected in [
-        "FAILED  orphan tags    1 tags belong to no registered user",
+        "FAILED  users.tags     1 users hold tags that are not a JSON object of inboxes",
         "FAILED  users.ext      1 users hold an Ext that is not a JSON object",
         "warning tag keys       1 distinct keys break today's tag rules (first: \"a:b\": contains ':')",
         "tagcast check: 2 problem(s), 1 warning(s)",

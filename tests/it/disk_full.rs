@@ -184,9 +184,9 @@ async fn a_full_disk_answers_503_is_not_ready_and_recovers_once_space_is_freed()
     drop(server);
 }
 
-/// Overwrites the root page of the `tags` table with garbage: every read of a tag
-/// passes through it.
-fn corrupt_the_tags_root_page(db: &Path) {
+/// Overwrites the root page of the `users` table with garbage: every read of a user or a
+/// tag (one row per user) passes through it.
+fn corrupt_the_users_root_page(db: &Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
@@ -195,7 +195,7 @@ fn corrupt_the_tags_root_page(db: &Path) {
         .unwrap();
     let root: i64 = conn
         .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'tags'",
+            "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'users'",
             [],
             |r| r.get(0),
         )
@@ -245,7 +245,7 @@ async fn a_corrupt_store_is_not_ready_its_500_is_traceable_and_check_finds_it() 
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("offline"), "{stdout}");
 
-    corrupt_the_tags_root_page(&db);
+    corrupt_the_users_root_page(&db);
     let (code, stdout, stderr) = run_tagcast(
         &["check", "--data-dir", config.data_dir.to_str().unwrap()],
         dir.path(),

@@ -119,7 +119,8 @@ async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
         assert_eq!((r.from, r.to), (0, 1));
         conn.execute_batch(
             "INSERT INTO users (app_id, user_id, nick_name, create_time, modify_time) VALUES (666675, 77, 'old', 1, 1);
-             INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (666675, 77, 0, 'from', 'v1');",
+             INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (666675, 77, 0, 'from', 'v1');
+             INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (666675, 78, 0, 'orphan', 'v1');",
         )
         .unwrap();
     }
@@ -128,6 +129,17 @@ async fn an_older_schema_is_migrated_on_start_and_keeps_its_data() {
         tags_of(&s.client(), APP, 0, 77).await.unwrap(),
         vec!["from:v1"]
     );
+    // A tag of no user (v1 allowed one) is gone with the tags table; the user's row holds
+    // its own.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let tags: String = conn
+            .query_row("SELECT tags FROM users WHERE user_id = 77", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(tags, r#"{"0":{"from":"v1"}}"#);
+    }
     // The old user got an ordinal: the audience index holds it, and a new user comes after.
     register(&s.client(), APP, &[5]).await;
     let listed = call(

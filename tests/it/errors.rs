@@ -600,10 +600,11 @@ async fn a_write_failing_inside_a_shared_commit_fails_alone() {
     register(&s.client(), APP, &ids).await;
     let trigger = if crate::infra::postgres_backend() {
         "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.key = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
-         CREATE TRIGGER boom BEFORE INSERT ON tags FOR EACH ROW EXECUTE FUNCTION boom();"
+         BEGIN IF NEW.tags->'0' ? 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER boom BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION boom();"
     } else {
-        "CREATE TRIGGER boom BEFORE INSERT ON tags WHEN NEW.key = 'boom'
+        "CREATE TRIGGER boom BEFORE UPDATE OF tags ON users
+         WHEN json_type(NEW.tags, '$.\"0\".boom') IS NOT NULL
          BEGIN SELECT RAISE(ABORT, 'boom'); END;"
     };
     run_sql(&s.config, trigger);

@@ -207,10 +207,11 @@ async fn an_outbox_of_pages_becomes_lanes_and_its_pending_page_is_delivered() {
     }
 }
 
-/// PostgreSQL schema 5 (one global log behind `tagcast_log_head`) to 6 (a log per app):
-/// users, tags and old log entries written at schema 5; the new release migrates, builds
-/// its state from the tables, answers them, raises `usable_from` to 6, and its next write
-/// appends the app's first entry of the new log.
+/// PostgreSQL schema 5 (one global log behind `tagcast_log_head`, a row per tag) through 6
+/// (a log per app) to 7 (one row per user): users, tags and old log entries written at
+/// schema 5; the new release migrates, builds its state from the rows, answers them,
+/// raises `usable_from` to 7, its next write appends the app's first entry of the new log,
+/// and every user's tags are in its row as `jsonb`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_database_of_the_global_log_serves_its_users_after_the_per_app_log_migration() {
     if crate::skip::on_embedded("its schema 5 to 6") {
@@ -264,13 +265,21 @@ async fn a_postgres_database_of_the_global_log_serves_its_users_after_the_per_ap
             "SELECT (SELECT usable_from FROM tagcast_schema),
                     (SELECT log_pos FROM tagcast_apps WHERE app_id = 666675),
                     (SELECT COUNT(*) FROM tagcast_app_log WHERE app_id = 666675),
-                    to_regclass('tagcast_log_head') IS NULL",
+                    to_regclass('tagcast_log_head') IS NULL,
+                    to_regclass('tags') IS NULL,
+                    (SELECT tags FROM users WHERE user_id = 1)
+                        = '{\"0\": {\"city\": \"bj\", \"level\": \"gold\"}}'::jsonb,
+                    (SELECT tags FROM users WHERE user_id = 2)
+                        = '{\"0\": {\"city\": \"sh\", \"level\": \"gold\"}}'::jsonb",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, Option<i32>>(0), Some(6));
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(7));
     assert_eq!(row.get::<_, i64>(1), 1);
     assert_eq!(row.get::<_, i64>(2), 1);
     assert!(row.get::<_, bool>(3), "tagcast_log_head is still there");
+    assert!(row.get::<_, bool>(4), "the tags table is still there");
+    assert!(row.get::<_, bool>(5), "user 1's row does not hold its tags");
+    assert!(row.get::<_, bool>(6), "user 2's row does not hold its tags");
 }

@@ -2,7 +2,7 @@
 //! a batch needs and writes the planner's changes inside its group-commit transaction;
 //! being the only writer, it needs no row locks for the read-then-write of the tag cap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{CachedStatement, Connection, params};
 
@@ -10,11 +10,14 @@ use crate::audience::index::{Builder, Profile};
 use crate::store::ext_json;
 use crate::store::plan::{Change, Plan};
 
-/// Writes a plan's changes, in order, and the apps' next ordinals.
+/// Writes a plan's changes, in order, each changed user's tags, and the apps' next
+/// ordinals. One row per user: a registration inserts it with its tags as the batch leaves
+/// them; any other change of tags rewrites the row's `tags` once, after the batch's
+/// profile and registration statements.
 pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
     let now = plan.time_ms;
-    // The tag statements, looked up in the cache once per batch rather than per change.
-    let (mut set_tag, mut delete_tag) = (None, None);
+    // Users whose row got its final tags at its INSERT.
+    let mut inserted = HashSet::new();
     let mut changes = plan.changes.iter().peekable();
     while let Some(change) = changes.next() {
         match change {
@@ -36,11 +39,20 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                     changes.next();
                 }
                 let ext = ext.map(ext_json);
+                // The batch's last registration of the user carries the tags it ends with.
+                let tags = plan
+                    .rows
+                    .get(&(*app, *user))
+                    .filter(|row| row.ordinal == *ordinal)
+                    .map(|row| row.tags.as_str());
+                if tags.is_some() {
+                    inserted.insert((*app, *user));
+                }
                 conn.prepare_cached(
-                    "INSERT INTO users (app_id, user_id, ordinal, nick_name, portrait, ext, is_robot, create_time, modify_time)
-                     VALUES (?1, ?2, ?3, COALESCE(?4, ''), COALESCE(?5, ''), COALESCE(?6, '{}'), COALESCE(?7, 0), ?8, ?8)",
+                    "INSERT INTO users (app_id, user_id, ordinal, nick_name, portrait, ext, is_robot, create_time, modify_time, tags)
+                     VALUES (?1, ?2, ?3, COALESCE(?4, ''), COALESCE(?5, ''), COALESCE(?6, '{}'), COALESCE(?7, 0), ?8, ?8, COALESCE(?9, '{}'))",
                 )?
-                .execute(params![app, user, ordinal, nick, portrait, ext, robot, now])?;
+                .execute(params![app, user, ordinal, nick, portrait, ext, robot, now, tags])?;
             }
             Change::Profile {
                 app,
@@ -61,41 +73,25 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                 )?
                 .execute(params![app, user, nick_name, portrait, ext, is_robot, now])?;
             }
-            Change::SetTag {
-                app,
-                user,
-                inbox,
-                key,
-                value,
-                ..
-            } => {
-                statement(&mut set_tag, conn,
-                    "INSERT INTO tags (app_id, user_id, inbox_type, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![app, user, inbox, key, value])?;
-            }
-            Change::DeleteTag {
-                app,
-                user,
-                inbox,
-                key,
-                ..
-            } => {
-                statement(
-                    &mut delete_tag,
-                    conn,
-                    "DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2 AND inbox_type = ?3 AND key = ?4",
-                )?
-                .execute(params![app, user, inbox, key])?;
-            }
+            // Written once per user below, as the batch leaves them.
+            Change::SetTag { .. } | Change::DeleteTag { .. } => {}
             Change::Unregistered { app, user, .. } => {
                 conn.prepare_cached("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2")?
                     .execute(params![app, user])?;
-                conn.prepare_cached("DELETE FROM tags WHERE app_id = ?1 AND user_id = ?2")?
-                    .execute(params![app, user])?;
             }
         }
+    }
+    let mut set_tags = None;
+    for ((app, user), row) in &plan.rows {
+        if inserted.contains(&(*app, *user)) {
+            continue;
+        }
+        statement(
+            &mut set_tags,
+            conn,
+            "UPDATE users SET tags = ?3 WHERE app_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![app, user, row.tags])?;
     }
     for (app, next) in &plan.next_ordinal {
         conn.prepare_cached(
@@ -119,65 +115,46 @@ fn statement<'s, 'c>(
     Ok(slot.as_mut().expect("set just above"))
 }
 
-/// Every registered user with its profile and every tag, into a state builder (at start).
-/// Both tables are read in primary key order, which starts (app_id, user_id) in both, and
-/// merged: no lookup per tag, and keys and values are borrowed from SQLite's rows.
+/// Every registered user with its profile and every tag, into a state builder (at start):
+/// one pass over the users' rows, each row's tags parsed from its `tags` column.
 pub fn build_index(conn: &Connection) -> rusqlite::Result<Builder> {
     let mut b = Builder::default();
     let mut users = conn.prepare(
-        "SELECT app_id, user_id, ordinal, create_time, modify_time, nick_name, portrait, ext, is_robot
+        "SELECT app_id, user_id, ordinal, create_time, modify_time, nick_name, portrait, ext, is_robot, tags
          FROM users ORDER BY app_id, user_id",
     )?;
     let mut users = users.query([])?;
-    let mut tags = conn.prepare(
-        "SELECT app_id, user_id, inbox_type, key, value FROM tags ORDER BY app_id, user_id",
-    )?;
-    let mut tags = tags.query([])?;
-    // The user the merge stands on: (app, user, ordinal).
-    let mut user: Option<(u32, i64, u32)> = None;
-    let mut next_user = |b: &mut Builder| -> rusqlite::Result<Option<(u32, i64, u32)>> {
-        Ok(match users.next()? {
-            Some(r) => {
-                let u = (r.get(0)?, r.get(1)?, r.get(2)?);
-                let nick_name = r.get_ref(5)?.as_str()?;
-                let portrait = r.get_ref(6)?.as_str()?;
-                let ext = r.get_ref(7)?.as_str()?;
-                let is_robot: bool = r.get(8)?;
-                let profile =
-                    (!nick_name.is_empty() || !portrait.is_empty() || ext != "{}" || is_robot)
-                        .then(|| -> rusqlite::Result<Profile> {
-                            Ok(Profile {
-                                nick_name: nick_name.to_owned(),
-                                portrait: portrait.to_owned(),
-                                ext: parse_ext(ext, 7, u.0, u.1)?,
-                                is_robot,
-                            })
-                        })
-                        .transpose()?;
-                b.user(u.0, u.1, u.2, (r.get(3)?, r.get(4)?), profile);
-                Some(u)
+    while let Some(r) = users.next()? {
+        let (app, user, ordinal): (u32, i64, u32) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let nick_name = r.get_ref(5)?.as_str()?;
+        let portrait = r.get_ref(6)?.as_str()?;
+        let ext = r.get_ref(7)?.as_str()?;
+        let is_robot: bool = r.get(8)?;
+        let profile = (!nick_name.is_empty() || !portrait.is_empty() || ext != "{}" || is_robot)
+            .then(|| -> rusqlite::Result<Profile> {
+                Ok(Profile {
+                    nick_name: nick_name.to_owned(),
+                    portrait: portrait.to_owned(),
+                    ext: parse_ext(ext, 7, app, user)?,
+                    is_robot,
+                })
+            })
+            .transpose()?;
+        b.user(app, user, ordinal, (r.get(3)?, r.get(4)?), profile);
+        let tags = r.get_ref(9)?.as_str()?;
+        if tags != "{}" {
+            let tags = crate::model::parse_tags_json(tags).map_err(|e| {
+                let why = format!("users.tags of user {user} of AppId {app} is {e}");
+                rusqlite::Error::FromSqlConversionFailure(
+                    9,
+                    rusqlite::types::Type::Text,
+                    why.into(),
+                )
+            })?;
+            for (inbox, key, value) in &tags {
+                b.tag(app, *inbox, key, value, ordinal);
             }
-            None => None,
-        })
-    };
-    let mut users_done = false;
-    while let Some(t) = tags.next()? {
-        let at: (u32, i64) = (t.get(0)?, t.get(1)?);
-        // Advance the users up to this tag's (registering every one passed).
-        while !users_done && user.is_none_or(|(a, u, _)| (a, u) < at) {
-            user = next_user(&mut b)?;
-            users_done = user.is_none();
         }
-        let Some((_, _, ordinal)) = user.filter(|(a, u, _)| (*a, *u) == at) else {
-            // A tag of no registered user (`tagcast check` reports them): not indexed.
-            continue;
-        };
-        let key = t.get_ref(3)?.as_str()?;
-        let value = t.get_ref(4)?.as_str()?;
-        b.tag(at.0, t.get(2)?, key, value, ordinal);
-    }
-    while !users_done {
-        users_done = next_user(&mut b)?.is_none();
     }
     let mut apps = conn.prepare("SELECT app_id, next_ordinal FROM tagcast_apps")?;
     let mut apps = apps.query([])?;

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::schema;
 use crate::config::TagLimits;
-use crate::store::check::{Report, RowCounts, bad_keys};
+use crate::store::check::{Report, RowCounts, TagScan, bad_keys};
 
 /// Checks the SQLite file at `db`. `Err` only when it cannot be read at all.
 pub fn check_file(db: &Path, limits: &TagLimits) -> Result<Report, String> {
@@ -80,11 +80,7 @@ fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rus
         return Ok(());
     }
 
-    for (kind, name) in [
-        ("table", "users"),
-        ("table", "tags"),
-        ("table", "tagcast_apps"),
-    ] {
+    for (kind, name) in [("table", "users"), ("table", "tagcast_apps")] {
         let present = count(
             conn,
             "SELECT COUNT(*) FROM sqlite_master WHERE type = ?1 AND name = ?2",
@@ -95,47 +91,35 @@ fn run_checks(conn: &Connection, limits: &TagLimits, report: &mut Report) -> rus
         }
     }
 
-    let mut keys = Vec::new();
+    let mut scan = TagScan::default();
     {
-        let mut stmt = conn.prepare("SELECT DISTINCT key FROM tags")?;
+        let mut stmt = conn.prepare("SELECT tags FROM users")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            keys.push(row.get::<_, String>(0)?);
+            match row.get_ref(0)?.as_str() {
+                Ok(text) => scan.add(text, limits),
+                Err(_) => scan.bad_tags += 1,
+            }
         }
     }
     let counts = RowCounts {
         users: count(conn, "SELECT COUNT(*) FROM users", [])?,
         apps: count(conn, "SELECT COUNT(DISTINCT app_id) FROM users", [])?,
-        tags: count(conn, "SELECT COUNT(*) FROM tags", [])?,
-        orphans: count(
-            conn,
-            "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
-                 (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
-            [],
-        )?,
+        tags: scan.tags,
+        bad_tags: scan.bad_tags,
         bad_ids: count(
             conn,
-            "SELECT (SELECT COUNT(*) FROM users WHERE app_id NOT BETWEEN 1 AND 2147483647 OR user_id < 1)
-                  + (SELECT COUNT(*) FROM tags WHERE inbox_type NOT BETWEEN 0 AND 2147483647)",
+            "SELECT COUNT(*) FROM users WHERE app_id NOT BETWEEN 1 AND 2147483647 OR user_id < 1",
             [],
-        )?,
+        )? + scan.bad_inboxes,
         bad_ext: count(
             conn,
             "SELECT COUNT(*) FROM users WHERE NOT json_valid(ext) OR json_type(ext) <> 'object'",
             [],
         )?,
-        bad_keys: bad_keys(keys, limits),
-        long_values: count(
-            conn,
-            "SELECT COUNT(*) FROM tags WHERE length(CAST(value AS BLOB)) > ?1",
-            [limits.max_value_bytes as i64],
-        )?,
-        over_cap: count(
-            conn,
-            "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
-                                   HAVING COUNT(*) > ?1)",
-            [limits.max_per_user as i64],
-        )?,
+        bad_keys: bad_keys(scan.keys, limits),
+        long_values: scan.long_values,
+        over_cap: scan.over_cap,
         bad_ordinals: count(conn, "SELECT CAST((SELECT COUNT(*) FROM users u WHERE u.ordinal IS NULL OR u.ordinal < 0
                      OR u.ordinal >= COALESCE((SELECT next_ordinal FROM tagcast_apps a WHERE a.app_id = u.app_id), 0))
                   + (SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM users

@@ -183,6 +183,23 @@ pub const MIGRATIONS: &[Migration] = &[
               ) WITHOUT ROWID;",
         usable_from: 5,
     },
+    // v7: one row per user (issue 18): every inbox's tags in the user's row, as the JSON of
+    // `model::tags_json`, instead of a row per tag. A write rewrites one row per user it
+    // changes; a start without a saved state reads one row per user. Not additive (the
+    // tags table goes), so a binary before it cannot use the database.
+    Migration {
+        sql: "ALTER TABLE users ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+              UPDATE users SET tags = COALESCE(
+                  (SELECT json_group_object(CAST(inbox_type AS TEXT), json(keys))
+                   FROM (SELECT inbox_type, json_group_object(key, value) AS keys
+                         FROM (SELECT inbox_type, key, value FROM tags t
+                               WHERE t.app_id = users.app_id AND t.user_id = users.user_id
+                               ORDER BY inbox_type, key)
+                         GROUP BY inbox_type ORDER BY inbox_type)),
+                  '{}');
+              DROP TABLE tags;",
+        usable_from: 7,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -6,13 +6,13 @@
 //! an UnRegisterUsers change is a barrier: what came before it is written first), and the
 //! changes appended to each app's change log (`follow.rs`), one entry per app.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use crate::model;
-use crate::store::plan::{self, Batch, Change, Plan, Snapshot, UserState};
+use crate::store::plan::{self, Batch, Change, Plan, Snapshot, TagsRow, UserState};
 use crate::store::{StoreError, UserRegistration, WriteJob, ext_json, now_ms};
 
 /// A lock key per (app, user), taken in one global order (sorted keys), so batches on any
@@ -24,13 +24,11 @@ use crate::store::{StoreError, UserRegistration, WriteJob, ext_json, now_ms};
 const LOCK: &str = "SELECT pg_advisory_xact_lock(k) FROM \
      (SELECT DISTINCT hashint8extended(u, a) AS k FROM unnest($1::bigint[], $2::bigint[]) AS x(a, u) ORDER BY 1) AS s";
 
-/// Ordinal and every tag of each (app, user): per-id LATERAL lookups, see "Query plans"
-/// in the module documentation of the store.
-const READ: &str = "SELECT x.a, x.u, r.ordinal, t.inbox_type, t.key, t.value
+/// Ordinal and every tag of each (app, user), one row per user: per-id LATERAL lookups,
+/// see "Query plans" in the module documentation of the store.
+const READ: &str = "SELECT x.a, x.u, r.ordinal, r.tags::text
      FROM unnest($1::int[], $2::bigint[]) AS x(a, u)
-     LEFT JOIN LATERAL (SELECT ordinal FROM users WHERE app_id = x.a AND user_id = x.u OFFSET 0) r ON true
-     LEFT JOIN LATERAL (SELECT inbox_type, key, value FROM tags
-                        WHERE app_id = x.a AND user_id = x.u OFFSET 0) t ON true";
+     LEFT JOIN LATERAL (SELECT ordinal, tags FROM users WHERE app_id = x.a AND user_id = x.u OFFSET 0) r ON true";
 
 const ENSURE_APPS: &str = "INSERT INTO tagcast_apps (app_id, next_ordinal)
      SELECT a, 0 FROM unnest($1::int[]) AS x(a) ON CONFLICT (app_id) DO NOTHING";
@@ -53,18 +51,15 @@ const APPEND_LOG: &str = "WITH h AS (UPDATE tagcast_apps SET log_pos = log_pos +
      FROM h JOIN unnest($1::int[], $3::bytea[]) AS x(a, body) ON x.a = h.app_id";
 const NOTIFY: &str = "SELECT pg_notify('tagcast_changes', '')";
 
-const UPSERT_TAGS: &str = "INSERT INTO tags (app_id, user_id, inbox_type, key, value)
-     SELECT * FROM unnest($1::int[], $2::bigint[], $3::int[], $4::text[], $5::text[])
-     ON CONFLICT (app_id, user_id, inbox_type, key) DO UPDATE SET value = EXCLUDED.value";
+/// The tags of users the batch changed but did not register, as it leaves them.
+const SET_TAGS: &str = "UPDATE users SET tags = x.t::jsonb
+     FROM unnest($1::int[], $2::bigint[], $3::text[]) AS x(a, u, t)
+     WHERE users.app_id = x.a AND users.user_id = x.u";
 
-/// Found by primary key, deleted by ctid (stable: this transaction holds the users' locks).
-const DELETE_TAGS: &str = "DELETE FROM tags WHERE ctid = ANY(ARRAY(
-     SELECT t.ctid FROM unnest($1::int[], $2::bigint[], $3::int[], $4::text[]) AS x(a, u, i, k)
-     JOIN LATERAL (SELECT ctid FROM tags WHERE app_id = x.a AND user_id = x.u
-                   AND inbox_type + 0 = x.i AND key = x.k OFFSET 0) t ON true))";
-
-const INSERT_USERS: &str = "INSERT INTO users (app_id, user_id, ordinal, create_time, modify_time)
-     SELECT a, u, o, $4, $4 FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS x(a, u, o)";
+const INSERT_USERS: &str =
+    "INSERT INTO users (app_id, user_id, ordinal, create_time, modify_time, tags)
+     SELECT a, u, o, $5, $5, t::jsonb
+     FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[]) AS x(a, u, o, t)";
 
 const UPDATE_USERS: &str = "UPDATE users SET nick_name = COALESCE(x.n, users.nick_name),
                       portrait = COALESCE(x.p, users.portrait),
@@ -76,17 +71,13 @@ const UPDATE_USERS: &str = "UPDATE users SET nick_name = COALESCE(x.n, users.nic
 
 const UNREGISTER_USERS: &str = "DELETE FROM users WHERE (app_id, user_id) IN
      (SELECT * FROM unnest($1::int[], $2::bigint[]))";
-const UNREGISTER_TAGS: &str = "DELETE FROM tags WHERE ctid = ANY(ARRAY(
-     SELECT t.ctid FROM unnest($1::int[], $2::bigint[]) AS x(a, u)
-     JOIN LATERAL (SELECT ctid FROM tags WHERE app_id = x.a AND user_id = x.u OFFSET 0) t ON true))";
 
-/// Writes planned but not yet sent, folded per row.
+/// Writes planned but not yet sent, folded per row. Tags are not here: each changed
+/// user's row gets its tags once, as the batch leaves them (`Plan::rows`).
 #[derive(Default)]
 struct Pending {
-    upserts: BTreeMap<(i32, i64, i32, String), String>,
-    deletes: BTreeSet<(i32, i64, i32, String)>,
-    /// (app, user, ordinal) of users registered by the batch.
-    registered: Vec<(i32, i64, i64)>,
+    /// (app, user, ordinal, tags) of users registered by the batch.
+    registered: Vec<(i32, i64, i64, String)>,
     /// Profiles of registered users, later registrations folded over earlier ones.
     profiles: BTreeMap<(i32, i64), UserRegistration>,
     /// (app, user) to remove, with every tag.
@@ -105,16 +96,12 @@ async fn exec(
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.upserts.is_empty()
-            && self.deletes.is_empty()
-            && self.registered.is_empty()
-            && self.profiles.is_empty()
-            && self.unregistered.is_empty()
+        self.registered.is_empty() && self.profiles.is_empty() && self.unregistered.is_empty()
     }
 
     /// Adds a change; `true` when it must wait for what is pending to be written first
     /// (a removal after writes to the same rows, or anything after a removal).
-    fn fold(&mut self, change: &Change) -> bool {
+    fn fold(&mut self, change: &Change, rows: &BTreeMap<(u32, i64), TagsRow>) -> bool {
         let removing = matches!(change, Change::Unregistered { .. });
         let after_removal = !self.unregistered.is_empty();
         if removing != after_removal && !self.is_empty() {
@@ -122,8 +109,13 @@ impl Pending {
         }
         match change {
             Change::Registered { app, user, ordinal } => {
+                // The batch's last registration of the user carries the tags it ends with.
+                let tags = rows
+                    .get(&(*app, *user))
+                    .filter(|row| row.ordinal == *ordinal)
+                    .map_or_else(|| "{}".to_owned(), |row| row.tags.clone());
                 self.registered
-                    .push((*app as i32, *user, i64::from(*ordinal)));
+                    .push((*app as i32, *user, i64::from(*ordinal), tags));
             }
             Change::Profile {
                 app,
@@ -139,29 +131,7 @@ impl Pending {
                 p.ext = ext.clone().or(p.ext.take());
                 p.is_robot = is_robot.or(p.is_robot);
             }
-            Change::SetTag {
-                app,
-                user,
-                inbox,
-                key,
-                value,
-                ..
-            } => {
-                let row = (*app as i32, *user, *inbox as i32, key.clone());
-                self.deletes.remove(&row);
-                self.upserts.insert(row, value.clone());
-            }
-            Change::DeleteTag {
-                app,
-                user,
-                inbox,
-                key,
-                ..
-            } => {
-                let row = (*app as i32, *user, *inbox as i32, key.clone());
-                self.upserts.remove(&row);
-                self.deletes.insert(row);
-            }
+            Change::SetTag { .. } | Change::DeleteTag { .. } => {}
             Change::Unregistered { app, user, .. } => {
                 self.unregistered.push((*app as i32, *user));
             }
@@ -169,21 +139,26 @@ impl Pending {
         false
     }
 
-    /// Sends every pending write, pipelined in one round trip (they touch disjoint rows,
-    /// except the users' two statements, which run in order on the connection).
-    async fn flush(&mut self, tx: &Transaction<'_>, now: i64) -> Result<(), tokio_postgres::Error> {
+    /// Sends every pending write, and `tags` (the last flush: the rows of users the batch
+    /// changed without registering them), pipelined in one round trip; statements on one
+    /// connection run in order.
+    async fn flush(
+        &mut self,
+        tx: &Transaction<'_>,
+        now: i64,
+        tags: Option<&SetTags>,
+    ) -> Result<(), tokio_postgres::Error> {
         let Pending {
-            upserts,
-            deletes,
             registered,
             profiles,
             unregistered,
         } = std::mem::take(self);
-        let (mut ra, mut ru, mut ro) = (vec![], vec![], vec![]);
-        for (a, u, o) in registered {
+        let (mut ra, mut ru, mut ro, mut rt) = (vec![], vec![], vec![], vec![]);
+        for (a, u, o, t) in registered {
             ra.push(a);
             ru.push(u);
             ro.push(o);
+            rt.push(t);
         }
         let (mut pa, mut pu, mut nick, mut portrait, mut ext, mut robot) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -195,52 +170,38 @@ impl Pending {
             ext.push(p.ext.as_ref().map(ext_json));
             robot.push(p.is_robot);
         }
-        let (mut ua, mut uu, mut ui, mut uk, mut uv) = (vec![], vec![], vec![], vec![], vec![]);
-        for ((a, u, i, k), v) in upserts {
-            ua.push(a);
-            uu.push(u);
-            ui.push(i);
-            uk.push(k);
-            uv.push(v);
-        }
-        let (mut da, mut du, mut di, mut dk) = (vec![], vec![], vec![], vec![]);
-        for (a, u, i, k) in deletes {
-            da.push(a);
-            du.push(u);
-            di.push(i);
-            dk.push(k);
-        }
         let (xa, xu): (Vec<i32>, Vec<i64>) = unregistered.into_iter().unzip();
         let users = async {
+            if !xa.is_empty() {
+                exec(tx, UNREGISTER_USERS, &[&xa, &xu]).await?;
+            }
             if !ra.is_empty() {
-                exec(tx, INSERT_USERS, &[&ra, &ru, &ro, &now]).await?;
+                exec(tx, INSERT_USERS, &[&ra, &ru, &ro, &rt, &now]).await?;
             }
             if !pa.is_empty() {
                 let params: [&(dyn ToSql + Sync); 7] =
                     [&pa, &pu, &nick, &portrait, &ext, &robot, &now];
                 exec(tx, UPDATE_USERS, &params).await?;
             }
-            if !xa.is_empty() {
-                exec(tx, UNREGISTER_USERS, &[&xa, &xu]).await?;
-                exec(tx, UNREGISTER_TAGS, &[&xa, &xu]).await?;
-            }
             Ok(())
         };
-        let upserts = async {
-            if !ua.is_empty() {
-                exec(tx, UPSERT_TAGS, &[&ua, &uu, &ui, &uk, &uv]).await?;
-            }
-            Ok(())
-        };
-        let deletes = async {
-            if !da.is_empty() {
-                exec(tx, DELETE_TAGS, &[&da, &du, &di, &dk]).await?;
+        let tags = async {
+            if let Some(t) = tags.filter(|t| !t.apps.is_empty()) {
+                exec(tx, SET_TAGS, &[&t.apps, &t.users, &t.tags]).await?;
             }
             Ok::<(), tokio_postgres::Error>(())
         };
-        tokio::try_join!(users, upserts, deletes)?;
+        tokio::try_join!(users, tags)?;
         Ok(())
     }
+}
+
+/// [`SET_TAGS`]'s parameters.
+#[derive(Default)]
+struct SetTags {
+    apps: Vec<i32>,
+    users: Vec<i64>,
+    tags: Vec<String>,
 }
 
 /// Locks and reads everything the batch touches; whether it locked the rows of every app
@@ -248,7 +209,7 @@ impl Pending {
 async fn lock_and_read(
     tx: &Transaction<'_>,
     jobs: &[WriteJob],
-) -> Result<(Snapshot, bool), tokio_postgres::Error> {
+) -> Result<(Snapshot, bool), Failure> {
     let batch = Batch { jobs };
     let users = batch.users();
     let la: Vec<i64> = users.iter().map(|(a, _)| i64::from(*a)).collect();
@@ -268,14 +229,17 @@ async fn lock_and_read(
         let Some(ordinal) = row.get::<_, Option<i64>>(2) else {
             continue;
         };
-        let key = (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1));
-        let state = snapshot.users.entry(key).or_insert_with(|| UserState {
+        let (app, user) = (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1));
+        let tags = model::parse_tags_json(row.get(3)).map_err(|e| {
+            Failure::Plan(StoreError::Internal(format!(
+                "users.tags of user {user} of AppId {app} is {e}"
+            )))
+        })?;
+        let state = UserState {
             ordinal: Some(ordinal as u32),
-            ..Default::default()
-        });
-        if let Some(inbox) = row.get::<_, Option<i32>>(3) {
-            state.tags.insert((inbox as u32, row.get(4)), row.get(5));
-        }
+            tags: tags.into_iter().map(|(i, k, v)| ((i, k), v)).collect(),
+        };
+        snapshot.users.insert((app, user), state);
     }
     let apps: Vec<i32> = batch
         .needs_ordinals(&snapshot.users)
@@ -325,12 +289,33 @@ pub(super) async fn apply(
     let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let mut pending = Pending::default();
     for change in &plan.changes {
-        if pending.fold(change) {
-            pending.flush(tx, plan.time_ms).await?;
-            pending.fold(change);
+        if pending.fold(change, &plan.rows) {
+            pending.flush(tx, plan.time_ms, None).await?;
+            pending.fold(change, &plan.rows);
         }
     }
-    pending.flush(tx, plan.time_ms).await?;
+    // The users the batch registered got their tags with the row; the others' rows now.
+    let inserted: HashSet<(u32, i64)> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Registered { app, user, ordinal } => plan
+                .rows
+                .get(&(*app, *user))
+                .is_some_and(|row| row.ordinal == *ordinal)
+                .then_some((*app, *user)),
+            _ => None,
+        })
+        .collect();
+    let mut set_tags = SetTags::default();
+    for ((app, user), row) in &plan.rows {
+        if !inserted.contains(&(*app, *user)) {
+            set_tags.apps.push(*app as i32);
+            set_tags.users.push(*user);
+            set_tags.tags.push(row.tags.clone());
+        }
+    }
+    pending.flush(tx, plan.time_ms, Some(&set_tags)).await?;
     if !plan.next_ordinal.is_empty() {
         let (a, n): (Vec<i32>, Vec<i64>) = plan
             .next_ordinal

@@ -7,7 +7,7 @@ use tokio_postgres::IsolationLevel;
 
 use super::schema;
 use crate::config::TagLimits;
-use crate::store::check::{Report, RowCounts, bad_keys};
+use crate::store::check::{Report, RowCounts, TagScan, bad_keys};
 
 /// The columns tagcast reads and writes, with their types.
 const COLUMNS: &[(&str, &str, &str)] = &[
@@ -20,6 +20,7 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("users", "create_time", "bigint"),
     ("users", "modify_time", "bigint"),
     ("users", "ordinal", "bigint"),
+    ("users", "tags", "jsonb"),
     ("tagcast_apps", "app_id", "integer"),
     ("tagcast_apps", "next_ordinal", "bigint"),
     ("tagcast_apps", "log_pos", "bigint"),
@@ -33,16 +34,10 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("tagcast_snapshot_marks", "saved", "bigint"),
     ("tagcast_meta", "key", "text"),
     ("tagcast_meta", "value", "text"),
-    ("tags", "app_id", "integer"),
-    ("tags", "user_id", "bigint"),
-    ("tags", "inbox_type", "integer"),
-    ("tags", "key", "text"),
-    ("tags", "value", "text"),
 ];
 
 const INDEXES: &[&str] = &[
     "users_pkey",
-    "tags_pkey",
     "tagcast_apps_pkey",
     "tagcast_app_log_pkey",
     "tagcast_snapshot_marks_pkey",
@@ -110,7 +105,7 @@ async fn run_checks(
             "SELECT table_name::text, column_name::text, data_type::text
              FROM information_schema.columns
              WHERE table_schema = current_schema()
-               AND table_name IN ('users', 'tags', 'tagcast_apps', 'tagcast_app_log',
+               AND table_name IN ('users', 'tagcast_apps', 'tagcast_app_log',
                                   'tagcast_snapshot_marks', 'tagcast_meta')",
             &[],
         )
@@ -133,7 +128,7 @@ async fn run_checks(
         .query(
             "SELECT indexname::text FROM pg_indexes
              WHERE schemaname = current_schema()
-               AND tablename IN ('users', 'tags', 'tagcast_apps', 'tagcast_app_log',
+               AND tablename IN ('users', 'tagcast_apps', 'tagcast_app_log',
                                  'tagcast_snapshot_marks', 'tagcast_meta')",
             &[],
         )
@@ -149,7 +144,7 @@ async fn run_checks(
     if missing.is_empty() {
         report.ok(
             "tables",
-            "users, tags, ordinals, the change log and their keys as expected",
+            "users with their tags, ordinals, the change log and their keys as expected",
         );
     } else {
         report.fail("tables", missing.join("; "));
@@ -223,46 +218,26 @@ async fn run_checks(
             )
         })
         .count() as i64;
-    let keys = tx
-        .query("SELECT DISTINCT key FROM tags", &[])
-        .await?
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>();
-    let (max_value, cap) = (limits.max_value_bytes as i32, limits.max_per_user as i64);
+    let mut scan = TagScan::default();
+    for row in tx.query("SELECT tags::text FROM users", &[]).await? {
+        scan.add(row.get(0), limits);
+    }
     let counts = RowCounts {
         users: count(tx, "SELECT COUNT(*) FROM users", &[]).await?,
         apps: count(tx, "SELECT COUNT(DISTINCT app_id) FROM users", &[]).await?,
-        tags: count(tx, "SELECT COUNT(*) FROM tags", &[]).await?,
-        orphans: count(
-            tx,
-            "SELECT COUNT(*) FROM tags t WHERE NOT EXISTS
-                 (SELECT 1 FROM users u WHERE u.app_id = t.app_id AND u.user_id = t.user_id)",
-            &[],
-        )
-        .await?,
+        tags: scan.tags,
+        bad_tags: scan.bad_tags,
         bad_ids: count(
             tx,
-            "SELECT (SELECT COUNT(*) FROM users WHERE app_id < 1 OR user_id < 1)
-                  + (SELECT COUNT(*) FROM tags WHERE inbox_type < 0)",
+            "SELECT COUNT(*) FROM users WHERE app_id < 1 OR user_id < 1",
             &[],
         )
-        .await?,
+        .await?
+            + scan.bad_inboxes,
         bad_ext,
-        bad_keys: bad_keys(keys, limits),
-        long_values: count(
-            tx,
-            "SELECT COUNT(*) FROM tags WHERE octet_length(value) > $1",
-            &[&max_value],
-        )
-        .await?,
-        over_cap: count(
-            tx,
-            "SELECT COUNT(*) FROM (SELECT 1 FROM tags GROUP BY app_id, user_id, inbox_type
-                                   HAVING COUNT(*) > $1) t",
-            &[&cap],
-        )
-        .await?,
+        bad_keys: bad_keys(scan.keys, limits),
+        long_values: scan.long_values,
+        over_cap: scan.over_cap,
         bad_ordinals: count(tx, "SELECT CAST((SELECT COUNT(*) FROM users u WHERE u.ordinal IS NULL OR u.ordinal < 0
                      OR u.ordinal >= COALESCE((SELECT next_ordinal FROM tagcast_apps a WHERE a.app_id = u.app_id), 0))
                   + (SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM users

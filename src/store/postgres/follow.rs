@@ -620,24 +620,34 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
         .await
         .map_err(classify)?;
     let mut b = Builder::default();
-    let mut bad_ext = None;
+    let mut bad_row = None;
+    // One row per user: its profile and its tags of every inbox.
     for_each_row(
         &tx,
-        "SELECT app_id, user_id, ordinal, create_time, modify_time, nick_name, portrait, ext, is_robot
+        "SELECT app_id, user_id, ordinal, create_time, modify_time, nick_name, portrait, ext, is_robot,
+                tags::text
          FROM users",
         |r| {
             let (app, user): (i32, i64) = (r.get(0), r.get(1));
             let ext = match serde_json::from_str(r.get(7)) {
                 Ok(ext) => ext,
                 Err(e) => {
-                    bad_ext.get_or_insert(format!("users.ext of user {user} of AppId {app} is not a JSON object of strings: {e}"));
+                    bad_row.get_or_insert(format!("users.ext of user {user} of AppId {app} is not a JSON object of strings: {e}"));
                     return;
                 }
             };
+            let tags = match crate::model::parse_tags_json(r.get(9)) {
+                Ok(tags) => tags,
+                Err(e) => {
+                    bad_row.get_or_insert(format!("users.tags of user {user} of AppId {app} is {e}"));
+                    return;
+                }
+            };
+            let ordinal = r.get::<_, i64>(2) as u32;
             b.user(
                 app as u32,
                 user,
-                r.get::<_, i64>(2) as u32,
+                ordinal,
                 (r.get(3), r.get(4)),
                 Some(Profile {
                     nick_name: r.get(5),
@@ -645,12 +655,15 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
                     ext,
                     is_robot: r.get(8),
                 }),
-            )
+            );
+            for (inbox, key, value) in &tags {
+                b.tag(app as u32, *inbox, key, value, ordinal);
+            }
         },
     )
     .await
     .map_err(classify)?;
-    if let Some(e) = bad_ext {
+    if let Some(e) = bad_row {
         *shared.follower.build_failure.lock().expect("follower lock") = Some(e.clone());
         return Err(StoreError::Internal(e));
     }
@@ -673,22 +686,6 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
             r.get::<_, Option<i64>>(3).unwrap_or(0),
         );
     }
-    for_each_row(
-        &tx,
-        "SELECT t.app_id, t.inbox_type, t.key, t.value, u.ordinal
-         FROM tags t JOIN users u ON u.app_id = t.app_id AND u.user_id = t.user_id",
-        |r| {
-            b.tag(
-                r.get::<_, i32>(0) as u32,
-                r.get::<_, i32>(1) as u32,
-                r.get(2),
-                r.get(3),
-                r.get::<_, i64>(4) as u32,
-            )
-        },
-    )
-    .await
-    .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
     *shared.follower.build_failure.lock().expect("follower lock") = None;
     shared.follower.index.replace(b.finish());

@@ -219,6 +219,25 @@ pub const MIGRATIONS: &[Migration] = &[
               DROP TABLE tagcast_log_head;",
         usable_from: 6,
     },
+    // v7: one row per user (issue 18): every inbox's tags in the user's row, `jsonb` in the
+    // shape of `model::tags_json` (`{"0": {"level": "gold"}}`), so a write rewrites one row
+    // per user it changes and an operator can still query tags
+    // (`WHERE tags->'0'->>'level' = 'gold'`). The tags table goes, so a node of the
+    // previous release cannot use the database: stop every node, then upgrade. The token
+    // changes, so every node rebuilds its state from the new rows once.
+    Migration {
+        sql: "ALTER TABLE users ADD COLUMN tags jsonb NOT NULL DEFAULT '{}';
+              UPDATE users u SET tags = t.tags
+                FROM (SELECT app_id, user_id, jsonb_object_agg(inbox_type::text, keys) AS tags
+                      FROM (SELECT app_id, user_id, inbox_type, jsonb_object_agg(key, value) AS keys
+                            FROM tags GROUP BY app_id, user_id, inbox_type) i
+                      GROUP BY app_id, user_id) t
+               WHERE u.app_id = t.app_id AND u.user_id = t.user_id;
+              DROP TABLE tags;
+              UPDATE tagcast_meta SET value = md5(random()::text || clock_timestamp()::text)
+               WHERE key = 'snapshot_token';",
+        usable_from: 7,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
