@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::actions::Rules;
 use crate::actions::register_users::parse_user;
-use crate::store::{DEFAULT_INBOX, Outcome, Store, TagEntry, TagOp, UserRegistration};
+use crate::store::{DEFAULT_INBOX, Origin, Outcome, Store, TagEntry, TagOp, UserRegistration};
 
 /// What to do with a line that is not a valid user, or a user the store refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +42,9 @@ pub struct Options {
     pub in_flight: usize,
     /// A longer line is refused (and never held whole).
     pub max_line_bytes: usize,
+    /// What the change log records as this import's request (API.md §9): RequestId
+    /// `import-<id>`, one id per run, and an empty AccessKey.
+    pub origin: Origin,
 }
 
 /// Longest line unless `--max-line-bytes` says otherwise: a user with 100 tags of the
@@ -58,6 +61,10 @@ impl Options {
             chunk: 1000,
             in_flight: 8,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            origin: Origin {
+                request_id: format!("import-{}-{}", crate::model::now_ms(), std::process::id()),
+                access_key: String::new(),
+            },
         }
     }
 }
@@ -196,7 +203,7 @@ async fn write(
 ) -> Result<Vec<Outcome>, String> {
     if options.inbox == DEFAULT_INBOX {
         return store
-            .register_users(options.app_id, users)
+            .register_users(options.app_id, users, options.origin.clone())
             .await
             .map_err(|e| e.to_string());
     }
@@ -208,11 +215,17 @@ async fn write(
         })
         .collect();
     let registered = store
-        .register_users(options.app_id, users)
+        .register_users(options.app_id, users, options.origin.clone())
         .await
         .map_err(|e| e.to_string())?;
     let tagged = store
-        .update_tags(options.app_id, options.inbox, TagOp::Upsert, entries)
+        .update_tags(
+            options.app_id,
+            options.inbox,
+            TagOp::Upsert,
+            entries,
+            options.origin.clone(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(registered

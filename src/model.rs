@@ -126,31 +126,35 @@ impl Change {
     }
 }
 
-/// One change log entry's body: an app's changes of one transaction, in order, as
-/// `postcard` (both stores' logs; a few bytes per tag, not JSON).
-pub fn encode_entry(changes: &[&Change]) -> Vec<u8> {
-    postcard::to_allocvec(changes).expect("changes always encode")
+/// Who made a write: the RequestId the client was given and the AccessKey that signed
+/// the request (API.md §9; `import-<id>` and `""` for `tagcast import`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub request_id: String,
+    pub access_key: String,
 }
 
-/// The changes of an entry written by [`encode_entry`].
-pub fn decode_entry(body: &[u8]) -> Result<Vec<Change>, postcard::Error> {
+/// One request's part of a change log entry: its origin and its changes, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    pub origin: Origin,
+    pub changes: Vec<Change>,
+}
+
+/// One change log entry's body: an app's changes of one transaction, request by request,
+/// in order, as `postcard` (both stores' logs; a few bytes per tag, not JSON).
+pub fn encode_entry(parts: &[(&Origin, &[Change])]) -> Vec<u8> {
+    postcard::to_allocvec(parts).expect("changes always encode")
+}
+
+/// The requests of an entry written by [`encode_entry`].
+pub fn decode_entry(body: &[u8]) -> Result<Vec<Written>, postcard::Error> {
     postcard::from_bytes(body)
 }
 
-/// The changes of `app` among `changes`, in order.
-pub fn of_app(changes: &[Change], app: u32) -> Vec<&Change> {
-    changes.iter().filter(|c| c.app() == app).collect()
-}
-
-/// The apps of `changes`, each once, in the order they first appear.
-pub fn apps_of(changes: &[Change]) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::new();
-    for c in changes {
-        if !out.contains(&c.app()) {
-            out.push(c.app());
-        }
-    }
-    out
+/// Every change of an entry's requests, in order.
+pub fn entry_changes(parts: Vec<Written>) -> Vec<Change> {
+    parts.into_iter().flat_map(|w| w.changes).collect()
 }
 
 /// A user's tags, every inbox, as the store keeps them in the user's row: one JSON object
@@ -202,5 +206,36 @@ mod tags_json_tests {
         assert_eq!(parse_tags_json(r#"{"0": {"a": "b"}}"#).unwrap().len(), 1);
         assert!(parse_tags_json(r#"{"x": {}}"#).is_err());
         assert!(parse_tags_json(r#"{"0": {"a": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn a_log_entry_keeps_each_requests_origin_with_its_changes() {
+        let a = Origin {
+            request_id: "r1".into(),
+            access_key: "AK1".into(),
+        };
+        let b = Origin {
+            request_id: "import-7".into(),
+            access_key: String::new(),
+        };
+        let first = [Change::Registered {
+            app: 1,
+            user: 5,
+            ordinal: 0,
+        }];
+        let second = [Change::Unregistered {
+            app: 1,
+            user: 5,
+            ordinal: 0,
+            tags: vec![(0, "k".into(), "v".into())],
+        }];
+        let body = encode_entry(&[(&a, &first[..]), (&b, &second[..])]);
+        let parts = decode_entry(&body).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!((&parts[0].origin, &parts[1].origin), (&a, &b));
+        assert_eq!(
+            entry_changes(parts),
+            vec![first[0].clone(), second[0].clone()]
+        );
     }
 }

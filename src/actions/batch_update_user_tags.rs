@@ -122,8 +122,9 @@ pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, Api
     } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
+    let origin = ctx.origin.clone();
     apply_valid(entries, app_id, inbox, |valid| {
-        store.update_tags(app_id, inbox, op, valid)
+        store.update_tags(app_id, inbox, op, valid, origin)
     })
     .await
 }

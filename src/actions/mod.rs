@@ -40,6 +40,8 @@ pub struct Ctx<'a> {
     pub signature: &'a str,
     /// Set by the handler once it knows the AppId, for the request log line.
     pub app_id: Option<u32>,
+    /// The request's RequestId and AccessKey, which its changes carry into the log.
+    pub origin: crate::model::Origin,
 }
 
 impl Ctx<'_> {

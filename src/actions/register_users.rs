@@ -170,8 +170,9 @@ pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, Api
     let Parsed { app_id, users } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
+    let origin = ctx.origin.clone();
     apply_valid(users, app_id, DEFAULT_INBOX, |valid| {
-        store.register_users(app_id, valid)
+        store.register_users(app_id, valid, origin)
     })
     .await
 }

@@ -41,9 +41,10 @@ pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, Api
     let Parsed { app_id, user_ids } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;
+    let origin = ctx.origin.clone();
     let items = user_ids.into_iter().map(|id| (id, Ok(id))).collect();
     apply_valid(items, app_id, DEFAULT_INBOX, |valid| {
-        store.unregister_users(app_id, valid)
+        store.unregister_users(app_id, valid, origin)
     })
     .await
 }

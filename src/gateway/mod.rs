@@ -188,6 +188,10 @@ async fn handle(
         broadcasts: &state.broadcasts,
         signature: auth.signature(),
         app_id: None,
+        origin: crate::model::Origin {
+            request_id: meta.request_id.clone(),
+            access_key: auth.credential.access_key.clone(),
+        },
     };
     let result = actions::dispatch(action, &body, &mut ctx).await;
     trace.app_id = ctx.app_id;

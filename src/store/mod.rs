@@ -27,7 +27,7 @@ use crate::broadcast::{
 };
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
-pub use crate::model::{DEFAULT_INBOX, Outcome, StoredUser, Tag, TagOp, now_ms};
+pub use crate::model::{DEFAULT_INBOX, Origin, Outcome, StoredUser, Tag, TagOp, now_ms};
 use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
 use postgres::{PostgresOptions, PostgresStore};
 
@@ -85,12 +85,14 @@ pub trait Store: Send + Sync + 'static {
         inbox: u32,
         op: TagOp,
         entries: Vec<TagEntry>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError>;
 
     async fn register_users(
         &self,
         app_id: u32,
         users: Vec<UserRegistration>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError>;
 
     /// Updates the given fields of registered users (`UserNotFound` for the others) and
@@ -99,6 +101,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         app_id: u32,
         users: Vec<UserUpdate>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError>;
 
     /// Removes each user with its profile and its tags in every inbox.
@@ -106,6 +109,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         app_id: u32,
         user_ids: Vec<i64>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError>;
 
     /// One slot per requested id, `None` for users that are not registered.
@@ -303,5 +307,7 @@ pub(crate) enum WriteOp {
 pub(crate) struct WriteJob {
     pub app_id: u32,
     pub op: WriteOp,
+    /// Who asked for it, for the change log.
+    pub origin: Origin,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
 }

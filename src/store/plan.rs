@@ -39,9 +39,44 @@ pub struct Plan {
     pub next_ordinal: HashMap<u32, u32>,
     /// The batch's time: CreateTime and ModifyTime of what it writes, and its log entry's.
     pub time_ms: i64,
+    /// Each request's changes: its app, its origin and its range of `changes` (the order
+    /// of the jobs; what the change log records per request).
+    pub requests: Vec<Planned>,
     /// The tags column of every user whose tags the batch changed or who it registered,
     /// as it stands after the whole batch (users it left unregistered are not here).
     pub rows: BTreeMap<(u32, i64), TagsRow>,
+}
+
+/// One request of a plan, for its app's change log entry.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub app: u32,
+    pub origin: crate::model::Origin,
+    pub changes: std::ops::Range<usize>,
+}
+
+impl Plan {
+    /// The apps the plan changes, each once, in the order they first appear.
+    pub fn apps(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        for r in self.requests.iter().filter(|r| !r.changes.is_empty()) {
+            if !out.contains(&r.app) {
+                out.push(r.app);
+            }
+        }
+        out
+    }
+
+    /// `app`'s change log entry: the body of its requests that changed something.
+    pub fn entry(&self, app: u32) -> Vec<u8> {
+        let parts: Vec<(&crate::model::Origin, &[Change])> = self
+            .requests
+            .iter()
+            .filter(|r| r.app == app && !r.changes.is_empty())
+            .map(|r| (&r.origin, &self.changes[r.changes.clone()]))
+            .collect();
+        crate::model::encode_entry(&parts)
+    }
 }
 
 /// A user's tags after a batch, for the one row per user the stores keep.
@@ -128,6 +163,7 @@ pub(crate) fn plan(
     };
     for job in jobs {
         let app = job.app_id;
+        let first = plan.changes.len();
         let outcomes = match &job.op {
             WriteOp::Tags { inbox, op, entries } => entries
                 .iter()
@@ -184,6 +220,11 @@ pub(crate) fn plan(
                 .collect(),
         };
         plan.outcomes.push(outcomes);
+        plan.requests.push(Planned {
+            app,
+            origin: job.origin.clone(),
+            changes: first..plan.changes.len(),
+        });
     }
     for change in &plan.changes {
         let at = match change {
@@ -395,7 +436,12 @@ mod tests {
 
     fn job(app_id: u32, op: WriteOp) -> WriteJob {
         let (reply, _) = tokio::sync::oneshot::channel();
-        WriteJob { app_id, op, reply }
+        WriteJob {
+            app_id,
+            op,
+            origin: Default::default(),
+            reply,
+        }
     }
 
     fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {

@@ -9,6 +9,7 @@ mod bare_answers;
 mod batch_update_user;
 mod broadcast;
 mod broadcast_nodes;
+mod change_log;
 mod check;
 mod cli;
 mod common;

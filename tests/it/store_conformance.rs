@@ -93,7 +93,7 @@ async fn register(store: &dyn Store, ids: &[i64]) {
             ..Default::default()
         })
         .collect();
-    let out = store.register_users(1, users).await.unwrap();
+    let out = store.register_users(1, users, origin()).await.unwrap();
     assert!(out.iter().all(|o| *o == Outcome::Applied));
 }
 
@@ -131,6 +131,7 @@ async fn entries_apply_in_order_each_atomically_and_report_unregistered_users(
                 entry(2, &[("x", "")]),
                 entry(1, &[("a", "2")]),
             ],
+            origin(),
         )
         .await
         .unwrap();
@@ -158,6 +159,7 @@ async fn entries_apply_in_order_each_atomically_and_report_unregistered_users(
             0,
             TagOp::Delete,
             vec![entry(1, &[("a", ""), ("zz", "")])],
+            origin(),
         )
         .await
         .unwrap();
@@ -174,7 +176,7 @@ async fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing(
     register(s, &[1]).await;
     let abc = [("a", "1"), ("b", "1"), ("c", "1")];
     assert_eq!(
-        s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &abc)])
+        s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &abc)], origin())
             .await
             .unwrap(),
         vec![Outcome::Applied]
@@ -185,6 +187,7 @@ async fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing(
             0,
             TagOp::Upsert,
             vec![entry(1, &[("a", "2"), ("d", "1")]), entry(1, &[("b", "2")])],
+            origin(),
         )
         .await
         .unwrap();
@@ -205,12 +208,12 @@ async fn the_cap_counts_only_net_new_keys_and_a_refused_entry_changes_nothing(
         "{name}"
     );
     let out = s
-        .update_tags(1, 0, TagOp::Delete, vec![entry(1, &[("a", "")])])
+        .update_tags(1, 0, TagOp::Delete, vec![entry(1, &[("a", "")])], origin())
         .await
         .unwrap();
     assert_eq!(out, vec![Outcome::Applied]);
     let out = s
-        .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("d", "1")])])
+        .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("d", "1")])], origin())
         .await
         .unwrap();
     assert_eq!(out, vec![Outcome::Applied], "{name}");
@@ -234,7 +237,10 @@ async fn register_updates_given_fields_and_unregister_clears_every_inbox(
         is_robot: Some(true),
         ..Default::default()
     };
-    let out = s.register_users(1, vec![first, second]).await.unwrap();
+    let out = s
+        .register_users(1, vec![first, second], origin())
+        .await
+        .unwrap();
     assert_eq!(out, vec![Outcome::Applied, Outcome::Applied], "{name}");
     let u = s
         .get_users(1, 0, vec![7])
@@ -249,10 +255,13 @@ async fn register_updates_given_fields_and_unregister_clears_every_inbox(
         "{name}"
     );
     assert_eq!(u.tags, vec![("t".to_owned(), "1".to_owned())], "{name}");
-    s.update_tags(1, 9, TagOp::Upsert, vec![entry(7, &[("x", "y")])])
+    s.update_tags(1, 9, TagOp::Upsert, vec![entry(7, &[("x", "y")])], origin())
         .await
         .unwrap();
-    let out = s.unregister_users(1, vec![7, 7, 8]).await.unwrap();
+    let out = s
+        .unregister_users(1, vec![7, 7, 8], origin())
+        .await
+        .unwrap();
     assert_eq!(
         out,
         vec![
@@ -283,10 +292,10 @@ async fn update_users_replaces_inbox_0_and_refuses_whole_entries(
         ..Default::default()
     };
     assert_eq!(
-        s.register_users(1, vec![reg]).await.unwrap(),
+        s.register_users(1, vec![reg], origin()).await.unwrap(),
         vec![Outcome::Applied]
     );
-    s.update_tags(1, 9, TagOp::Upsert, vec![entry(1, &[("x", "y")])])
+    s.update_tags(1, 9, TagOp::Upsert, vec![entry(1, &[("x", "y")])], origin())
         .await
         .unwrap();
     let tags_of = |t: &[(&str, &str)]| pairs(t).unwrap();
@@ -317,6 +326,7 @@ async fn update_users_replaces_inbox_0_and_refuses_whole_entries(
                     ..Default::default()
                 },
             ],
+            origin(),
         )
         .await
         .unwrap();
@@ -365,7 +375,7 @@ async fn update_users_replaces_inbox_0_and_refuses_whole_entries(
 async fn a_closed_store_is_unavailable(name: &str, store: Arc<dyn Store>) {
     store.close().await;
     let r = store
-        .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[])])
+        .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[])], origin())
         .await;
     assert!(
         matches!(r, Err(StoreError::Unavailable(_))),
@@ -391,7 +401,9 @@ async fn concurrent_requests_folded_into_one_commit_behave_as_some_serial_order(
             let e = entry(1, &[(&key, "v")]);
             (
                 i,
-                s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
+                s.update_tags(1, 0, TagOp::Upsert, vec![e], origin())
+                    .await
+                    .unwrap(),
             )
         }));
     }
@@ -401,15 +413,23 @@ async fn concurrent_requests_folded_into_one_commit_behave_as_some_serial_order(
             let e = entry(2, &[("shared", &format!("{i}"))]);
             (
                 100 + i,
-                s.update_tags(1, 0, TagOp::Upsert, vec![e]).await.unwrap(),
+                s.update_tags(1, 0, TagOp::Upsert, vec![e], origin())
+                    .await
+                    .unwrap(),
             )
         }));
     }
     let (s1, s2) = (store.clone(), store.clone());
-    let unregister = tokio::spawn(async move { s1.unregister_users(1, vec![3]).await });
+    let unregister = tokio::spawn(async move { s1.unregister_users(1, vec![3], origin()).await });
     let write = tokio::spawn(async move {
-        s2.update_tags(1, 0, TagOp::Upsert, vec![entry(3, &[("late", "1")])])
-            .await
+        s2.update_tags(
+            1,
+            0,
+            TagOp::Upsert,
+            vec![entry(3, &[("late", "1")])],
+            origin(),
+        )
+        .await
     });
     let mut applied = Vec::new();
     for t in tasks {
@@ -471,9 +491,15 @@ async fn every_acknowledged_write_is_in_the_next_audience_answer(
         "{name}"
     );
     for (i, user) in [1, 2, 3].into_iter().enumerate() {
-        s.update_tags(1, 0, TagOp::Upsert, vec![entry(user, &[("level", "gold")])])
-            .await
-            .unwrap();
+        s.update_tags(
+            1,
+            0,
+            TagOp::Upsert,
+            vec![entry(user, &[("level", "gold")])],
+            origin(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             s.count_audience(1, 0, &gold).await.unwrap(),
             i as u64 + 1,
@@ -481,18 +507,36 @@ async fn every_acknowledged_write_is_in_the_next_audience_answer(
         );
     }
     // Overwritten, deleted, in another inbox, unregistered.
-    s.update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[("level", "silver")])])
-        .await
-        .unwrap();
-    s.update_tags(1, 0, TagOp::Delete, vec![entry(2, &[("level", "")])])
-        .await
-        .unwrap();
-    s.update_tags(1, 4, TagOp::Upsert, vec![entry(2, &[("level", "gold")])])
-        .await
-        .unwrap();
+    s.update_tags(
+        1,
+        0,
+        TagOp::Upsert,
+        vec![entry(1, &[("level", "silver")])],
+        origin(),
+    )
+    .await
+    .unwrap();
+    s.update_tags(
+        1,
+        0,
+        TagOp::Delete,
+        vec![entry(2, &[("level", "")])],
+        origin(),
+    )
+    .await
+    .unwrap();
+    s.update_tags(
+        1,
+        4,
+        TagOp::Upsert,
+        vec![entry(2, &[("level", "gold")])],
+        origin(),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.count_audience(1, 0, &gold).await.unwrap(), 1, "{name}");
     assert_eq!(s.count_audience(1, 4, &gold).await.unwrap(), 1, "{name}");
-    s.unregister_users(1, vec![3]).await.unwrap();
+    s.unregister_users(1, vec![3], origin()).await.unwrap();
     assert_eq!(s.count_audience(1, 0, &gold).await.unwrap(), 0, "{name}");
     assert_eq!(s.count_audience(1, 4, &gold).await.unwrap(), 1, "{name}");
     // Registered again: a new ordinal, listed after the others.
@@ -544,5 +588,13 @@ mod concurrent_requests_folded_into_one_commit_behave_as_some_serial_order {
     #[tokio::test(flavor = "multi_thread")]
     async fn postgres() {
         folded("postgres").await;
+    }
+}
+
+/// The origin the conformance suite's writes carry into the change log.
+fn origin() -> tagcast::store::Origin {
+    tagcast::store::Origin {
+        request_id: "conformance".into(),
+        access_key: "AKconformance".into(),
     }
 }

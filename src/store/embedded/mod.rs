@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
+    Origin, Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
     WriteJob, WriteOp,
 };
 use crate::audience::filter::Filter;
@@ -242,12 +242,22 @@ impl EmbeddedStore {
         })
     }
 
-    async fn write(&self, app_id: u32, op: WriteOp) -> Result<Vec<Outcome>, StoreError> {
+    async fn write(
+        &self,
+        app_id: u32,
+        op: WriteOp,
+        origin: Origin,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let sender = self.writer.lock().expect("writer lock").clone();
         let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
         let (reply, rx) = oneshot::channel();
         sender
-            .send(Msg::Job(WriteJob { app_id, op, reply }))
+            .send(Msg::Job(WriteJob {
+                app_id,
+                op,
+                origin,
+                reply,
+            }))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await
@@ -356,8 +366,9 @@ impl Store for EmbeddedStore {
         inbox: u32,
         op: TagOp,
         entries: Vec<TagEntry>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::Tags { inbox, op, entries })
+        self.write(app_id, WriteOp::Tags { inbox, op, entries }, origin)
             .await
     }
 
@@ -365,24 +376,29 @@ impl Store for EmbeddedStore {
         &self,
         app_id: u32,
         users: Vec<UserRegistration>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::Register(users)).await
+        self.write(app_id, WriteOp::Register(users), origin).await
     }
 
     async fn update_users(
         &self,
         app_id: u32,
         users: Vec<UserUpdate>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::UpdateUsers(users)).await
+        self.write(app_id, WriteOp::UpdateUsers(users), origin)
+            .await
     }
 
     async fn unregister_users(
         &self,
         app_id: u32,
         user_ids: Vec<i64>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::Unregister(user_ids)).await
+        self.write(app_id, WriteOp::Unregister(user_ids), origin)
+            .await
     }
 
     async fn get_users(

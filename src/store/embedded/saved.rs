@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::writer::Msg;
 use crate::audience::index::AppIndex;
 use crate::audience::{AudienceIndex, snapshot};
-use crate::model::Change;
+use crate::store::plan::Plan;
 
 /// The key in `tagcast_meta` of the token every saved file of this store carries.
 pub(super) const TOKEN_KEY: &str = "index_snapshot";
@@ -62,25 +62,21 @@ pub(super) fn record_token(conn: &Connection, token: &[u8; 16]) -> rusqlite::Res
 }
 
 /// Each app's next log position for a plan's changes, in the order the apps first appear.
-pub(super) fn heads(index: &AudienceIndex, changes: &[Change]) -> Vec<(u32, u64)> {
-    crate::model::apps_of(changes)
+pub(super) fn heads(index: &AudienceIndex, plan: &Plan) -> Vec<(u32, u64)> {
+    plan.apps()
         .into_iter()
         .map(|app| (app, index.log_pos(app) + 1))
         .collect()
 }
 
-/// Appends one entry per app of `heads`: that app's changes, in order.
-pub(super) fn append(
-    conn: &Connection,
-    changes: &[Change],
-    heads: &[(u32, u64)],
-    time_ms: i64,
-) -> rusqlite::Result<()> {
+/// Appends one entry per app of `heads`: that app's changes, request by request, in order.
+pub(super) fn append(conn: &Connection, plan: &Plan, heads: &[(u32, u64)]) -> rusqlite::Result<()> {
+    let time_ms = plan.time_ms;
     let mut insert = conn.prepare_cached(
         "INSERT INTO tagcast_log (app_id, pos, time_ms, body) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for &(app, pos) in heads {
-        let body = crate::model::encode_entry(&crate::model::of_app(changes, app));
+        let body = plan.entry(app);
         insert.execute(params![app, pos as i64, time_ms, body])?;
     }
     Ok(())
@@ -149,9 +145,11 @@ pub(super) fn load(
                 .map_err(sql)?
                 .as_blob()
                 .map_err(|e| format!("the change log entry {pos} of AppId {app}: {e}"))?;
-            let changes = crate::model::decode_entry(body).map_err(|e| {
-                format!("the change log entry {pos} of AppId {app} does not decode: {e}")
-            })?;
+            let changes = crate::model::decode_entry(body)
+                .map(crate::model::entry_changes)
+                .map_err(|e| {
+                    format!("the change log entry {pos} of AppId {app} does not decode: {e}")
+                })?;
             a.apply_entry(&changes, time, pos);
             replayed += 1;
         }

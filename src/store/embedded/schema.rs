@@ -185,7 +185,9 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     // v7: one row per user (issue 18): every inbox's tags in the user's row, as the JSON of
     // `model::tags_json`, instead of a row per tag. A write rewrites one row per user it
-    // changes; a start without a saved state reads one row per user. Not additive (the
+    // changes; a start without a saved state reads one row per user. The change log's
+    // entries now carry each request's RequestId and AccessKey: the entries of the old
+    // format go (a start after a migration builds from the rows anyway). Not additive (the
     // tags table goes), so a binary before it cannot use the database.
     Migration {
         sql: "ALTER TABLE users ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
@@ -197,7 +199,8 @@ pub const MIGRATIONS: &[Migration] = &[
                                ORDER BY inbox_type, key)
                          GROUP BY inbox_type ORDER BY inbox_type)),
                   '{}');
-              DROP TABLE tags;",
+              DROP TABLE tags;
+              DELETE FROM tagcast_log;",
         usable_from: 7,
     },
 ];

@@ -441,8 +441,8 @@ fn commit_all(
     let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     apply::write_changes(&tx, &plan)?;
-    let heads = saved::heads(index, &plan.changes);
-    saved::append(&tx, &plan.changes, &heads, plan.time_ms)?;
+    let heads = saved::heads(index, &plan);
+    saved::append(&tx, &plan, &heads)?;
     tx.commit()?;
     Ok((plan, heads))
 }

@@ -326,12 +326,9 @@ pub(super) async fn apply(
     }
     // Every change, profiles included: the other nodes' state answers BatchGetUser.
     if !plan.changes.is_empty() {
-        let mut apps = model::apps_of(&plan.changes);
+        let mut apps = plan.apps();
         apps.sort_unstable();
-        let bodies: Vec<Vec<u8>> = apps
-            .iter()
-            .map(|a| model::encode_entry(&model::of_app(&plan.changes, *a)))
-            .collect();
+        let bodies: Vec<Vec<u8>> = apps.iter().map(|a| plan.entry(*a)).collect();
         let apps: Vec<i32> = apps.into_iter().map(|a| a as i32).collect();
         let (append, notify) =
             tokio::try_join!(tx.prepare_cached(APPEND_LOG), tx.prepare_cached(NOTIFY))?;

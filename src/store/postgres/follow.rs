@@ -42,7 +42,7 @@ use tokio_postgres::types::ToSql;
 use super::{Shared, classify};
 use crate::audience::index::{AppIndex, Builder, Profile};
 use crate::audience::{AudienceIndex, snapshot};
-use crate::model::{Change, decode_entry};
+use crate::model::{Change, decode_entry, entry_changes};
 use crate::store::StoreError;
 use crate::store::now_ms;
 
@@ -509,7 +509,7 @@ fn apply_rows(rows: &[tokio_postgres::Row], target: &mut impl Target) -> Result<
                 )));
             }
             let body: &[u8] = r.get(4);
-            let decoded = decode_entry(body).map_err(|e| {
+            let decoded = decode_entry(body).map(entry_changes).map_err(|e| {
                 StoreError::Internal(format!(
                     "the change log entry {pos} of AppId {app} does not decode: {e}"
                 ))

@@ -40,7 +40,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
+    Origin, Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
     WriteJob, WriteOp,
 };
 use crate::audience::Page;
@@ -215,7 +215,12 @@ impl PostgresStore {
     }
 
     /// Queues a write for the committers and waits for its commit.
-    async fn submit(&self, app_id: u32, write: WriteOp) -> Result<Vec<Outcome>, StoreError> {
+    async fn submit(
+        &self,
+        app_id: u32,
+        write: WriteOp,
+        origin: Origin,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let closed = || StoreError::Unavailable("the store is closed".into());
         let sender = self
             .queue
@@ -228,6 +233,7 @@ impl PostgresStore {
             .send(WriteJob {
                 app_id,
                 op: write,
+                origin,
                 reply,
             })
             .await
@@ -336,8 +342,9 @@ impl Store for PostgresStore {
         inbox: u32,
         op: TagOp,
         entries: Vec<TagEntry>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::Tags { inbox, op, entries })
+        self.submit(app_id, WriteOp::Tags { inbox, op, entries }, origin)
             .await
     }
 
@@ -345,24 +352,29 @@ impl Store for PostgresStore {
         &self,
         app_id: u32,
         users: Vec<UserRegistration>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::Register(users)).await
+        self.submit(app_id, WriteOp::Register(users), origin).await
     }
 
     async fn update_users(
         &self,
         app_id: u32,
         users: Vec<UserUpdate>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::UpdateUsers(users)).await
+        self.submit(app_id, WriteOp::UpdateUsers(users), origin)
+            .await
     }
 
     async fn unregister_users(
         &self,
         app_id: u32,
         user_ids: Vec<i64>,
+        origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::Unregister(user_ids)).await
+        self.submit(app_id, WriteOp::Unregister(user_ids), origin)
+            .await
     }
 
     /// From this node's state, once it has applied every change committed before the call

@@ -223,8 +223,10 @@ pub const MIGRATIONS: &[Migration] = &[
     // shape of `model::tags_json` (`{"0": {"level": "gold"}}`), so a write rewrites one row
     // per user it changes and an operator can still query tags
     // (`WHERE tags->'0'->>'level' = 'gold'`). The tags table goes, so a node of the
-    // previous release cannot use the database: stop every node, then upgrade. The token
-    // changes, so every node rebuilds its state from the new rows once.
+    // previous release cannot use the database: stop every node, then upgrade. The change
+    // log's entries now carry each request's RequestId and AccessKey; the entries of the
+    // old format go, and the token changes, so every node rebuilds its state from the new
+    // rows once.
     Migration {
         sql: "ALTER TABLE users ADD COLUMN tags jsonb NOT NULL DEFAULT '{}';
               UPDATE users u SET tags = t.tags
@@ -234,6 +236,8 @@ pub const MIGRATIONS: &[Migration] = &[
                       GROUP BY app_id, user_id) t
                WHERE u.app_id = t.app_id AND u.user_id = t.user_id;
               DROP TABLE tags;
+              DELETE FROM tagcast_app_log;
+              DELETE FROM tagcast_snapshot_marks;
               UPDATE tagcast_meta SET value = md5(random()::text || clock_timestamp()::text)
                WHERE key = 'snapshot_token';",
         usable_from: 7,
