@@ -13,8 +13,9 @@ use crate::common::*;
 const LIMIT_MB: u64 = 16;
 /// The log may pass the bound by what one commit appends before the writer checks it:
 /// here at most 4 requests (one per client) x 5 users x 5 tags of 200-byte values, which
-/// touch at most ~100 pages of the tags table and ~100 of its value index, 4 KiB each
-/// plus a 24-byte frame header: under 1 MiB. Twice that, to be safe.
+/// rewrite at most 20 users' rows (a few pages each of the users table) and append one
+/// log entry, 4 KiB a page plus a 24-byte frame header: under 1 MiB. Twice that, to be
+/// safe.
 const SLACK: u64 = 2 << 20;
 
 fn wal_bytes(dir: &std::path::Path) -> u64 {
