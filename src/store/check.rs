@@ -215,9 +215,7 @@ impl TagScan {
             if value.len() > limits.max_value_bytes {
                 self.long_values += 1;
             }
-            if !self.keys.contains(&key) {
-                self.keys.insert(key);
-            }
+            self.keys.insert(key);
         }
         self.over_cap += per_inbox
             .values()

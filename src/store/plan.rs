@@ -77,6 +77,23 @@ impl Plan {
             .collect();
         crate::model::encode_entry(&parts)
     }
+
+    /// The tags the INSERT of `Registered { app, user, ordinal }` writes: the batch's final
+    /// tags when this is the user's last registration in the batch, else none.
+    pub fn tags_at_insert(&self, app: u32, user: i64, ordinal: u32) -> Option<&str> {
+        self.rows
+            .get(&(app, user))
+            .filter(|row| row.registered_here && row.ordinal == ordinal)
+            .map(|row| row.tags.as_str())
+    }
+
+    /// The rows whose tags no INSERT of the batch writes: (app, user, tags) to update.
+    pub fn tags_to_update(&self) -> impl Iterator<Item = (u32, i64, &str)> {
+        self.rows
+            .iter()
+            .filter(|(_, row)| !row.registered_here)
+            .map(|((app, user), row)| (*app, *user, row.tags.as_str()))
+    }
 }
 
 /// A user's tags after a batch, for the one row per user the stores keep.
@@ -87,6 +104,9 @@ pub struct TagsRow {
     pub ordinal: u32,
     /// Every inbox's tags, [`crate::model::tags_json`].
     pub tags: String,
+    /// The batch registers the user with `ordinal`: that INSERT writes the tags
+    /// ([`Plan::tags_at_insert`]); otherwise an UPDATE does ([`Plan::tags_to_update`]).
+    pub registered_here: bool,
 }
 
 /// The requests of one batch, as the planner sees them.
@@ -233,13 +253,24 @@ pub(crate) fn plan(
             | Change::DeleteTag { app, user, .. } => (*app, *user),
             Change::Profile { .. } | Change::Unregistered { .. } => continue,
         };
-        if plan.rows.contains_key(&at) {
+        if let Some(row) = plan.rows.get_mut(&at) {
+            if let Change::Registered { ordinal, .. } = change {
+                row.registered_here |= row.ordinal == *ordinal;
+            }
             continue;
         }
         let state = &snapshot.users[&at];
-        if let Some(ordinal) = state.ordinal {
-            let tags = crate::model::tags_json(&state.tags);
-            plan.rows.insert(at, TagsRow { ordinal, tags });
+        if let Some(final_ordinal) = state.ordinal {
+            let registered_here =
+                matches!(change, Change::Registered { ordinal, .. } if *ordinal == final_ordinal);
+            plan.rows.insert(
+                at,
+                TagsRow {
+                    ordinal: final_ordinal,
+                    tags: crate::model::tags_json(&state.tags),
+                    registered_here,
+                },
+            );
         }
     }
     Ok(plan)
@@ -538,6 +569,41 @@ mod tests {
             Change::Registered { ordinal: 9, .. }
         ));
         assert_eq!(p.next_ordinal[&1], 10);
+        // One row per user: the new registration's INSERT writes the tags the batch ends
+        // with, and no UPDATE follows.
+        assert_eq!(p.tags_at_insert(1, 7, 9), Some(r#"{"0":{"x":""}}"#));
+        assert_eq!(p.tags_at_insert(1, 7, 4), None);
+        assert_eq!(p.tags_to_update().count(), 0);
+    }
+
+    #[test]
+    fn a_registered_users_tags_are_one_update_of_its_row_as_the_batch_leaves_them() {
+        let mut snap = Snapshot::default();
+        snap.users.insert((1, 7), registered(0, &[(0, "a", "1")]));
+        let set = |t: &[(&str, &str)], op| {
+            job(
+                1,
+                WriteOp::Tags {
+                    inbox: 2,
+                    op,
+                    entries: vec![TagEntry {
+                        user_id: 7,
+                        tags: tags(t),
+                    }],
+                },
+            )
+        };
+        let jobs = [
+            set(&[("b", "1"), ("c", "1")], TagOp::Upsert),
+            set(&[("c", "")], TagOp::Delete),
+        ];
+        let p = plan(&jobs, snap, 100, 0).unwrap();
+        assert_eq!(p.changes.len(), 3);
+        assert_eq!(
+            p.tags_to_update().collect::<Vec<_>>(),
+            vec![(1, 7, r#"{"0":{"a":"1"},"2":{"b":"1"}}"#)]
+        );
+        assert_eq!(p.tags_at_insert(1, 7, 0), None);
     }
 
     #[test]

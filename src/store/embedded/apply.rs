@@ -2,7 +2,7 @@
 //! a batch needs and writes the planner's changes inside its group-commit transaction;
 //! being the only writer, it needs no row locks for the read-then-write of the tag cap.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use rusqlite::{CachedStatement, Connection, params};
 
@@ -16,8 +16,6 @@ use crate::store::plan::{Change, Plan};
 /// profile and registration statements.
 pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
     let now = plan.time_ms;
-    // Users whose row got its final tags at its INSERT.
-    let mut inserted = HashSet::new();
     let mut changes = plan.changes.iter().peekable();
     while let Some(change) = changes.next() {
         match change {
@@ -39,15 +37,7 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                     changes.next();
                 }
                 let ext = ext.map(ext_json);
-                // The batch's last registration of the user carries the tags it ends with.
-                let tags = plan
-                    .rows
-                    .get(&(*app, *user))
-                    .filter(|row| row.ordinal == *ordinal)
-                    .map(|row| row.tags.as_str());
-                if tags.is_some() {
-                    inserted.insert((*app, *user));
-                }
+                let tags = plan.tags_at_insert(*app, *user, *ordinal);
                 conn.prepare_cached(
                     "INSERT INTO users (app_id, user_id, ordinal, nick_name, portrait, ext, is_robot, create_time, modify_time, tags)
                      VALUES (?1, ?2, ?3, COALESCE(?4, ''), COALESCE(?5, ''), COALESCE(?6, '{}'), COALESCE(?7, 0), ?8, ?8, COALESCE(?9, '{}'))",
@@ -82,16 +72,13 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
         }
     }
     let mut set_tags = None;
-    for ((app, user), row) in &plan.rows {
-        if inserted.contains(&(*app, *user)) {
-            continue;
-        }
+    for (app, user, tags) in plan.tags_to_update() {
         statement(
             &mut set_tags,
             conn,
             "UPDATE users SET tags = ?3 WHERE app_id = ?1 AND user_id = ?2",
         )?
-        .execute(params![app, user, row.tags])?;
+        .execute(params![app, user, tags])?;
     }
     for (app, next) in &plan.next_ordinal {
         conn.prepare_cached(

@@ -6,13 +6,13 @@
 //! an UnRegisterUsers change is a barrier: what came before it is written first), and the
 //! changes appended to each app's change log (`follow.rs`), one entry per app.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use crate::model;
-use crate::store::plan::{self, Batch, Change, Plan, Snapshot, TagsRow, UserState};
+use crate::store::plan::{self, Batch, Change, Plan, Snapshot, UserState};
 use crate::store::{StoreError, UserRegistration, WriteJob, ext_json, now_ms};
 
 /// A lock key per (app, user), taken in one global order (sorted keys), so batches on any
@@ -101,7 +101,7 @@ impl Pending {
 
     /// Adds a change; `true` when it must wait for what is pending to be written first
     /// (a removal after writes to the same rows, or anything after a removal).
-    fn fold(&mut self, change: &Change, rows: &BTreeMap<(u32, i64), TagsRow>) -> bool {
+    fn fold(&mut self, change: &Change, plan: &Plan) -> bool {
         let removing = matches!(change, Change::Unregistered { .. });
         let after_removal = !self.unregistered.is_empty();
         if removing != after_removal && !self.is_empty() {
@@ -109,11 +109,10 @@ impl Pending {
         }
         match change {
             Change::Registered { app, user, ordinal } => {
-                // The batch's last registration of the user carries the tags it ends with.
-                let tags = rows
-                    .get(&(*app, *user))
-                    .filter(|row| row.ordinal == *ordinal)
-                    .map_or_else(|| "{}".to_owned(), |row| row.tags.clone());
+                let tags = plan
+                    .tags_at_insert(*app, *user, *ordinal)
+                    .unwrap_or("{}")
+                    .to_owned();
                 self.registered
                     .push((*app as i32, *user, i64::from(*ordinal), tags));
             }
@@ -289,31 +288,17 @@ pub(super) async fn apply(
     let plan = plan::plan(jobs, snapshot, cap, now_ms()).map_err(Failure::Plan)?;
     let mut pending = Pending::default();
     for change in &plan.changes {
-        if pending.fold(change, &plan.rows) {
+        if pending.fold(change, &plan) {
             pending.flush(tx, plan.time_ms, None).await?;
-            pending.fold(change, &plan.rows);
+            pending.fold(change, &plan);
         }
     }
     // The users the batch registered got their tags with the row; the others' rows now.
-    let inserted: HashSet<(u32, i64)> = plan
-        .changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Registered { app, user, ordinal } => plan
-                .rows
-                .get(&(*app, *user))
-                .is_some_and(|row| row.ordinal == *ordinal)
-                .then_some((*app, *user)),
-            _ => None,
-        })
-        .collect();
     let mut set_tags = SetTags::default();
-    for ((app, user), row) in &plan.rows {
-        if !inserted.contains(&(*app, *user)) {
-            set_tags.apps.push(*app as i32);
-            set_tags.users.push(*user);
-            set_tags.tags.push(row.tags.clone());
-        }
+    for (app, user, tags) in plan.tags_to_update() {
+        set_tags.apps.push(app as i32);
+        set_tags.users.push(user);
+        set_tags.tags.push(tags.to_owned());
     }
     pending.flush(tx, plan.time_ms, Some(&set_tags)).await?;
     if !plan.next_ordinal.is_empty() {
