@@ -6,7 +6,7 @@
 //! an UnRegisterUsers change is a barrier: what came before it is written first), and the
 //! changes appended to each app's change log (`follow.rs`), one entry per app.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
@@ -56,10 +56,14 @@ const SET_TAGS: &str = "UPDATE users SET tags = x.t::jsonb
      FROM unnest($1::int[], $2::bigint[], $3::text[]) AS x(a, u, t)
      WHERE users.app_id = x.a AND users.user_id = x.u";
 
+/// New rows with their profile and tags: a registration is one INSERT, never an INSERT
+/// and an UPDATE of the row it just wrote. (A binary COPY of the same rows measured no
+/// faster: 739 ms of server time for 200 k users against 687 ms.)
 const INSERT_USERS: &str =
-    "INSERT INTO users (app_id, user_id, ordinal, create_time, modify_time, tags)
-     SELECT a, u, o, $5, $5, t::jsonb
-     FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[]) AS x(a, u, o, t)";
+    "INSERT INTO users (app_id, user_id, ordinal, nick_name, portrait, ext, is_robot, create_time, modify_time, tags)
+     SELECT a, u, o, COALESCE(n, ''), COALESCE(p, ''), COALESCE(e, '{}'), COALESCE(r, false), $9, $9, t::jsonb
+     FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::boolean[], $8::text[])
+          AS x(a, u, o, n, p, e, r, t)";
 
 const UPDATE_USERS: &str = "UPDATE users SET nick_name = COALESCE(x.n, users.nick_name),
                       portrait = COALESCE(x.p, users.portrait),
@@ -76,12 +80,37 @@ const UNREGISTER_USERS: &str = "DELETE FROM users WHERE (app_id, user_id) IN
 /// user's row gets its tags once, as the batch leaves them (`Plan::rows`).
 #[derive(Default)]
 struct Pending {
-    /// (app, user, ordinal, tags) of users registered by the batch.
-    registered: Vec<(i32, i64, i64, String)>,
-    /// Profiles of registered users, later registrations folded over earlier ones.
+    /// Rows of users registered by the batch, with the profile the batch leaves them.
+    registered: Vec<NewRow>,
+    /// Where each of those users is in `registered`.
+    registered_at: HashMap<(i32, i64), usize>,
+    /// Profiles of users whose rows exist already, later registrations folded over
+    /// earlier ones.
     profiles: BTreeMap<(i32, i64), UserRegistration>,
     /// (app, user) to remove, with every tag.
     unregistered: Vec<(i32, i64)>,
+}
+
+struct NewRow {
+    app: i32,
+    user: i64,
+    ordinal: i64,
+    tags: String,
+    profile: UserRegistration,
+}
+
+/// Folds a later registration's profile over an earlier one: a field it gives wins.
+fn fold_profile(
+    p: &mut UserRegistration,
+    nick_name: &Option<String>,
+    portrait: &Option<String>,
+    ext: &Option<BTreeMap<String, String>>,
+    is_robot: Option<bool>,
+) {
+    p.nick_name = nick_name.clone().or(p.nick_name.take());
+    p.portrait = portrait.clone().or(p.portrait.take());
+    p.ext = ext.clone().or(p.ext.take());
+    p.is_robot = is_robot.or(p.is_robot);
 }
 
 /// Runs one statement, prepared once per connection (no extra round trip after that).
@@ -113,8 +142,15 @@ impl Pending {
                     .tags_at_insert(*app, *user, *ordinal)
                     .unwrap_or("{}")
                     .to_owned();
-                self.registered
-                    .push((*app as i32, *user, i64::from(*ordinal), tags));
+                let key = (*app as i32, *user);
+                self.registered_at.insert(key, self.registered.len());
+                self.registered.push(NewRow {
+                    app: key.0,
+                    user: key.1,
+                    ordinal: i64::from(*ordinal),
+                    tags,
+                    profile: UserRegistration::default(),
+                });
             }
             Change::Profile {
                 app,
@@ -124,11 +160,12 @@ impl Pending {
                 ext,
                 is_robot,
             } => {
-                let p = self.profiles.entry((*app as i32, *user)).or_default();
-                p.nick_name = nick_name.clone().or(p.nick_name.take());
-                p.portrait = portrait.clone().or(p.portrait.take());
-                p.ext = ext.clone().or(p.ext.take());
-                p.is_robot = is_robot.or(p.is_robot);
+                let key = (*app as i32, *user);
+                let p = match self.registered_at.get(&key) {
+                    Some(&i) => &mut self.registered[i].profile,
+                    None => self.profiles.entry(key).or_default(),
+                };
+                fold_profile(p, nick_name, portrait, ext, *is_robot);
             }
             Change::SetTag { .. } | Change::DeleteTag { .. } => {}
             Change::Unregistered { app, user, .. } => {
@@ -149,37 +186,52 @@ impl Pending {
     ) -> Result<(), tokio_postgres::Error> {
         let Pending {
             registered,
+            registered_at: _,
             profiles,
             unregistered,
         } = std::mem::take(self);
-        let (mut ra, mut ru, mut ro, mut rt) = (vec![], vec![], vec![], vec![]);
-        for (a, u, o, t) in registered {
-            ra.push(a);
-            ru.push(u);
-            ro.push(o);
-            rt.push(t);
+        let (mut ro, mut rt) = (vec![], vec![]);
+        let mut inserted = ProfileColumns::default();
+        for r in registered {
+            ro.push(r.ordinal);
+            rt.push(r.tags);
+            inserted.push((r.app, r.user), r.profile);
         }
-        let (mut pa, mut pu, mut nick, mut portrait, mut ext, mut robot) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for ((a, u), p) in profiles {
-            pa.push(a);
-            pu.push(u);
-            nick.push(p.nick_name);
-            portrait.push(p.portrait);
-            ext.push(p.ext.as_ref().map(ext_json));
-            robot.push(p.is_robot);
+        let mut updated = ProfileColumns::default();
+        for (key, p) in profiles {
+            updated.push(key, p);
         }
         let (xa, xu): (Vec<i32>, Vec<i64>) = unregistered.into_iter().unzip();
         let users = async {
             if !xa.is_empty() {
                 exec(tx, UNREGISTER_USERS, &[&xa, &xu]).await?;
             }
-            if !ra.is_empty() {
-                exec(tx, INSERT_USERS, &[&ra, &ru, &ro, &rt, &now]).await?;
+            if !inserted.apps.is_empty() {
+                let c = &inserted;
+                let params: [&(dyn ToSql + Sync); 9] = [
+                    &c.apps,
+                    &c.users,
+                    &ro,
+                    &c.nick_names,
+                    &c.portraits,
+                    &c.exts,
+                    &c.robots,
+                    &rt,
+                    &now,
+                ];
+                exec(tx, INSERT_USERS, &params).await?;
             }
-            if !pa.is_empty() {
-                let params: [&(dyn ToSql + Sync); 7] =
-                    [&pa, &pu, &nick, &portrait, &ext, &robot, &now];
+            if !updated.apps.is_empty() {
+                let c = &updated;
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &c.apps,
+                    &c.users,
+                    &c.nick_names,
+                    &c.portraits,
+                    &c.exts,
+                    &c.robots,
+                    &now,
+                ];
                 exec(tx, UPDATE_USERS, &params).await?;
             }
             Ok(())
@@ -192,6 +244,29 @@ impl Pending {
         };
         tokio::try_join!(users, tags)?;
         Ok(())
+    }
+}
+
+/// Profiles as the array parameters of [`INSERT_USERS`] and [`UPDATE_USERS`] (`None`:
+/// keep the stored value, or the column's default for a new row).
+#[derive(Default)]
+struct ProfileColumns {
+    apps: Vec<i32>,
+    users: Vec<i64>,
+    nick_names: Vec<Option<String>>,
+    portraits: Vec<Option<String>>,
+    exts: Vec<Option<String>>,
+    robots: Vec<Option<bool>>,
+}
+
+impl ProfileColumns {
+    fn push(&mut self, (app, user): (i32, i64), p: UserRegistration) {
+        self.apps.push(app);
+        self.users.push(user);
+        self.exts.push(p.ext.as_ref().map(ext_json));
+        self.nick_names.push(p.nick_name);
+        self.portraits.push(p.portrait);
+        self.robots.push(p.is_robot);
     }
 }
 
