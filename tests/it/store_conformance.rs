@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tagcast::audience::filter::Filter;
+use tagcast::broadcast::{Claimed, Delivery, NewBroadcast, Outlet, PageDone, PageKey, Sent};
 use tagcast::metrics::Metrics;
 use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tagcast::store::postgres::{PostgresOptions, PostgresStore};
@@ -598,3 +599,201 @@ fn origin() -> tagcast::store::Origin {
         access_key: "AKconformance".into(),
     }
 }
+
+/// Sends a broadcast of app 1 to every registered user with one webhook lane of
+/// `page_size` ids per page; its id.
+async fn send_to_everyone(store: &dyn Store, url: &str, page_size: usize, now: i64) -> i64 {
+    let broadcast = NewBroadcast {
+        app_id: 1,
+        inbox: 0,
+        sender: 1,
+        msg_type: 1,
+        content: "hello".into(),
+        ext: Default::default(),
+        selector: "{}".into(),
+        ttl_secs: 60,
+        token: format!("token-{url}-{now}"),
+    };
+    let outlets = vec![Outlet {
+        url: url.into(),
+        page_size,
+    }];
+    match store
+        .send_broadcast(broadcast, &Filter::All, 100, outlets, now)
+        .await
+        .unwrap()
+    {
+        Sent::Created {
+            id,
+            replayed: false,
+            ..
+        } => id,
+        other => panic!("the send was not created: {other:?}"),
+    }
+}
+
+async fn delivery(store: &dyn Store, id: i64) -> Delivery {
+    store.get_broadcast(1, id).await.unwrap().unwrap().1
+}
+
+fn pages_of(claimed: &[Claimed]) -> Vec<(u32, u32)> {
+    let mut p: Vec<(u32, u32)> = claimed.iter().map(|c| (c.key.page, c.attempts)).collect();
+    p.sort_unstable();
+    p
+}
+
+/// The outbox rules of `broadcast/outbox.rs` as both stores keep them: at most `window`
+/// open pages per lane, a page under lease is not claimed twice, a retry is due at its
+/// time with its attempt counted, and the delivery counts add up.
+async fn outbox_claims_within_the_window_retries_and_counts(_name: &str, store: Arc<dyn Store>) {
+    register(&*store, &[1, 2, 3, 4, 5]).await;
+    let now = tagcast::model::now_ms();
+    let url = "http://127.0.0.1:9/hook";
+    let id = send_to_everyone(&*store, url, 2, now).await;
+    let pending = Delivery {
+        pages: 3,
+        pending: 3,
+        ..Delivery::default()
+    };
+    assert_eq!(delivery(&*store, id).await, pending);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 3);
+
+    let want = || vec![(url.to_string(), 10)];
+    let first = store.claim_pages(now, 10_000, 2, want()).await.unwrap();
+    assert_eq!(
+        pages_of(&first),
+        vec![(0, 1), (1, 1)],
+        "two pages: the window"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|c| c.key.broadcast_id == id && c.key.url == url)
+    );
+    let leased = store.claim_pages(now, 10_000, 2, want()).await.unwrap();
+    assert!(leased.is_empty(), "claimed twice: {leased:?}");
+
+    let key = |page| PageKey {
+        broadcast_id: id,
+        url: url.into(),
+        page,
+    };
+    let retry_at = now + 1_000;
+    store
+        .finish_pages(
+            vec![
+                (key(0), PageDone::Delivered),
+                (key(1), PageDone::Retry { at_ms: retry_at }),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    // Page 1 waits for its time; page 2 fits in the window now.
+    let next = store.claim_pages(now, 10_000, 2, want()).await.unwrap();
+    assert_eq!(pages_of(&next), vec![(2, 1)]);
+    let again = store
+        .claim_pages(retry_at, 10_000, 2, want())
+        .await
+        .unwrap();
+    assert_eq!(pages_of(&again), vec![(1, 2)], "the retry, second attempt");
+    assert_eq!(
+        delivery(&*store, id).await,
+        Delivery {
+            pages: 3,
+            delivered: 1,
+            pending: 2,
+            ..Delivery::default()
+        }
+    );
+    store
+        .finish_pages(
+            vec![(key(1), PageDone::Failed), (key(2), PageDone::Delivered)],
+            2,
+        )
+        .await
+        .unwrap();
+    // A page finished twice (another node outlived its lease) changes nothing.
+    store
+        .finish_pages(vec![(key(2), PageDone::Failed)], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        delivery(&*store, id).await,
+        Delivery {
+            pages: 3,
+            delivered: 2,
+            failed: 1,
+            ..Delivery::default()
+        }
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    let none = store
+        .claim_pages(retry_at + 60_000, 10_000, 2, want())
+        .await;
+    assert!(none.unwrap().is_empty());
+}
+
+/// A claimer that dies: its page is due again once the lease lapses. A recall drops what
+/// was not sent; the sweeper removes what expired.
+async fn outbox_lapsed_leases_recalls_and_purge(_name: &str, store: Arc<dyn Store>) {
+    register(&*store, &[1, 2, 3]).await;
+    let now = tagcast::model::now_ms();
+    let url = "http://127.0.0.1:9/hook";
+    let kept = send_to_everyone(&*store, url, 3, now).await;
+    let want = || vec![(url.to_string(), 10)];
+    let claimed = store.claim_pages(now, 1_000, 4, want()).await.unwrap();
+    assert_eq!(pages_of(&claimed), vec![(0, 1)]);
+    let early = store
+        .claim_pages(now + 999, 1_000, 4, want())
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "claimed under a live lease: {early:?}");
+    let lapsed = store
+        .claim_pages(now + 1_000, 1_000, 4, want())
+        .await
+        .unwrap();
+    assert_eq!(
+        pages_of(&lapsed),
+        vec![(0, 2)],
+        "due again when the lease lapses"
+    );
+
+    let recalled = send_to_everyone(&*store, url, 1, now + 1).await;
+    assert!(store.recall_broadcast(1, recalled).await.unwrap());
+    assert!(!store.recall_broadcast(1, recalled + 1000).await.unwrap());
+    assert_eq!(
+        delivery(&*store, recalled).await,
+        Delivery {
+            pages: 3,
+            dropped: 3,
+            ..Delivery::default()
+        }
+    );
+    let after = store
+        .claim_pages(now + 1_000, 1_000, 4, want())
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|c| c.key.broadcast_id != recalled),
+        "{after:?}"
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+
+    let not_yet = store.purge_expired(now + 59_000).await.unwrap();
+    assert_eq!(not_yet.broadcasts, 0);
+    let purged = store.purge_expired(now + 61_001).await.unwrap();
+    assert_eq!(purged.broadcasts, 2);
+    assert_eq!(
+        purged.pending_pages, 1,
+        "the kept broadcast's page was pending"
+    );
+    assert!(store.get_broadcast(1, kept).await.unwrap().is_none());
+    assert!(store.get_broadcast(1, recalled).await.unwrap().is_none());
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+}
+
+per_backend!(
+    outbox_claims_within_the_window_retries_and_counts,
+    outbox_lapsed_leases_recalls_and_purge,
+);
