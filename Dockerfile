@@ -14,7 +14,9 @@ WORKDIR /src
 # .dockerignore lets in only Cargo.toml, Cargo.lock and src/: no local data directory
 # (with its development credentials) and no target/ reach the build.
 COPY . .
-RUN cargo build --release --locked --bin tagcast
+# Without the default `bench` feature: the server links no load generator, chart library
+# or test-server code.
+RUN cargo build --release --locked --no-default-features --bin tagcast
 
 FROM debian:bookworm-slim
 # ca-certificates: the system CAs that verify PostgreSQL (sslmode=verify-full) and Redis

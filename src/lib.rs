@@ -16,6 +16,7 @@ pub mod bench;
 pub mod broadcast;
 pub mod call;
 pub mod config;
+#[cfg(feature = "devservers")]
 pub mod devservers;
 pub mod gateway;
 pub mod import;
