@@ -99,7 +99,7 @@ pub fn creds(ak: &str, sk: &str) -> Credentials {
 /// every open descriptor, the lock file's too, and the kernel keeps an `flock` while any
 /// copy is open, until that child's `exec` closes it. A lock that stays held (a store
 /// that never released it) still fails after the wait.
-async fn prepare_in_process(config: &Config) -> tagcast::server::Prepared {
+pub async fn prepare_in_process(config: &Config) -> tagcast::server::Prepared {
     let ours = format!("(pid {})", std::process::id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {

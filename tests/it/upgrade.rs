@@ -74,8 +74,7 @@ async fn a_schema_one_additive_step_ahead_is_still_served_by_this_release() {
     assert_eq!(tags_of(&c, APP, 0, 2).await.unwrap(), vec!["b:2"]);
     s.stop().await;
     // ... and leaves the newer schema as it found it (no downgrade).
-    let again = tagcast::server::prepare(&config).await;
-    assert!(again.is_ok(), "{:?}", again.err());
+    let again = crate::common::prepare_in_process(&config).await;
     drop(again);
     if !postgres_backend() {
         let conn =
