@@ -16,6 +16,9 @@ use crate::config::LogFormat;
 /// at full speed).
 pub const QUEUE_LINES: usize = 64 * 1024;
 
+/// Bytes of lines the log thread gathers into one write.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Installs the process's log. Keep the guard until the end: dropping it writes out the
@@ -28,7 +31,12 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .lossy(true)
         .buffered_lines_limit(QUEUE_LINES)
         .thread_name("tagcast-log")
-        .finish(std::io::stderr());
+        // The worker drains every queued line, then flushes: buffered, a burst of lines is
+        // one write(2) instead of one per line (a sixth of a read's CPU went to those).
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER,
+            std::io::stderr(),
+        ));
     let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
