@@ -6,6 +6,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use std::sync::RwLock;
+
 pub(super) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
@@ -13,18 +15,55 @@ pub(super) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// A secret access key. `Debug` shows nothing of it; the memory is zeroed on drop.
-#[derive(Clone)]
-pub struct SecretKey(Zeroizing<String>);
+/// A secret access key. `Debug` shows nothing of it; the memory is zeroed on drop, the
+/// last signing key derived from it too.
+pub struct SecretKey {
+    secret: Zeroizing<String>,
+    /// The last signing key derived (date, region, service, key): a key signs for a day,
+    /// so the server derives it once a day per region instead of four HMACs per request,
+    /// as the vendors' SDKs cache it.
+    derived: RwLock<Option<Derived>>,
+}
+
+struct Derived {
+    scope: (String, String, String),
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl Clone for SecretKey {
+    fn clone(&self) -> Self {
+        SecretKey::new(self.expose())
+    }
+}
 
 impl SecretKey {
     pub fn new(secret: impl Into<String>) -> Self {
-        SecretKey(Zeroizing::new(secret.into()))
+        SecretKey {
+            secret: Zeroizing::new(secret.into()),
+            derived: RwLock::new(None),
+        }
     }
 
     /// The secret itself, for the HMAC chain and for writing the credentials file.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.secret
+    }
+
+    /// [`super::signing_key`] of this secret, from the cache when the scope is the last
+    /// one asked for.
+    pub fn signing_key(&self, date: &str, region: &str, service: &str) -> [u8; 32] {
+        let same = |d: &Derived| d.scope.0 == date && d.scope.1 == region && d.scope.2 == service;
+        if let Some(d) = self.derived.read().expect("key cache lock").as_ref()
+            && same(d)
+        {
+            return *d.key;
+        }
+        let key = super::signing_key(self, date, region, service);
+        *self.derived.write().expect("key cache lock") = Some(Derived {
+            scope: (date.to_owned(), region.to_owned(), service.to_owned()),
+            key: Zeroizing::new(key),
+        });
+        key
     }
 }
 

@@ -179,12 +179,7 @@ impl ParsedAuth {
             &body_hash,
         );
         let sts = string_to_sign(&self.x_date, &self.credential.scope(), &creq);
-        let key = signing_key(
-            secret,
-            &self.credential.date,
-            &self.credential.region,
-            SERVICE,
-        );
+        let key = secret.signing_key(&self.credential.date, &self.credential.region, SERVICE);
         let expected = Signature::compute(&key, &sts);
         if expected.matches_hex(&self.signature_hex) {
             Ok(())

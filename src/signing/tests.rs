@@ -75,6 +75,31 @@ fn secret_key_debug_hides_the_secret() {
 }
 
 #[test]
+fn the_cached_signing_key_is_the_derived_one_for_every_scope_asked() {
+    let secret = SecretKey::new("c2VjcmV0c2VjcmV0");
+    let scopes = [
+        ("20261205", "cn-north-1"),
+        ("20261205", "cn-north-1"),
+        ("20261205", "ap-southeast-1"),
+        ("20261206", "ap-southeast-1"),
+        ("20261205", "cn-north-1"),
+    ];
+    for (date, region) in scopes {
+        assert_eq!(
+            secret.signing_key(date, region, SERVICE),
+            signing_key(&secret, date, region, SERVICE),
+            "{date} {region}"
+        );
+    }
+    // Another secret never gets this one's cached key.
+    let other = SecretKey::new("another-secret");
+    assert_ne!(
+        other.signing_key("20261205", "cn-north-1", SERVICE),
+        secret.signing_key("20261205", "cn-north-1", SERVICE)
+    );
+}
+
+#[test]
 fn signature_comparison_rejects_wrong_length_and_non_hex() {
     let sig = Signature::compute(&[7u8; 32], "x");
     let hex = sig.to_hex();
