@@ -5,10 +5,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::decode;
-use super::{Ctx, Rules, to_raw};
+use super::{Ctx, ResultJson, Rules, to_raw};
 use crate::api::ApiError;
 use crate::audience::filter::{Filter, FilterFields};
 
@@ -103,7 +102,7 @@ struct ListAnswer {
     next_cursor: String,
 }
 
-pub async fn count(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn count(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let p = parse(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
     let count = ctx
@@ -113,7 +112,7 @@ pub async fn count(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiE
     to_raw(&CountAnswer { count })
 }
 
-pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let p = parse(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
     let page = ctx

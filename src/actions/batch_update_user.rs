@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::value::RawValue;
-
 use super::register_users::{User, check_profile, parse_users};
-use super::{Ctx, Rules, apply_valid, decode};
+use super::{Ctx, ResultJson, Rules, apply_valid, decode};
 use crate::api::ApiError;
 use crate::config::TagLimits;
 use crate::store::{DEFAULT_INBOX, TagOp, UserUpdate};
@@ -57,7 +55,7 @@ fn user(
     Ok((update.user_id, verdict.map(|()| update)))
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let Parsed { app_id, users } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;

@@ -3,10 +3,9 @@
 //! `Tags` strings applied to every listed user).
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
-use super::{Ctx, Rules, apply_valid};
+use super::{Ctx, ResultJson, Rules, apply_valid};
 use crate::api::ApiError;
 use crate::store::{TagEntry, TagOp};
 
@@ -113,7 +112,7 @@ pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
     })
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let Parsed {
         app_id,
         inbox,

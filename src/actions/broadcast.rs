@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::decode::{self, StringMap};
 use super::register_users::check_profile;
-use super::{Ctx, Rules, to_raw};
+use super::{Ctx, ResultJson, Rules, to_raw};
 use crate::api::{ApiError, ErrorCode};
 use crate::audience::filter::{Filter, FilterFields};
 use std::sync::Arc;
@@ -141,7 +140,7 @@ struct SendAnswer {
     expire_time: i64,
 }
 
-pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let ParsedSend {
         mut broadcast,
         filter,
@@ -326,7 +325,7 @@ fn full_fields(i: &Info, d: &Delivery) -> Value {
     Value::Object(m)
 }
 
-pub async fn pull(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn pull(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let p = parse_pull(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
     let now = ctx.broadcasts.clock.now_ms();
@@ -401,7 +400,7 @@ fn not_found(app_id: u32, id: i64) -> ApiError {
     )
 }
 
-pub async fn get(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn get(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let (app_id, id) = parse_one(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let (info, delivery) = ctx
@@ -412,7 +411,7 @@ pub async fn get(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiErr
     to_raw(&json!({"Broadcast": full_fields(&info, &delivery)}))
 }
 
-pub async fn recall(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn recall(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let (app_id, id) = parse_one(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     if !ctx.store.recall_broadcast(app_id, id).await? {
@@ -439,7 +438,7 @@ pub fn parse_list(body: &[u8], rules: &Rules) -> Result<(u32, Option<i64>, usize
     ))
 }
 
-pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let (app_id, before, limit) = parse_list(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     // One more than asked: whether there is a next page.

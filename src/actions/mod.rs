@@ -12,7 +12,6 @@ pub mod strict;
 pub mod unregister_users;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::accounts::{AccountId, Tenancy};
 use crate::api::ApiError;
@@ -57,7 +56,7 @@ pub async fn dispatch(
     action: Action,
     body: &[u8],
     ctx: &mut Ctx<'_>,
-) -> Result<Box<RawValue>, ApiError> {
+) -> Result<ResultJson, ApiError> {
     match action {
         Action::BatchUpdateUserTags => batch_update_user_tags::handle(body, ctx).await,
         Action::RegisterUsers => register_users::handle(body, ctx).await,
@@ -144,7 +143,7 @@ pub async fn apply_valid<T, F, Fut>(
     app_id: u32,
     inbox: u32,
     apply: F,
-) -> Result<Box<RawValue>, ApiError>
+) -> Result<ResultJson, ApiError>
 where
     F: FnOnce(Vec<T>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Outcome>, crate::store::StoreError>>,
@@ -190,12 +189,32 @@ where
     to_raw(&FailedInfos { failed_infos })
 }
 
-pub fn to_raw<T: Serialize>(value: &T) -> Result<Box<RawValue>, ApiError> {
-    serde_json::value::to_raw_value(value).map_err(|e| {
+/// An answer's `Result` object as JSON text. Only [`to_raw`] makes one, with serde_json
+/// from our own types, so the envelope writes it as it is without parsing it again.
+#[derive(Debug)]
+pub struct ResultJson(String);
+
+impl ResultJson {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn to_raw<T: Serialize>(value: &T) -> Result<ResultJson, ApiError> {
+    to_raw_sized(value, 128)
+}
+
+/// [`to_raw`] into a buffer of `capacity` bytes to start with.
+pub fn to_raw_sized<T: Serialize>(value: &T, capacity: usize) -> Result<ResultJson, ApiError> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value).map_err(|e| {
         tracing::error!(error = %e, "serializing a result failed");
         ApiError::new(
             crate::api::ErrorCode::InternalError,
             "serializing the result failed",
         )
-    })
+    })?;
+    Ok(ResultJson(
+        String::from_utf8(out).expect("serde_json writes UTF-8"),
+    ))
 }

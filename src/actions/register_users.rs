@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::decode::{self, StringMap};
-use super::{Ctx, Rules, apply_valid};
+use super::{Ctx, ResultJson, Rules, apply_valid};
 use crate::api::ApiError;
 use crate::config::TagLimits;
 use crate::signing::truncate;
@@ -166,7 +165,7 @@ pub fn parse_user(line: &[u8], rules: &Rules) -> Result<UserRegistration, String
     verdict.map_err(|m| format!("user {user_id}: {m}"))
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let Parsed { app_id, users } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;

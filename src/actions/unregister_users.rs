@@ -1,10 +1,9 @@
 //! UnRegisterUsers: removes users with their profiles and their tags in every inbox.
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::decode;
-use super::{Ctx, Rules, apply_valid};
+use super::{Ctx, ResultJson, Rules, apply_valid};
 use crate::api::ApiError;
 use crate::store::DEFAULT_INBOX;
 
@@ -37,7 +36,7 @@ pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
     Ok(Parsed { app_id, user_ids })
 }
 
-pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<Box<RawValue>, ApiError> {
+pub async fn handle(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let Parsed { app_id, user_ids } = parse(body, ctx.rules)?;
     ctx.authorize(app_id)?;
     let store = ctx.store;

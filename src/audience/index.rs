@@ -73,6 +73,52 @@ impl Slot {
     }
 }
 
+/// A registered user as reads see it, borrowed from its app's state: its tags of one
+/// inbox, sorted by key.
+#[derive(Clone)]
+pub struct UserView<'a> {
+    slot: &'a Slot,
+    tags: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> UserView<'a> {
+    pub fn user_id(&self) -> i64 {
+        self.slot.id
+    }
+    pub fn create_time_ms(&self) -> i64 {
+        self.slot.created_ms
+    }
+    pub fn modify_time_ms(&self) -> i64 {
+        self.slot.modified_ms
+    }
+    /// The profile, `None` when every field has its default.
+    pub fn profile(&self) -> Option<&'a Profile> {
+        self.slot.profile.as_deref()
+    }
+    /// (key, value) of the inbox asked for, sorted by key (byte order).
+    pub fn tags(&self) -> &[(&'a str, &'a str)] {
+        &self.tags
+    }
+
+    pub fn to_owned(&self) -> StoredUser {
+        let p = self.profile();
+        StoredUser {
+            user_id: self.slot.id,
+            nick_name: p.map(|p| p.nick_name.clone()).unwrap_or_default(),
+            portrait: p.map(|p| p.portrait.clone()).unwrap_or_default(),
+            ext: p.map(|p| p.ext.clone()).unwrap_or_default(),
+            is_robot: p.is_some_and(|p| p.is_robot),
+            create_time_ms: self.slot.created_ms,
+            modify_time_ms: self.slot.modified_ms,
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+}
+
 /// One app's part of the state.
 #[derive(Clone, Default)]
 pub struct AppIndex {
@@ -282,32 +328,19 @@ impl AppIndex {
         self.log_time_ms = time_ms;
     }
 
-    /// The user as BatchGetUser answers it, with its tags of `inbox` sorted by key.
-    fn stored_user(&self, ordinal: u32, inbox: u32) -> Option<StoredUser> {
+    /// The registered user at `ordinal` as a read sees it, with its tags of `inbox`.
+    fn user_view(&self, ordinal: u32, inbox: u32) -> Option<UserView<'_>> {
         let slot = self.users.get(ordinal as usize).filter(|s| s.id != 0)?;
-        let mut tags: Vec<(String, String)> = slot
-            .tags
-            .iter()
-            .filter(|t| t.inbox == inbox)
-            .map(|t| {
-                (
-                    self.strings.get(t.key).to_owned(),
-                    self.strings.get(t.value).to_owned(),
-                )
-            })
-            .collect();
-        tags.sort_unstable();
-        let p = slot.profile.as_deref();
-        Some(StoredUser {
-            user_id: slot.id,
-            nick_name: p.map(|p| p.nick_name.clone()).unwrap_or_default(),
-            portrait: p.map(|p| p.portrait.clone()).unwrap_or_default(),
-            ext: p.map(|p| p.ext.clone()).unwrap_or_default(),
-            is_robot: p.is_some_and(|p| p.is_robot),
-            create_time_ms: slot.created_ms,
-            modify_time_ms: slot.modified_ms,
-            tags,
-        })
+        let mut tags: Vec<(&str, &str)> = Vec::with_capacity(slot.tags.len());
+        tags.extend(
+            slot.tags
+                .iter()
+                .filter(|t| t.inbox == inbox)
+                .map(|t| (self.strings.get(t.key), self.strings.get(t.value))),
+        );
+        // Keys are unique within an inbox: sorting by key alone is the answer's order.
+        tags.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Some(UserView { slot, tags })
     }
 
     /// The user's state as the planner needs it (unregistered: the default).
@@ -382,12 +415,12 @@ impl AppIndex {
     }
 }
 
-/// Adds `ordinal`: appended when it is the largest (as when an index is built in ordinal
-/// order, or a user registers), inserted otherwise.
+/// Adds `ordinal`. An insert, not `try_push` first: on a dense (bitmap) container
+/// `try_push` looks for the current maximum by scanning the container's words from the
+/// end, which made a tag write on a large app cost a thousand instructions per bitmap,
+/// while an insert is one bit (and, appending to an array container, one push).
 fn add(b: &mut RoaringBitmap, ordinal: u32) {
-    if b.try_push(ordinal).is_err() {
-        b.insert(ordinal);
-    }
+    b.insert(ordinal);
 }
 
 fn remove_value(k: &mut KeyIndex, value: u32, ordinal: u32) {
@@ -550,17 +583,36 @@ impl AudienceIndex {
             .collect()
     }
 
-    /// The users `user_ids` names, in that order (`None` for one not registered), with
-    /// their tags of `inbox`.
-    pub fn get_users(&self, app: u32, inbox: u32, user_ids: &[i64]) -> Vec<Option<StoredUser>> {
+    /// Calls `f` with the users `user_ids` names, in that order (`None` for one not
+    /// registered), borrowed from the state under the app's read lock: a read serializes
+    /// its answer straight from the state, copying nothing.
+    pub fn with_users<T>(
+        &self,
+        app: u32,
+        inbox: u32,
+        user_ids: &[i64],
+        f: impl FnOnce(&[Option<UserView<'_>>]) -> T,
+    ) -> T {
         let Some(a) = self.app(app) else {
-            return vec![None; user_ids.len()];
+            return f(&vec![None; user_ids.len()]);
         };
         let a = a.read().expect("index lock");
-        user_ids
+        let users: Vec<Option<UserView<'_>>> = user_ids
             .iter()
-            .map(|id| a.stored_user(*a.by_id.get(id)?, inbox))
-            .collect()
+            .map(|id| a.user_view(*a.by_id.get(id)?, inbox))
+            .collect();
+        f(&users)
+    }
+
+    /// The users `user_ids` names, in that order (`None` for one not registered), with
+    /// their tags of `inbox`, as owned values.
+    pub fn get_users(&self, app: u32, inbox: u32, user_ids: &[i64]) -> Vec<Option<StoredUser>> {
+        self.with_users(app, inbox, user_ids, |users| {
+            users
+                .iter()
+                .map(|u| u.as_ref().map(UserView::to_owned))
+                .collect()
+        })
     }
 
     /// The app's last applied change log position (0: none).

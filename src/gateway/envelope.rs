@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use time::macros::format_description;
 
 use crate::api::{Action, VERSION};
@@ -36,14 +35,6 @@ impl Meta {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct Envelope<'a> {
-    response_metadata: Metadata<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a RawValue>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
 struct Metadata<'a> {
     request_id: &'a str,
     action: &'a str,
@@ -64,8 +55,9 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-/// The envelope's JSON for a request's outcome, and its HTTP status.
-fn body(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCode, Vec<u8>) {
+/// The envelope's JSON for a request's outcome, and its HTTP status:
+/// `{"ResponseMetadata":{...},"Result":{...}}`, the Result copied in as it is.
+fn body(meta: &Meta, outcome: Result<&str, &ApiError>) -> (StatusCode, Vec<u8>) {
     let (status, error, result) = match outcome {
         Ok(result) => (StatusCode::OK, None, Some(result)),
         Err(e) => {
@@ -81,25 +73,28 @@ fn body(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCode, Vec<
             )
         }
     };
-    let envelope = Envelope {
-        response_metadata: Metadata {
-            request_id: &meta.request_id,
-            action: &meta.action,
-            version: &meta.version,
-            service: SERVICE,
-            region: &meta.region,
-            error,
-        },
-        result,
+    let metadata = Metadata {
+        request_id: &meta.request_id,
+        action: &meta.action,
+        version: &meta.version,
+        service: SERVICE,
+        region: &meta.region,
+        error,
     };
-    let body = serde_json::to_vec(&envelope)
-        .expect("the envelope holds only strings, numbers and raw JSON");
+    let mut body = Vec::with_capacity(256 + result.map_or(0, str::len));
+    body.extend_from_slice(b"{\"ResponseMetadata\":");
+    serde_json::to_writer(&mut body, &metadata).expect("the metadata holds only strings");
+    if let Some(result) = result {
+        body.extend_from_slice(b",\"Result\":");
+        body.extend_from_slice(result.as_bytes());
+    }
+    body.push(b'}');
     (status, body)
 }
 
 /// Builds the HTTP answer for a request's outcome. The only place an error body is written
 /// (with [`raw_error`], for answers written below the HTTP server).
-pub fn respond(meta: &Meta, outcome: Result<&RawValue, &ApiError>) -> (StatusCode, Response) {
+pub fn respond(meta: &Meta, outcome: Result<&str, &ApiError>) -> (StatusCode, Response) {
     let (status, body) = body(meta, outcome);
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();

@@ -97,7 +97,7 @@ async fn api(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Ok(_) => "Success",
         Err(e) => e.code.wire().1,
     };
-    let (status, response) = envelope::respond(&meta, outcome.as_ref().map(|r| r.as_ref()));
+    let (status, response) = envelope::respond(&meta, outcome.as_ref().map(|r| r.as_str()));
     let elapsed = started.elapsed();
     let action_label = meta.known_action.map_or("Unknown", Action::name);
     state.metrics.observe_request(action_label, code, elapsed);
@@ -122,7 +122,7 @@ async fn handle(
     req: Request,
     meta: &mut Meta,
     trace: &mut Trace,
-) -> Result<Box<serde_json::value::RawValue>, ApiError> {
+) -> Result<actions::ResultJson, ApiError> {
     let (parts, body) = req.into_parts();
     let action = route(&parts.method, &parts.uri, meta)?;
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::audience::Page;
 use crate::audience::filter::Filter;
+use crate::audience::{AudienceIndex, Page};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
@@ -77,67 +77,30 @@ pub(crate) fn ext_json(ext: &BTreeMap<String, String>) -> String {
     serde_json::to_string(ext).expect("a string map serializes")
 }
 
+/// The durable record under the state: what a backend does. Writes go in as whole
+/// requests ([`WriteOp`]) and come back with one outcome per entry; reads are answered by
+/// the node's in-memory state ([`Store::caught_up`] and [`crate::audience::index`]), never
+/// by the backend. The Actions' calls ([`update_tags`](#method.update_tags),
+/// [`get_users`](#method.get_users) ...) are written once over these, in `impl dyn Store`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    async fn update_tags(
+    /// Applies one write request: every entry in order, each atomically, and returns once
+    /// everything it applied is durable and in this node's state, with its change log
+    /// entry carrying `origin`.
+    async fn write(
         &self,
         app_id: u32,
-        inbox: u32,
-        op: TagOp,
-        entries: Vec<TagEntry>,
+        op: WriteOp,
         origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError>;
 
-    async fn register_users(
-        &self,
-        app_id: u32,
-        users: Vec<UserRegistration>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError>;
+    /// The node's state as it is now (it may not yet hold what another node acknowledged).
+    fn state(&self) -> &AudienceIndex;
 
-    /// Updates the given fields of registered users (`UserNotFound` for the others) and
-    /// replaces their inbox-0 tags where given, subject to the per-user cap.
-    async fn update_users(
-        &self,
-        app_id: u32,
-        users: Vec<UserUpdate>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError>;
-
-    /// Removes each user with its profile and its tags in every inbox.
-    async fn unregister_users(
-        &self,
-        app_id: u32,
-        user_ids: Vec<i64>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError>;
-
-    /// One slot per requested id, `None` for users that are not registered.
-    async fn get_users(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        user_ids: Vec<i64>,
-    ) -> Result<Vec<Option<StoredUser>>, StoreError>;
-
-    /// How many registered users of the app `filter` selects by their tags in `inbox`,
-    /// counting every write acknowledged (on any node) before the call.
-    async fn count_audience(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        filter: &Filter,
-    ) -> Result<u64, StoreError>;
-
-    /// Up to `limit` selected users after ordinal `after`, in a stable order.
-    async fn list_audience(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        filter: &Filter,
-        after: Option<u32>,
-        limit: usize,
-    ) -> Result<Page, StoreError>;
+    /// The node's state once it holds every write of `app_id` acknowledged before the call,
+    /// on any node (embedded: once it is built; PostgreSQL: once the node has applied the
+    /// app's log up to the head this call read).
+    async fn caught_up(&self, app_id: u32) -> Result<&AudienceIndex, StoreError>;
 
     /// UserBroadcast: freezes the audience `filter` selects now (counting every write
     /// acknowledged before the call, on any node), and stores the broadcast with it, its
@@ -210,18 +173,108 @@ pub trait Store: Send + Sync + 'static {
     /// quota days before yesterday, and broadcast tokens past their time.
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError>;
 
-    /// The user ids of `ordinals` of the app, skipping ordinals no longer registered (as of
-    /// every write acknowledged before the call, on any node).
-    async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError>;
-
-    /// Waits, at most `limit`, for the audience index's build at start; whether it is built.
-    async fn wait_built(&self, limit: Duration) -> bool;
-
     /// Whether the store can serve requests now.
     async fn ready(&self) -> Result<(), StoreError>;
 
     /// Makes everything acknowledged durable and stops; later calls answer `Unavailable`.
     async fn close(&self);
+}
+
+/// The Actions' calls, written once over the trait for every backend.
+impl dyn Store {
+    pub async fn update_tags(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        op: TagOp,
+        entries: Vec<TagEntry>,
+        origin: Origin,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::Tags { inbox, op, entries }, origin)
+            .await
+    }
+
+    pub async fn register_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserRegistration>,
+        origin: Origin,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::Register(users), origin).await
+    }
+
+    /// Updates the given fields of registered users (`UserNotFound` for the others) and
+    /// replaces their inbox-0 tags where given, subject to the per-user cap.
+    pub async fn update_users(
+        &self,
+        app_id: u32,
+        users: Vec<UserUpdate>,
+        origin: Origin,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::UpdateUsers(users), origin)
+            .await
+    }
+
+    /// Removes each user with its profile and its tags in every inbox.
+    pub async fn unregister_users(
+        &self,
+        app_id: u32,
+        user_ids: Vec<i64>,
+        origin: Origin,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.write(app_id, WriteOp::Unregister(user_ids), origin)
+            .await
+    }
+
+    /// One slot per requested id, `None` for users that are not registered.
+    pub async fn get_users(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        user_ids: Vec<i64>,
+    ) -> Result<Vec<Option<StoredUser>>, StoreError> {
+        Ok(self
+            .caught_up(app_id)
+            .await?
+            .get_users(app_id, inbox, &user_ids))
+    }
+
+    /// How many registered users of the app `filter` selects by their tags in `inbox`,
+    /// counting every write acknowledged (on any node) before the call.
+    pub async fn count_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+    ) -> Result<u64, StoreError> {
+        Ok(self.caught_up(app_id).await?.count(app_id, inbox, filter))
+    }
+
+    /// Up to `limit` selected users after ordinal `after`, in a stable order.
+    pub async fn list_audience(
+        &self,
+        app_id: u32,
+        inbox: u32,
+        filter: &Filter,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        Ok(self
+            .caught_up(app_id)
+            .await?
+            .list(app_id, inbox, filter, after, limit))
+    }
+
+    /// The user ids of `ordinals` of the app, skipping ordinals no longer registered (as of
+    /// every write acknowledged before the call, on any node).
+    pub async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {
+        Ok(self.caught_up(app_id).await?.user_ids(app_id, ordinals))
+    }
+
+    /// Waits, at most `limit`, for the state's build at start; whether it is built.
+    pub async fn wait_built(&self, limit: Duration) -> bool {
+        self.state().wait_built(limit).await
+    }
 }
 
 /// Takes the data directory's lock when the process keeps files there: the embedded
@@ -292,7 +345,7 @@ pub async fn open(
 }
 
 /// One write request as both stores queue it for the code that commits it in batches.
-pub(crate) enum WriteOp {
+pub enum WriteOp {
     Tags {
         inbox: u32,
         op: TagOp,

@@ -28,12 +28,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{
-    Origin, Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
-    WriteJob, WriteOp,
-};
+use super::{Origin, Outcome, Store, StoreError, WriteJob, WriteOp};
+use crate::audience::AudienceIndex;
 use crate::audience::filter::Filter;
-use crate::audience::{AudienceIndex, Page};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
@@ -360,77 +357,24 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn update_tags(
+    async fn write(
         &self,
         app_id: u32,
-        inbox: u32,
-        op: TagOp,
-        entries: Vec<TagEntry>,
+        op: WriteOp,
         origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::Tags { inbox, op, entries }, origin)
-            .await
+        self.write(app_id, op, origin).await
     }
 
-    async fn register_users(
-        &self,
-        app_id: u32,
-        users: Vec<UserRegistration>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::Register(users), origin).await
+    fn state(&self) -> &AudienceIndex {
+        &self.index
     }
 
-    async fn update_users(
-        &self,
-        app_id: u32,
-        users: Vec<UserUpdate>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::UpdateUsers(users), origin)
-            .await
-    }
-
-    async fn unregister_users(
-        &self,
-        app_id: u32,
-        user_ids: Vec<i64>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        self.write(app_id, WriteOp::Unregister(user_ids), origin)
-            .await
-    }
-
-    async fn get_users(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        user_ids: Vec<i64>,
-    ) -> Result<Vec<Option<StoredUser>>, StoreError> {
+    /// The writer applies each commit to the state before it answers: only the build at
+    /// start is waited for.
+    async fn caught_up(&self, _app_id: u32) -> Result<&AudienceIndex, StoreError> {
         self.index_built().await?;
-        Ok(self.index.get_users(app_id, inbox, &user_ids))
-    }
-
-    async fn count_audience(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        filter: &Filter,
-    ) -> Result<u64, StoreError> {
-        self.index_built().await?;
-        Ok(self.index.count(app_id, inbox, filter))
-    }
-
-    async fn list_audience(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        filter: &Filter,
-        after: Option<u32>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        self.index_built().await?;
-        Ok(self.index.list(app_id, inbox, filter, after, limit))
+        Ok(&self.index)
     }
 
     async fn send_broadcast(
@@ -539,15 +483,6 @@ impl Store for EmbeddedStore {
         self.active.expire(now_ms);
         self.run(move |conn, _| broadcast::purge(conn, now_ms))
             .await
-    }
-
-    async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {
-        self.index_built().await?;
-        Ok(self.index.user_ids(app_id, ordinals))
-    }
-
-    async fn wait_built(&self, limit: Duration) -> bool {
-        self.index.wait_built(limit).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

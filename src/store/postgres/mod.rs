@@ -39,11 +39,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Origin, Outcome, Store, StoreError, StoredUser, TagEntry, TagOp, UserRegistration, UserUpdate,
-    WriteJob, WriteOp,
-};
-use crate::audience::Page;
+use super::{Origin, Outcome, Store, StoreError, WriteJob, WriteOp};
+use crate::audience::AudienceIndex;
 use crate::audience::filter::Filter;
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
@@ -336,87 +333,24 @@ async fn within<T>(
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn update_tags(
+    async fn write(
         &self,
         app_id: u32,
-        inbox: u32,
-        op: TagOp,
-        entries: Vec<TagEntry>,
+        op: WriteOp,
         origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::Tags { inbox, op, entries }, origin)
-            .await
+        self.submit(app_id, op, origin).await
     }
 
-    async fn register_users(
-        &self,
-        app_id: u32,
-        users: Vec<UserRegistration>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::Register(users), origin).await
+    fn state(&self) -> &AudienceIndex {
+        &self.shared.follower.index
     }
 
-    async fn update_users(
-        &self,
-        app_id: u32,
-        users: Vec<UserUpdate>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::UpdateUsers(users), origin)
-            .await
-    }
-
-    async fn unregister_users(
-        &self,
-        app_id: u32,
-        user_ids: Vec<i64>,
-        origin: Origin,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        self.submit(app_id, WriteOp::Unregister(user_ids), origin)
-            .await
-    }
-
-    /// From this node's state, once it has applied every change committed before the call
-    /// (on any node): one round trip for the log head instead of reading rows.
-    async fn get_users(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        user_ids: Vec<i64>,
-    ) -> Result<Vec<Option<StoredUser>>, StoreError> {
+    /// One round trip for the app's log head, then a wait until this node has applied it:
+    /// reads answer from memory instead of reading rows.
+    async fn caught_up(&self, app_id: u32) -> Result<&AudienceIndex, StoreError> {
         follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
-        Ok(self
-            .shared
-            .follower
-            .index
-            .get_users(app_id, inbox, &user_ids))
-    }
-
-    async fn count_audience(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        filter: &Filter,
-    ) -> Result<u64, StoreError> {
-        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
-        Ok(self.shared.follower.index.count(app_id, inbox, filter))
-    }
-
-    async fn list_audience(
-        &self,
-        app_id: u32,
-        inbox: u32,
-        filter: &Filter,
-        after: Option<u32>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
-        Ok(self
-            .shared
-            .follower
-            .index
-            .list(app_id, inbox, filter, after, limit))
+        Ok(&self.shared.follower.index)
     }
 
     async fn send_broadcast(
@@ -495,15 +429,6 @@ impl Store for PostgresStore {
 
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
         self.shared.purge_expired(now_ms).await
-    }
-
-    async fn user_ids(&self, app_id: u32, ordinals: &[u32]) -> Result<Vec<i64>, StoreError> {
-        follow::catch_up(&self.shared, app_id, self.shared.options.timeout).await?;
-        Ok(self.shared.follower.index.user_ids(app_id, ordinals))
-    }
-
-    async fn wait_built(&self, limit: Duration) -> bool {
-        self.shared.follower.index.wait_built(limit).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
