@@ -163,11 +163,42 @@ pub fn entry_changes(parts: Vec<Written>) -> Vec<Change> {
 /// encoding so an operator can still query the rows (`jsonb` in PostgreSQL, SQLite's JSON
 /// functions), at a cost measured in docs/benchmarks.md.
 pub fn tags_json(tags: &BTreeMap<(u32, String), String>) -> String {
-    let mut inboxes: BTreeMap<u32, BTreeMap<&str, &str>> = BTreeMap::new();
-    for ((inbox, key), value) in tags {
-        inboxes.entry(*inbox).or_default().insert(key, value);
+    let mut out = Vec::with_capacity(16 + tags.len() * 24);
+    serde_json::to_writer(&mut out, &Inboxes(tags)).expect("maps of strings always serialize");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// The tags as the object of inboxes [`tags_json`] writes, straight from the map (sorted
+/// by inbox, then key), with no map of maps built first.
+struct Inboxes<'a>(&'a BTreeMap<(u32, String), String>);
+
+impl Serialize for Inboxes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        let mut from = Some(0);
+        while let Some(start) = from
+            && let Some(((inbox, _), _)) = self.0.range((start, String::new())..).next()
+        {
+            m.serialize_entry(inbox, &Inbox(self.0, *inbox))?;
+            from = inbox.checked_add(1);
+        }
+        m.end()
     }
-    serde_json::to_string(&inboxes).expect("maps of strings always serialize")
+}
+
+/// One inbox's tags, key to value.
+struct Inbox<'a>(&'a BTreeMap<(u32, String), String>, u32);
+
+impl Serialize for Inbox<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .range((self.1, String::new())..)
+                .take_while(|((i, _), _)| *i == self.1)
+                .map(|((_, k), v)| (k, v)),
+        )
+    }
 }
 
 /// The tags [`tags_json`] wrote, as (inbox, key, value); an error names what is wrong.
