@@ -1,15 +1,15 @@
 //! CountAudience and ListAudience (API.md §6): how many, and which, registered users of an
 //! app a tag filter selects in one inbox. Both forms of filter (`Tags` + `TagOp`, or the
-//! `Filter` tree) are parsed by `audience::filter`, which UserBroadcast will share.
+//! `Filter` tree) are parsed by `actions::filter`, which UserBroadcast shares.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::decode;
+use super::filter::{Filter, FilterFields};
 use super::{Ctx, ResultJson, Rules, to_raw};
 use crate::api::ApiError;
-use crate::audience::filter::{Filter, FilterFields};
 
 /// Most user ids in one ListAudience page, and the default.
 pub const MAX_LIMIT: i64 = 1000;

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::decode::{self, StringMap};
+use super::filter::{Filter, FilterFields};
 use super::register_users::check_profile;
 use super::{Ctx, ResultJson, Rules, to_raw};
 use crate::api::{ApiError, ErrorCode};
-use crate::audience::filter::{Filter, FilterFields};
 use std::sync::Arc;
 
 use crate::broadcast::{Delivery, Info, Loaded, NewBroadcast, Sent, send_token, utc_day};

@@ -7,6 +7,7 @@ pub mod batch_update_user;
 pub mod batch_update_user_tags;
 pub mod broadcast;
 pub mod decode;
+pub mod filter;
 pub mod register_users;
 pub mod strict;
 pub mod unregister_users;

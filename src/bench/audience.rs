@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::Signer;
 use super::load::{self, Expect, Pace};
+use crate::actions::filter::{Filter, FilterFields};
 use crate::audience::AudienceIndex;
-use crate::audience::filter::{Filter, FilterFields};
 use crate::audience::index::Builder;
 use crate::config::TagLimits;
 

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::audience::filter::Filter;
 use crate::audience::{AudienceIndex, Page};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
@@ -27,6 +26,7 @@ use crate::broadcast::{
 };
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
+use crate::model::filter::Filter;
 pub use crate::model::{DEFAULT_INBOX, Origin, Outcome, StoredUser, Tag, TagOp, now_ms};
 use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
 use postgres::{PostgresOptions, PostgresStore};

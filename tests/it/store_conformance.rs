@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tagcast::audience::filter::Filter;
 use tagcast::broadcast::{Claimed, Delivery, NewBroadcast, Outlet, PageDone, PageKey, Sent};
 use tagcast::metrics::Metrics;
+use tagcast::model::filter::Filter;
 use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tagcast::store::postgres::{PostgresOptions, PostgresStore};
 use tagcast::store::{Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration, UserUpdate};

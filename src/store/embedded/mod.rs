@@ -30,12 +30,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Origin, Outcome, Store, StoreError, WriteJob, WriteOp};
 use crate::audience::AudienceIndex;
-use crate::audience::filter::Filter;
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
 };
 use crate::metrics::Metrics;
+use crate::model::filter::Filter;
 use crate::throttle::LogThrottle;
 use health::Health;
 pub use lock::DataDirLock;

@@ -18,12 +18,12 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{Shared, classify, follow, within};
-use crate::audience::filter::Filter;
 use crate::broadcast::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
+use crate::model::filter::Filter;
 use crate::store::{StoreError, ext_json};
 
 const INFO_COLUMNS: &str = "id, app_id, inbox_type, sender, msg_type, content, ext, selector, \

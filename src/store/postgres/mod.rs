@@ -41,12 +41,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Origin, Outcome, Store, StoreError, WriteJob, WriteOp};
 use crate::audience::AudienceIndex;
-use crate::audience::filter::Filter;
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
 };
 use crate::metrics::Metrics;
+use crate::model::filter::Filter;
 
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {

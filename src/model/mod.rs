@@ -3,6 +3,8 @@
 //! the changes a committed write made (which the store writes, the in-memory state
 //! applies and both stores' change logs carry). Every other layer points down here.
 
+pub mod filter;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
