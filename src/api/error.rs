@@ -4,8 +4,6 @@
 use http::StatusCode;
 
 use crate::signing::AuthError;
-use crate::store::StoreError;
-use crate::throttle::LogThrottle;
 
 /// The error codes, one row each: name => (HTTP status, Code, CodeN). Vendor codes keep the
 /// vendor's CodeN; the codes the vendor documents without a number get ours, from 200001
@@ -104,32 +102,6 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// While the store is unavailable every request fails the same way; one line per 10 s.
-static STORE_UNAVAILABLE: LogThrottle = LogThrottle::new(std::time::Duration::from_secs(10));
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(why) => {
-                if let Some(held) = STORE_UNAVAILABLE.admit() {
-                    tracing::warn!(cause = %why, repeated = held, "store unavailable; answering 503");
-                }
-                ApiError::new(
-                    ErrorCode::ServiceUnavailableTemp,
-                    "The storage backend is temporarily unavailable; retry later.",
-                )
-            }
-            StoreError::Internal(why) => {
-                tracing::error!(cause = %why, "store failure");
-                ApiError::new(
-                    ErrorCode::InternalError,
-                    "Service has some internal error; the RequestId identifies it in the server log.",
-                )
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,14 +160,5 @@ mod tests {
             let (s, c, cn) = code.wire();
             assert_eq!((s.as_u16(), c, cn), (status, wire, n), "{name}");
         }
-    }
-
-    #[test]
-    fn store_failures_map_to_503_and_500() {
-        let e: ApiError = StoreError::Unavailable("disk".into()).into();
-        assert_eq!(e.code.wire().0, StatusCode::SERVICE_UNAVAILABLE);
-        let e: ApiError = StoreError::Internal("bug".into()).into();
-        assert_eq!(e.code.wire().0, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(!e.message.contains("bug"));
     }
 }

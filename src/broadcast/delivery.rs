@@ -186,7 +186,7 @@ async fn deliver(
             Ok(c) => c,
             Err(e) => {
                 if let Some(repeated) = warn.admit() {
-                    tracing::warn!(error = %e, repeated, "claiming webhook pages failed; retrying");
+                    tracing::warn!(error = %e.chain(), repeated, "claiming webhook pages failed; retrying");
                 }
                 Vec::new()
             }
@@ -264,7 +264,7 @@ async fn finish(
                 }
                 Err(e) => {
                     if let Some(repeated) = warn.admit() {
-                        tracing::warn!(error = %e, repeated, pages = batch.len(), "recording webhook outcomes failed; retrying (unrecorded pages are sent again after their lease)");
+                        tracing::warn!(error = %e.chain(), repeated, pages = batch.len(), "recording webhook outcomes failed; retrying (unrecorded pages are sent again after their lease)");
                     }
                     if rx.is_closed() && store.ready().await.is_err() {
                         // Stopping with the store gone: the leases hand these pages on.
@@ -294,7 +294,7 @@ async fn attempt(
         // Purged meanwhile (its pages go with it).
         Ok(None) => return PageDone::Failed,
         Err(e) => {
-            tracing::warn!(error = %e, broadcast = c.key.broadcast_id, "reading a broadcast for delivery failed; retrying");
+            tracing::warn!(error = %e.chain(), broadcast = c.key.broadcast_id, "reading a broadcast for delivery failed; retrying");
             return PageDone::Retry {
                 at_ms: service.clock.now_ms() + cfg.retry_base_ms as i64,
             };
@@ -441,7 +441,7 @@ async fn sweep(
             }
             Err(e) => {
                 if let Some(repeated) = warn.admit() {
-                    tracing::warn!(error = %e, repeated, "purging expired broadcasts failed; retrying");
+                    tracing::warn!(error = %e.chain(), repeated, "purging expired broadcasts failed; retrying");
                 }
             }
         }

@@ -175,7 +175,7 @@ pub fn serialize_audience(b: &RoaringBitmap) -> Vec<u8> {
 
 pub fn deserialize_audience(bytes: &[u8]) -> Result<RoaringBitmap, StoreError> {
     RoaringBitmap::deserialize_from(bytes)
-        .map_err(|e| StoreError::Internal(format!("a stored audience is unreadable: {e}")))
+        .map_err(|e| StoreError::internal("a stored audience is unreadable").caused_by(e))
 }
 
 /// A broadcast with its frozen audience, as cached.

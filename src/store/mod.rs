@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::api::{ApiError, ErrorCode};
 use crate::audience::{AudienceIndex, Page};
 use crate::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
@@ -62,15 +63,93 @@ pub struct UserUpdate {
     pub tags: Option<Vec<Tag>>,
 }
 
+/// What failed underneath a [`StoreError`] (shared, so the error stays `Clone`: a failed
+/// commit fails every request of its batch with the same error).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot serve now (closed, I/O failure, database down): retryable.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// Anything that should not happen (corruption, a bug).
-    #[error("store internal error: {0}")]
-    Internal(String),
+    #[error("store internal error: {what}")]
+    Internal {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
+
+impl StoreError {
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    pub fn internal(what: impl Into<String>) -> Self {
+        StoreError::Internal {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// The same error, caused by `e` (which the log line's chain shows).
+    pub fn caused_by(self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let cause = Some(Arc::new(e) as Cause);
+        match self {
+            StoreError::Unavailable { what, .. } => StoreError::Unavailable { what, cause },
+            StoreError::Internal { what, .. } => StoreError::Internal { what, cause },
+        }
+    }
+
+    /// The error and every cause under it, `: `-separated, for the log.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
+}
+
+/// What the client is told of a store failure: 503 for what may pass, 500 for the rest,
+/// with the cause only in the server's log (under the request's RequestId).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable { .. } => {
+                if let Some(held) = STORE_UNAVAILABLE.admit() {
+                    tracing::warn!(cause = %e.chain(), repeated = held, "store unavailable; answering 503");
+                }
+                ApiError::new(
+                    ErrorCode::ServiceUnavailableTemp,
+                    "The storage backend is temporarily unavailable; retry later.",
+                )
+            }
+            StoreError::Internal { .. } => {
+                tracing::error!(cause = %e.chain(), "store failure");
+                ApiError::new(
+                    ErrorCode::InternalError,
+                    "Service has some internal error; the RequestId identifies it in the server log.",
+                )
+            }
+        }
+    }
+}
+
+/// While the store is unavailable every request fails the same way; one line per 10 s.
+static STORE_UNAVAILABLE: crate::throttle::LogThrottle =
+    crate::throttle::LogThrottle::new(Duration::from_secs(10));
 
 /// How `Ext` is stored: its JSON object text.
 pub(crate) fn ext_json(ext: &BTreeMap<String, String>) -> String {
@@ -363,4 +442,24 @@ pub(crate) struct WriteJob {
     /// Who asked for it, for the change log.
     pub origin: Origin,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_map_to_503_and_500_and_keep_their_cause_for_the_log() {
+        let e: ApiError = StoreError::unavailable("disk").into();
+        assert_eq!(e.code.wire().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        let io = std::io::Error::other("No space left on device");
+        let failed = StoreError::internal("writing the batch").caused_by(io);
+        assert_eq!(
+            failed.chain(),
+            "store internal error: writing the batch: No space left on device"
+        );
+        let e: ApiError = failed.into();
+        assert_eq!(e.code.wire().0, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("writing") && !e.message.contains("space"));
+    }
 }

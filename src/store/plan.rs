@@ -365,11 +365,11 @@ fn register(
         Some(o) => o,
         None => {
             let next = snapshot.next_ordinal.get_mut(&app).ok_or_else(|| {
-                StoreError::Internal(format!("no next ordinal was read for AppId {app}"))
+                StoreError::internal(format!("no next ordinal was read for AppId {app}"))
             })?;
             let o = *next;
             *next = next.checked_add(1).ok_or_else(|| {
-                StoreError::Internal(format!(
+                StoreError::internal(format!(
                     "AppId {app} has used every one of its 2^32 user ordinals"
                 ))
             })?;

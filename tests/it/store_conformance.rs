@@ -379,7 +379,7 @@ async fn a_closed_store_is_unavailable(name: &str, store: Arc<dyn Store>) {
         .update_tags(1, 0, TagOp::Upsert, vec![entry(1, &[])], origin())
         .await;
     assert!(
-        matches!(r, Err(StoreError::Unavailable(_))),
+        matches!(r, Err(StoreError::Unavailable { .. })),
         "{name}: {r:?}"
     );
     assert!(store.ready().await.is_err(), "{name}");

@@ -309,7 +309,7 @@ pub(super) fn load(conn: &Connection, id: i64) -> Result<Option<Loaded>, StoreEr
             st.query_row([id], |r| Ok((info(r)?, r.get::<_, Vec<u8>>(12)?)))
                 .optional()
         })
-        .map_err(|e| StoreError::Internal(format!("reading broadcast {id}: {e}")))?;
+        .map_err(|e| StoreError::internal(format!("reading broadcast {id}")).caused_by(e))?;
     match row {
         None => Ok(None),
         Some((info, blob)) => Ok(Some(Loaded {

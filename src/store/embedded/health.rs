@@ -70,10 +70,10 @@ impl Health {
     pub fn check(&self) -> Result<(), StoreError> {
         match &*self.problem.lock().expect("health lock") {
             None => Ok(()),
-            Some(Problem::Unwritable(why)) => Err(StoreError::Unavailable(format!(
+            Some(Problem::Unwritable(why)) => Err(StoreError::unavailable(format!(
                 "the embedded store cannot write: {why}"
             ))),
-            Some(Problem::Corrupt(why)) => Err(StoreError::Internal(format!(
+            Some(Problem::Corrupt(why)) => Err(StoreError::internal(format!(
                 "the embedded store reported corruption: {why}; run `tagcast check` and see \
                  docs/operations.md (restore from a backup)"
             ))),
@@ -99,7 +99,7 @@ impl Health {
                 if let Some(held) = self.failures.admit() {
                     tracing::error!(cause = %text, repeated = held, "embedded store reported corruption; not ready until restart");
                 }
-                StoreError::Internal(text)
+                StoreError::internal("SQLite reported corruption").caused_by(e)
             }
             Kind::Storage if writing => {
                 {
@@ -116,10 +116,10 @@ impl Health {
                         "embedded store cannot write; answering 503 and probing every second"
                     );
                 }
-                StoreError::Unavailable(text)
+                StoreError::unavailable("SQLite cannot write").caused_by(e)
             }
-            Kind::Storage | Kind::Busy => StoreError::Unavailable(text),
-            Kind::Other => StoreError::Internal(text),
+            Kind::Storage | Kind::Busy => StoreError::unavailable("SQLite").caused_by(e),
+            Kind::Other => StoreError::internal("SQLite").caused_by(e),
         }
     }
 
@@ -128,7 +128,7 @@ impl Health {
     pub fn corrupt(&self, why: String) -> StoreError {
         *self.problem.lock().expect("health lock") = Some(Problem::Corrupt(why.clone()));
         self.metrics.set_store_writable(false);
-        StoreError::Internal(why)
+        StoreError::internal(why)
     }
 
     /// A probe found the store still unable to write, for `why`.

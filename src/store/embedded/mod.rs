@@ -246,7 +246,7 @@ impl EmbeddedStore {
         origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
         let sender = self.writer.lock().expect("writer lock").clone();
-        let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let sender = sender.ok_or_else(|| StoreError::unavailable("the store is closed"))?;
         let (reply, rx) = oneshot::channel();
         sender
             .send(Msg::Job(WriteJob {
@@ -256,9 +256,9 @@ impl EmbeddedStore {
                 reply,
             }))
             .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the writer stopped"))?
     }
 
     /// Runs `f` on the writer thread, after the writes queued before it have committed.
@@ -267,7 +267,7 @@ impl EmbeddedStore {
         f: impl FnOnce(&mut Connection, &AudienceIndex) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let sender = self.writer.lock().expect("writer lock").clone();
-        let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let sender = sender.ok_or_else(|| StoreError::unavailable("the store is closed"))?;
         let (reply, rx) = oneshot::channel();
         let job = move |conn: &mut Connection, index: &AudienceIndex, health: &Health| {
             // A failure tells about the store; a success does not (most of these commit
@@ -279,9 +279,9 @@ impl EmbeddedStore {
         sender
             .send(Msg::Run(Box::new(job)))
             .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the writer stopped"))?
     }
 
     /// Audience answers wait for nothing but the index's build at start (at most
@@ -296,8 +296,8 @@ impl EmbeddedStore {
             return Ok(());
         }
         self.health.check()?;
-        Err(StoreError::Unavailable(
-            "the state is being built from the store".into(),
+        Err(StoreError::unavailable(
+            "the state is being built from the store",
         ))
     }
 
@@ -313,7 +313,7 @@ impl EmbeddedStore {
             .read_permits
             .acquire()
             .await
-            .map_err(|_| StoreError::Unavailable("closed".into()))?;
+            .map_err(|_| StoreError::unavailable("closed"))?;
         let conn = self
             .readers
             .lock()
@@ -336,7 +336,7 @@ impl EmbeddedStore {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| StoreError::Unavailable("closed".into()))?;
+            .map_err(|_| StoreError::unavailable("closed"))?;
         let readers = self.readers.clone();
         let health = self.health.clone();
         tokio::task::spawn_blocking(move || {
@@ -351,7 +351,7 @@ impl EmbeddedStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("reader task failed: {e}")))?
+        .map_err(|e| StoreError::internal("a reader task failed").caused_by(e))?
     }
 }
 
@@ -487,13 +487,11 @@ impl Store for EmbeddedStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         if self.writer.lock().expect("writer lock").is_none() {
-            return Err(StoreError::Unavailable("the store is closed".into()));
+            return Err(StoreError::unavailable("the store is closed"));
         }
         self.health.check()?;
         if !self.index.is_built() {
-            return Err(StoreError::Unavailable(
-                "the audience index is being built".into(),
-            ));
+            return Err(StoreError::unavailable("the audience index is being built"));
         }
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(())))
             .await

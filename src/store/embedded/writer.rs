@@ -288,7 +288,7 @@ impl Writer {
             Err(Failure::Plan(e)) => e,
         };
         match failure {
-            StoreError::Internal(_) if batch.len() > 1 => {
+            StoreError::Internal { .. } if batch.len() > 1 => {
                 self.metrics.observe_batch_split();
                 batch
                     .iter()

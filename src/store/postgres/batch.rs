@@ -305,7 +305,7 @@ async fn lock_and_read(
         };
         let (app, user) = (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1));
         let tags = model::parse_tags_json(row.get(3)).map_err(|e| {
-            Failure::Plan(StoreError::Internal(format!(
+            Failure::Plan(StoreError::internal(format!(
                 "users.tags of user {user} of AppId {app} is {e}"
             )))
         })?;

@@ -229,7 +229,7 @@ impl Shared {
                 tx.rollback().await.map_err(classify)?;
                 let id: Option<i64> = r.get(0);
                 let id = id.ok_or_else(|| {
-                    StoreError::Internal("a committed broadcast token has no broadcast".into())
+                    StoreError::internal("a committed broadcast token has no broadcast")
                 })?;
                 return Ok(Sent::Created {
                     id,

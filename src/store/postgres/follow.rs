@@ -111,8 +111,8 @@ impl Follower {
 /// `limit`.
 pub(super) async fn catch_up(shared: &Shared, app: u32, limit: Duration) -> Result<(), StoreError> {
     if !shared.options.follow {
-        return Err(StoreError::Unavailable(
-            "this store was opened to write only (tagcast import): it holds no state".into(),
+        return Err(StoreError::unavailable(
+            "this store was opened to write only (tagcast import): it holds no state",
         ));
     }
     let follower = &shared.follower;
@@ -122,15 +122,15 @@ pub(super) async fn catch_up(shared: &Shared, app: u32, limit: Duration) -> Resu
             .lock()
             .expect("follower lock")
             .clone();
-        why.map_or(Ok(()), |w| Err(StoreError::Internal(w)))
+        why.map_or(Ok(()), |w| Err(StoreError::internal(w)))
     };
     if !follower.index.is_built() {
         failed()?;
     }
     if !follower.index.wait_built(limit).await {
         failed()?;
-        return Err(StoreError::Unavailable(
-            "the state is being built from the tables".into(),
+        return Err(StoreError::unavailable(
+            "the state is being built from the tables",
         ));
     }
     let head: i64 = {
@@ -155,7 +155,7 @@ pub(super) async fn catch_up(shared: &Shared, app: u32, limit: Duration) -> Resu
     let wait = applied.wait_for(|_| index.log_pos(app) >= head);
     match tokio::time::timeout(limit, wait).await {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(StoreError::Unavailable(format!(
+        _ => Err(StoreError::unavailable(format!(
             "this node's state has not caught up with the change log of AppId {app} within {} ms",
             limit.as_millis()
         ))),
@@ -322,7 +322,7 @@ async fn read_token(shared: &Shared) -> Result<[u8; 16], StoreError> {
         .ok()
         .and_then(|t| t.try_into().ok())
         .ok_or_else(|| {
-            StoreError::Internal(format!(
+            StoreError::internal(format!(
                 "tagcast_meta.{TOKEN_KEY} is not 32 hex digits; delete that row and restart"
             ))
         })
@@ -510,7 +510,7 @@ fn apply_rows(rows: &[tokio_postgres::Row], target: &mut impl Target) -> Result<
             }
             let body: &[u8] = r.get(4);
             let decoded = decode_entry(body).map(entry_changes).map_err(|e| {
-                StoreError::Internal(format!(
+                StoreError::internal(format!(
                     "the change log entry {pos} of AppId {app} does not decode: {e}"
                 ))
             })?;
@@ -665,7 +665,7 @@ async fn rebuild(shared: &Shared) -> Result<(), StoreError> {
     .map_err(classify)?;
     if let Some(e) = bad_row {
         *shared.follower.build_failure.lock().expect("follower lock") = Some(e.clone());
-        return Err(StoreError::Internal(e));
+        return Err(StoreError::internal(e));
     }
     // Each app's head, with its entry's time (the head entry is never trimmed; an entry
     // an operator removed gives 0, which no snapshot check will match).

@@ -107,17 +107,18 @@ fn classify(target: &str, e: tokio_postgres::Error) -> StoreError {
                 || c == "40P01"
         }
     };
-    // Display of a server error is only "db error": `chain` gives the server's message.
-    let detail = format!("PostgreSQL at {target}: {}", connect::chain(&e));
+    // Display of a server error is only "db error": the log's chain names the server's
+    // message (the cause's own source).
+    let what = format!("PostgreSQL at {target}");
     if retryable || e.is_closed() {
-        StoreError::Unavailable(detail)
+        StoreError::unavailable(what).caused_by(e)
     } else {
-        StoreError::Internal(detail)
+        StoreError::internal(what).caused_by(e)
     }
 }
 
 fn pool_error(target: &str, e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!(
+    StoreError::unavailable(format!(
         "PostgreSQL at {target}: {}",
         describe_pool_error(&e)
     ))
@@ -218,7 +219,7 @@ impl PostgresStore {
         write: WriteOp,
         origin: Origin,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let closed = || StoreError::Unavailable("the store is closed".into());
+        let closed = || StoreError::unavailable("the store is closed");
         let sender = self
             .queue
             .lock()
@@ -278,7 +279,7 @@ impl Shared {
             }
             // A request that fails for a reason of its own must not fail the others:
             // run each alone (nothing of the batch was committed).
-            Err(StoreError::Internal(_)) if batch.len() > 1 => {
+            Err(StoreError::Internal { .. }) if batch.len() > 1 => {
                 self.metrics.observe_batch_split();
                 for job in batch {
                     let out = self.run(std::slice::from_ref(&job)).await;
@@ -328,7 +329,7 @@ async fn within<T>(
 ) -> Result<T, StoreError> {
     tokio::time::timeout(limit, work)
         .await
-        .map_err(|_| StoreError::Unavailable("postgres did not answer in time".into()))?
+        .map_err(|_| StoreError::unavailable("postgres did not answer in time"))?
 }
 
 #[async_trait]
@@ -433,12 +434,10 @@ impl Store for PostgresStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         if self.queue.lock().expect("queue lock").is_none() {
-            return Err(StoreError::Unavailable("the store is closed".into()));
+            return Err(StoreError::unavailable("the store is closed"));
         }
         if !self.shared.follower.index.is_built() {
-            return Err(StoreError::Unavailable(
-                "the audience index is being built".into(),
-            ));
+            return Err(StoreError::unavailable("the audience index is being built"));
         }
         let target = &self.shared.target;
         let work = async {
