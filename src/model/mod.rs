@@ -3,6 +3,7 @@
 //! the changes a committed write made (which the store writes, the in-memory state
 //! applies and both stores' change logs carry). Every other layer points down here.
 
+pub mod broadcast;
 pub mod filter;
 
 use std::collections::BTreeMap;

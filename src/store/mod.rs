@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod embedded;
+pub mod outbox;
 pub mod plan;
 pub mod postgres;
 pub mod schema;
@@ -21,12 +22,12 @@ use async_trait::async_trait;
 
 use crate::api::{ApiError, ErrorCode};
 use crate::audience::{AudienceIndex, Page};
-use crate::broadcast::{
+use crate::config::{Config, StoreKind};
+use crate::metrics::Metrics;
+use crate::model::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
 };
-use crate::config::{Config, StoreKind};
-use crate::metrics::Metrics;
 use crate::model::filter::Filter;
 pub use crate::model::{DEFAULT_INBOX, Origin, Outcome, StoredUser, Tag, TagOp, now_ms};
 use embedded::{DataDirLock, EmbeddedOptions, EmbeddedStore};
@@ -185,7 +186,7 @@ pub trait Store: Send + Sync + 'static {
     /// acknowledged before the call, on any node), and stores the broadcast with it, its
     /// token, the day's count (refused over `per_day`) and one outbox lane per outlet, in
     /// one transaction, durable before it returns. A token sent within
-    /// [`crate::broadcast::TOKEN_TTL_MS`] before (on any node) sends nothing and answers
+    /// [`crate::model::broadcast::TOKEN_TTL_MS`] before (on any node) sends nothing and answers
     /// that send (`replayed`).
     async fn send_broadcast(
         &self,
@@ -230,7 +231,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims, for each (webhook URL, n) of `wants`, up to n pages due at `now_ms` that no
     /// live lease holds, for `lease_ms`, taking the URL's lanes in turn, at most `window`
-    /// open pages per lane (`broadcast/outbox.rs`); counts the attempt.
+    /// open pages per lane (`store/outbox.rs`); counts the attempt.
     async fn claim_pages(
         &self,
         now_ms: i64,

@@ -1,7 +1,7 @@
 //! Broadcasts and their outbox in SQLite (the tables of schema v4 and v5). Writes run on
 //! the writer thread ([`super::writer::Msg::Run`]), after the batch queued with them, so a
 //! broadcast's audience holds every write acknowledged before it; reads use the pool. The
-//! outbox's rules (lanes, open pages, turns) are `broadcast/outbox.rs`'s; this file reads
+//! outbox's rules (lanes, open pages, turns) are `store/outbox.rs`'s; this file reads
 //! and writes their rows.
 
 use std::collections::BTreeMap;
@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::audience::AudienceIndex;
-use crate::broadcast::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
-use crate::broadcast::{
+use crate::model::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
 use crate::model::filter::Filter;
+use crate::store::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::store::{StoreError, ext_json};
 
 const INFO_COLUMNS: &str = "id, app_id, inbox_type, sender, msg_type, content, ext, selector, \
@@ -79,7 +79,7 @@ pub(super) fn send(
     }
     let audience = index.select(b.app_id, b.inbox, filter);
     let count = audience.len();
-    let expire_time = now + i64::from(b.ttl_secs) * 1000;
+    let expire_time = b.expire_time(now);
     tx.execute(
         "INSERT INTO tagcast_broadcasts (app_id, inbox_type, sender, msg_type, content, ext,
              selector, audience_count, audience, create_time, expire_time)
@@ -314,7 +314,10 @@ pub(super) fn load(conn: &Connection, id: i64) -> Result<Option<Loaded>, StoreEr
         None => Ok(None),
         Some((info, blob)) => Ok(Some(Loaded {
             info,
-            audience: deserialize_audience(&blob)?,
+            audience: deserialize_audience(&blob).map_err(|e| {
+                StoreError::internal(format!("the audience of broadcast {id} is unreadable"))
+                    .caused_by(e)
+            })?,
         })),
     }
 }

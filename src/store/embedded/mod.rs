@@ -30,11 +30,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Origin, Outcome, Store, StoreError, WriteJob, WriteOp};
 use crate::audience::AudienceIndex;
-use crate::broadcast::{
+use crate::metrics::Metrics;
+use crate::model::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent,
 };
-use crate::metrics::Metrics;
 use crate::model::filter::Filter;
 use crate::throttle::LogThrottle;
 use health::Health;

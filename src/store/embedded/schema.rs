@@ -117,7 +117,7 @@ pub const MIGRATIONS: &[Migration] = &[
     // v5: the outbox as lanes (issue 17): one row per (broadcast, webhook) with a page
     // cursor and incremental counts, plus rows only for the pages claimed and not finished
     // (at most a window per lane), so a send, recall or purge costs the same at any page
-    // count (see broadcast/outbox.rs). Pending pages of v4 become open pages of their lane.
+    // count (see store/outbox.rs). Pending pages of v4 become open pages of their lane.
     // And UserBroadcast's idempotency tokens (API.md §7), unique per app. Older code would
     // look for the dropped table: usable from this version on.
     Migration {

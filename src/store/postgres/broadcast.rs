@@ -7,7 +7,7 @@
 //!   its outbox pages, in one transaction.
 //! - A send with the token of an earlier one (API.md §7) finds it: the token's primary key
 //!   makes a concurrent replay on any node wait for the first send's commit, then see it.
-//! - The outbox is lanes (`broadcast/outbox.rs` has the rules): a node claims a webhook's
+//! - The outbox is lanes (`store/outbox.rs` has the rules): a node claims a webhook's
 //!   due lanes with `FOR UPDATE SKIP LOCKED` and leases pages from them; one node at a
 //!   time sends a page, and a node that dies holding it lets another take it once the
 //!   lease ends.
@@ -18,12 +18,12 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{Shared, classify, follow, within};
-use crate::broadcast::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
-use crate::broadcast::{
+use crate::model::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
 use crate::model::filter::Filter;
+use crate::store::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::store::{StoreError, ext_json};
 
 const INFO_COLUMNS: &str = "id, app_id, inbox_type, sender, msg_type, content, ext, selector, \
@@ -257,7 +257,7 @@ impl Shared {
             let audience = self.follower.index.select(b.app_id, b.inbox, filter);
             let count = audience.len();
             let blob = serialize_audience(&audience);
-            let expire_time = now + i64::from(b.ttl_secs) * 1000;
+            let expire_time = b.expire_time(now);
             let params: [&(dyn ToSql + Sync); 11] = [
                 &app,
                 &(b.inbox as i32),
@@ -455,7 +455,12 @@ impl Shared {
                     let blob: Vec<u8> = r.get(12);
                     Ok(Some(Loaded {
                         info: info(&r),
-                        audience: deserialize_audience(&blob)?,
+                        audience: deserialize_audience(&blob).map_err(|e| {
+                            StoreError::internal(format!(
+                                "the audience of broadcast {id} is unreadable"
+                            ))
+                            .caused_by(e)
+                        })?,
                     }))
                 }
             }

@@ -123,7 +123,7 @@ pub const MIGRATIONS: &[Migration] = &[
     // v4: the outbox as lanes (issue 17): one row per (broadcast, webhook) with a page
     // cursor and incremental counts, plus rows only for the pages claimed and not finished
     // (at most a window per lane), so a send, recall or purge costs the same at any page
-    // count (see broadcast/outbox.rs); nodes claim lanes with FOR UPDATE SKIP LOCKED.
+    // count (see store/outbox.rs); nodes claim lanes with FOR UPDATE SKIP LOCKED.
     // Pending pages of v3 become open pages of their lane. And UserBroadcast's idempotency
     // tokens (API.md §7): the primary key makes a replay on another node wait for the
     // first send and then find it. A node of the previous release would look for the

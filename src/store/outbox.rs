@@ -1,4 +1,4 @@
-//! The outbox's rules, written once for both stores (as `store/plan.rs` is for tags): the
+//! The outbox's rules, written once for both stores (as `plan.rs` is for tags): the
 //! stores read lanes and their open pages, these functions decide, the stores write back.
 //!
 //! A broadcast's delivery to one webhook is a *lane*: its page count, a cursor (pages
@@ -15,7 +15,7 @@
 //! one with a single page take turns; the delivery loop bounds what each webhook has in
 //! flight, so a receiver that hangs holds only its own share of the slots.
 
-use super::{Claimed, Delivery, PageDone, PageKey};
+use crate::model::broadcast::{Claimed, Delivery, PageDone, PageKey};
 
 /// One (broadcast, webhook) of the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
