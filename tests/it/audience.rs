@@ -1,6 +1,7 @@
 //! CountAudience and ListAudience over HTTP: a model-based test of random writes (by every
 //! write Action) and random filters against a brute-force evaluation (then again after a
-//! restart), every filter form and error, and paging.
+//! restart from the saved state, from the rows, and after a kill -9 in the middle of a write), every filter
+//! form and error, and paging.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,7 +20,7 @@ const CAP: usize = 3;
 
 /// What the store should hold: registered users and their tags per inbox, and their
 /// nick names.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     users: BTreeMap<i64, HashMap<u32, BTreeMap<String, String>>>,
     nicks: BTreeMap<i64, String>,
@@ -142,10 +143,30 @@ fn random_filter(rng: &mut StdRng, depth: u32) -> Value {
     }
 }
 
+/// One random write: the request, and the model as it is once the store applied it (with
+/// whether the answer must list no failures, where the model knows).
+struct Write {
+    action: &'static str,
+    body: Value,
+    after: Model,
+    no_failures: Option<bool>,
+}
+
 /// One random write, applied through the API and to the model.
 async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
+    let w = random_request(rng, model);
+    let a = call(client, w.action, w.body).await;
+    if let Some(expected) = w.no_failures {
+        assert_eq!(failed_infos(&a).is_empty(), expected, "{}", w.action);
+    }
+    *model = w.after;
+}
+
+/// A random write request and what it does to `model`.
+fn random_request(rng: &mut StdRng, model: &Model) -> Write {
+    let mut model = model.clone();
     let user = rng.random_range(1..=USERS);
-    match rng.random_range(0..10) {
+    let (action, body, no_failures) = match rng.random_range(0..10) {
         0..=2 => {
             let tags = random_tags(rng);
             let nick = rng
@@ -156,7 +177,6 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
             if let Some(n) = &nick {
                 u["NickName"] = json!(n);
             }
-            let a = call(client, "RegisterUsers", json!({"AppId": APP, "Users": [u]})).await;
             let fresh = !model.users.contains_key(&user);
             if fresh {
                 model.users.insert(user, HashMap::new());
@@ -169,20 +189,20 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
                 let kept = model.nicks.remove(&user).unwrap_or_default();
                 model.nicks.insert(user, nick.unwrap_or(kept));
             }
-            assert_eq!(failed_infos(&a).is_empty(), applied);
+            (
+                "RegisterUsers",
+                json!({"AppId": APP, "Users": [u]}),
+                Some(applied),
+            )
         }
         3 => {
-            let a = call(
-                client,
+            let was = model.users.remove(&user).is_some();
+            model.nicks.remove(&user);
+            (
                 "UnRegisterUsers",
                 json!({"AppId": APP, "UserIds": [user]}),
+                Some(was),
             )
-            .await;
-            assert_eq!(
-                failed_infos(&a).is_empty(),
-                model.users.remove(&user).is_some()
-            );
-            model.nicks.remove(&user);
         }
         4..=6 => {
             let inbox = rng.random_range(0..INBOXES);
@@ -190,17 +210,16 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
             let op = i32::from(rng.random_bool(0.3));
             let map: serde_json::Map<String, Value> =
                 tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            call(
-                client,
-                "BatchUpdateUserTags",
-                json!({"AppId": APP, "InboxType": inbox, "Op": op, "UserTags": [{"UserId": user, "Tags": map}]}),
-            )
-            .await;
             if op == 0 {
                 model.upsert(user, inbox, &tags);
             } else {
                 model.delete(user, inbox, &tags);
             }
+            (
+                "BatchUpdateUserTags",
+                json!({"AppId": APP, "InboxType": inbox, "Op": op, "UserTags": [{"UserId": user, "Tags": map}]}),
+                None,
+            )
         }
         7 => {
             // Empty, every key (one over the cap), or a few.
@@ -223,37 +242,40 @@ async fn random_write(rng: &mut StdRng, client: &Client, model: &mut Model) {
             if let Some(n) = &nick {
                 u["NickName"] = json!(n);
             }
-            let a = call(
-                client,
-                "BatchUpdateUser",
-                json!({"AppId": APP, "Users": [u]}),
-            )
-            .await;
             let applied = model.replace(user, &tags);
             if applied && let Some(n) = nick {
                 model.nicks.insert(user, n);
             }
-            assert_eq!(failed_infos(&a).is_empty(), applied);
+            (
+                "BatchUpdateUser",
+                json!({"AppId": APP, "Users": [u]}),
+                Some(applied),
+            )
         }
         _ => {
             let others: Vec<i64> = vec![user, rng.random_range(1..=USERS)];
             let tags = random_tags(rng);
             let op = i32::from(rng.random_bool(0.3));
             let strings: Vec<String> = tags.iter().map(tag_string).collect();
-            call(
-                client,
-                "BatchUpdateUserTags",
-                json!({"AppId": APP, "UserIds": others, "Tags": strings, "Op": op}),
-            )
-            .await;
-            for u in others {
+            for u in &others {
                 if op == 0 {
-                    model.upsert(u, 0, &tags);
+                    model.upsert(*u, 0, &tags);
                 } else {
-                    model.delete(u, 0, &tags);
+                    model.delete(*u, 0, &tags);
                 }
             }
+            (
+                "BatchUpdateUserTags",
+                json!({"AppId": APP, "UserIds": others, "Tags": strings, "Op": op}),
+                None,
+            )
         }
+    };
+    Write {
+        action,
+        body,
+        after: model,
+        no_failures,
     }
 }
 
@@ -290,10 +312,13 @@ async fn list_all(client: &Client, mut body: Value) -> Vec<i64> {
     out
 }
 
-/// BatchGetUser of every user id, in every inbox, answers what the model holds: who is
-/// registered, their tags and their nick names.
-async fn check_users(client: &Client, model: &Model) {
+/// Per inbox: every registered user's (nick name, tags) and the ids not found.
+type Seen = Vec<(BTreeMap<i64, (String, Vec<String>)>, BTreeSet<i64>)>;
+
+/// What BatchGetUser of every user id answers, in every inbox.
+async fn observed(client: &Client) -> Seen {
     let ids: Vec<i64> = (1..=USERS).collect();
+    let mut seen = Vec::new();
     for inbox in 0..INBOXES {
         let a = call(
             client,
@@ -319,31 +344,48 @@ async fn check_users(client: &Client, model: &Model) {
                 (u["NickName"].as_str().unwrap().to_owned(), tags),
             );
         }
-        let expected: BTreeMap<i64, (String, Vec<String>)> = model
-            .users
-            .iter()
-            .map(|(id, inboxes)| {
-                let tags = inboxes
-                    .get(&inbox)
-                    .map(|t| t.iter().map(|(k, v)| format!("{k}:{v}")).collect())
-                    .unwrap_or_default();
-                let nick = model.nicks.get(id).cloned().unwrap_or_default();
-                (*id, (nick, tags))
-            })
-            .collect();
-        assert_eq!(found, expected, "BatchGetUser in inbox {inbox}");
         let missing: BTreeSet<i64> = r["NotFoundUsers"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_i64().unwrap())
             .collect();
-        let unregistered: BTreeSet<i64> = ids
-            .iter()
-            .copied()
-            .filter(|id| !model.users.contains_key(id))
-            .collect();
-        assert_eq!(missing, unregistered, "NotFoundUsers in inbox {inbox}");
+        seen.push((found, missing));
+    }
+    seen
+}
+
+/// What [`observed`] must answer for `model`.
+fn expected(model: &Model) -> Seen {
+    (0..INBOXES)
+        .map(|inbox| {
+            let found = model
+                .users
+                .iter()
+                .map(|(id, inboxes)| {
+                    let tags = inboxes
+                        .get(&inbox)
+                        .map(|t| t.iter().map(|(k, v)| format!("{k}:{v}")).collect())
+                        .unwrap_or_default();
+                    let nick = model.nicks.get(id).cloned().unwrap_or_default();
+                    (*id, (nick, tags))
+                })
+                .collect();
+            let unregistered = (1..=USERS)
+                .filter(|id| !model.users.contains_key(id))
+                .collect();
+            (found, unregistered)
+        })
+        .collect()
+}
+
+/// BatchGetUser of every user id, in every inbox, answers what the model holds: who is
+/// registered, their tags and their nick names.
+async fn check_users(client: &Client, model: &Model) {
+    let seen = observed(client).await;
+    for (inbox, (seen, want)) in seen.iter().zip(expected(model)).enumerate() {
+        assert_eq!(seen.0, want.0, "BatchGetUser in inbox {inbox}");
+        assert_eq!(seen.1, want.1, "NotFoundUsers in inbox {inbox}");
     }
 }
 
@@ -433,7 +475,71 @@ async fn audiences_equal_a_brute_force_model_of_random_writes_and_survive_a_rest
         let server = TestServer::start_in(&dir, tweak).await;
         check_filters(&mut rng, &server.client(), &model, 20).await;
         server.stop().await;
+        // kill -9 at a random moment of a stream of writes: the write in flight when the
+        // server died either committed or not, so the start (a saved state, if one was
+        // taken, and the log after it) answers the model before it or after it, and
+        // every answer goes on matching.
+        kill_9_mid_write(&dir, &mut rng, &mut model).await;
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        let server = ChildServer::spawn_with(tmp.path(), &config);
+        check_filters(&mut rng, &server.client(), &model, 20).await;
+        server.terminate();
     }
+}
+
+/// Writes from `model` to a child server on `dir` until a kill -9 at a random moment ends
+/// it, then restarts it and settles the model on what the store holds: the model before
+/// the write in flight, or after it, and nothing else.
+async fn kill_9_mid_write(dir: &std::path::Path, rng: &mut StdRng, model: &mut Model) {
+    let mut config = test_config(dir);
+    config.tags.max_per_user = CAP;
+    // Saved states taken while writing, so the start after the kill replays a log tail.
+    config.store.snapshot_changes = 7;
+    let beside = dir.parent().unwrap();
+    let server = ChildServer::spawn_with(beside, &config);
+    let client = server.client();
+    let pid = server.child.id().to_string();
+    let after_ms = rng.random_range(30..400);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap();
+    });
+    let mut in_flight = None;
+    let mut acknowledged = 0;
+    for _ in 0..100_000 {
+        let w = random_request(rng, model);
+        match client.call(w.action, w.body.to_string().as_bytes()).await {
+            Ok(a) => {
+                if let Some(expected) = w.no_failures {
+                    assert_eq!(failed_infos(&a).is_empty(), expected, "{}", w.action);
+                }
+                *model = w.after;
+                acknowledged += 1;
+            }
+            Err(_) => {
+                in_flight = Some(w.after);
+                break;
+            }
+        }
+    }
+    killer.join().unwrap();
+    drop(server);
+    let in_flight = in_flight.expect("the kill ended the writes");
+    let server = ChildServer::spawn_with(beside, &config);
+    let seen = observed(&server.client()).await;
+    if seen != expected(model) {
+        assert_eq!(
+            seen,
+            expected(&in_flight),
+            "after kill -9 ({acknowledged} writes acknowledged) the store is neither the model before the write in flight nor after it"
+        );
+        *model = in_flight;
+    }
+    server.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread")]
