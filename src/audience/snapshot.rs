@@ -1,11 +1,14 @@
 //! The index written to a file at a clean stop and read back at the next start, so a start
 //! does not rebuild it from every row of the store.
 //!
-//! The format (little endian): the magic `TCIDX002`, a 16-byte token, then per app its id,
+//! The format (little endian): the magic `TCIDX003`, a 16-byte token, then per app its id,
 //! the change log position it holds with that entry's time, its next ordinal, its strings (tag keys and values, in id order, "" for a free id), the
 //! registered bitmap, every ordinal's user (id; for a registered one its times, profile and
 //! tags as interned ids), and per inbox and key id the key's bitmap and each value id's
-//! bitmap, bitmaps in the portable Roaring format; an app id 0 ends the file. The strings'
+//! bitmap, bitmaps in the portable Roaring format; an app id 0 ends the apps, and the CRC-32
+//! of every byte before it ends the file, so a damaged file is refused as a whole instead
+//! of loading a wrong bit (a `TCIDX002` file, written before the checksum, is read
+//! without one). The strings'
 //! reference counts and the id -> ordinal map are rebuilt from the users. The store decides whether a file may be trusted: it records the same token
 //! beside its data when the file is written and removes it before its next write, so a
 //! file whose token the store no longer holds describes an older state and is ignored.
@@ -19,7 +22,43 @@ use roaring::RoaringBitmap;
 use super::index::{AppIndex, AudienceIndex, Profile, Slot, TagRef};
 use super::strings::Strings;
 
-const MAGIC: &[u8; 8] = b"TCIDX002";
+const MAGIC: &[u8; 8] = b"TCIDX003";
+/// The format before the checksum, still read after an upgrade.
+const MAGIC_UNSUMMED: &[u8; 8] = b"TCIDX002";
+
+/// A writer or reader that keeps the CRC-32 of the bytes through it.
+struct Summed<T> {
+    inner: T,
+    crc: crc32fast::Hasher,
+}
+
+impl<T> Summed<T> {
+    fn new(inner: T) -> Self {
+        Summed {
+            inner,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for Summed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Summed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
 /// Longest key or value read back (tag limits are far lower; a damaged file fails here).
 const MAX_STRING: u32 = 1 << 20;
 
@@ -78,17 +117,19 @@ pub fn write_copies(
 fn write_file(
     token: &[u8; 16],
     path: &Path,
-    body: impl FnOnce(&mut BufWriter<&std::fs::File>) -> std::io::Result<()>,
+    body: impl FnOnce(&mut Summed<BufWriter<&std::fs::File>>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let file = std::fs::File::create(&tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, &file);
+        let mut w = Summed::new(BufWriter::with_capacity(1 << 20, &file));
         w.write_all(MAGIC)?;
         w.write_all(token)?;
         body(&mut w)?;
-        // The end: an app id no app has (AppIds start at 1).
+        // The end: an app id no app has (AppIds start at 1), then the checksum.
         put_u32(&mut w, 0)?;
+        let crc = w.crc.clone().finalize();
+        put_u32(&mut w.inner, crc)?;
         w.flush()?;
         drop(w);
         file.sync_all()?;
@@ -102,16 +143,23 @@ fn write_file(
 
 /// Reads the file at `path` if it carries `token`: `Ok(None)` when it does not.
 pub fn read(path: &Path, token: &[u8; 16]) -> std::io::Result<Option<HashMap<u32, AppIndex>>> {
-    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut r = Summed::new(BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(path)?,
+    ));
     let mut magic = [0; 8];
     r.read_exact(&mut magic)?;
     let mut found = [0; 16];
     r.read_exact(&mut found)?;
-    if &magic != MAGIC {
-        return Err(std::io::Error::other(
-            "not a snapshot of this version's format",
-        ));
-    }
+    let summed = match &magic {
+        m if m == MAGIC => true,
+        m if m == MAGIC_UNSUMMED => false,
+        _ => {
+            return Err(std::io::Error::other(
+                "not a snapshot of this version's format",
+            ));
+        }
+    };
     if &found != token {
         return Ok(None);
     }
@@ -119,10 +167,20 @@ pub fn read(path: &Path, token: &[u8; 16]) -> std::io::Result<Option<HashMap<u32
     loop {
         let app = get_u32(&mut r)?;
         if app == 0 {
-            return Ok(Some(apps));
+            break;
         }
         apps.insert(app, AppIndex::read_from(&mut r)?);
     }
+    if summed {
+        let crc = r.crc.clone().finalize();
+        if get_u32(&mut r.inner)? != crc {
+            return Err(damaged("its checksum does not match its contents"));
+        }
+    }
+    if r.inner.read(&mut [0])? != 0 {
+        return Err(damaged("bytes after its end"));
+    }
+    Ok(Some(apps))
 }
 
 fn put_i64(w: &mut impl Write, v: i64) -> std::io::Result<()> {
@@ -290,5 +348,81 @@ impl AppIndex {
             }
         }
         Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Change;
+
+    fn state() -> AudienceIndex {
+        let index = AudienceIndex::new();
+        let mut changes = Vec::new();
+        for (ordinal, user) in (0..300u32).zip(1000..) {
+            changes.push(Change::Registered {
+                app: 7,
+                user,
+                ordinal,
+            });
+            changes.push(Change::SetTag {
+                app: 7,
+                user,
+                ordinal,
+                inbox: ordinal % 3,
+                key: format!("k{}", ordinal % 5),
+                old: None,
+                value: format!("v{}", ordinal % 11),
+            });
+        }
+        index.apply(&changes, 1_700_000_000_000);
+        index
+    }
+
+    /// Every user's (id, tags of inbox 0..3) and every count, as reads see them.
+    fn answers(apps: HashMap<u32, AppIndex>) -> Vec<String> {
+        let index = AudienceIndex::new();
+        index.replace(apps);
+        let ids: Vec<i64> = (1000..1300).collect();
+        (0..3)
+            .map(|inbox| format!("{:?}", index.get_users(7, inbox, &ids)))
+            .collect()
+    }
+
+    #[test]
+    fn a_damaged_or_cut_file_is_refused_never_read_as_another_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let token = [9; 16];
+        let index = state();
+        write(&index, &token, &path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let want = answers(read(&path, &token).unwrap().unwrap());
+        assert_eq!(want, answers(index.copy_apps().into_iter().collect()));
+
+        // A flipped bit anywhere after the token, or a cut anywhere, is an error.
+        for at in (24..good.len()).step_by(7).chain([good.len() - 1]) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(read(&path, &token).is_err(), "a flip at byte {at} was read");
+        }
+        for len in (0..good.len()).step_by(13) {
+            std::fs::write(&path, &good[..len]).unwrap();
+            assert!(read(&path, &token).is_err(), "a cut at byte {len} was read");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert!(read(&path, &token).is_err());
+        // Another token: an older state, not used (and not an error).
+        std::fs::write(&path, &good).unwrap();
+        assert!(read(&path, &[8; 16]).unwrap().is_none());
+
+        // The format before the checksum is still read (a start after the upgrade).
+        let mut old = good[..good.len() - 4].to_vec();
+        old[..8].copy_from_slice(MAGIC_UNSUMMED);
+        std::fs::write(&path, &old).unwrap();
+        assert_eq!(answers(read(&path, &token).unwrap().unwrap()), want);
     }
 }
