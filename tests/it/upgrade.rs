@@ -282,3 +282,83 @@ async fn a_postgres_database_of_the_global_log_serves_its_users_after_the_per_ap
     assert!(row.get::<_, bool>(5), "user 1's row does not hold its tags");
     assert!(row.get::<_, bool>(6), "user 2's row does not hold its tags");
 }
+
+/// Embedded schema 5 (a row per tag, no change log: the release before issue 18) through 6
+/// (the change log) to 7 (one row per user): users and tags written at schema 5 and the
+/// saved state of that release beside them; the new release migrates, cannot use the old
+/// file (its token is not the store's), builds its state from the rows, answers them,
+/// raises `usable_from` to 7, and its next write is the app's first log entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_store_of_a_row_per_tag_serves_its_users_after_the_one_row_migration() {
+    if crate::skip::on_postgres("its schema 5 to 7 of the embedded store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = test_config(&data);
+    migrate_to(&config, 5).await;
+    run_sql(
+        &config,
+        "INSERT INTO users (app_id, user_id, ordinal, create_time, modify_time, nick_name)
+             VALUES (666675, 1, 0, 1, 1, 'ann'), (666675, 2, 1, 1, 1, '');
+         INSERT INTO tags VALUES (666675, 1, 0, 'level', 'gold'), (666675, 2, 0, 'level', 'gold'),
+                                 (666675, 2, 0, 'city', 'sh'), (666675, 2, 4, 'vip', '1');
+         INSERT INTO tagcast_apps VALUES (666675, 2);",
+    );
+    // The previous release's saved state (another format, no token of this store).
+    std::fs::write(
+        data.join(tagcast::store::embedded::SNAPSHOT_FILE),
+        b"TCIDX001 an older saved state",
+    )
+    .unwrap();
+    let server = ChildServer::spawn_logged(dir.path(), &config, "info");
+    let built = server.wait_for_log("audience index built").await;
+    assert!(
+        built.iter().any(|l| l.contains("from=\"store\"")),
+        "{built:?}"
+    );
+    let c = server.client();
+    let count = |f: serde_json::Value, inbox: u32| {
+        let c = server.client();
+        async move {
+            ok(&call(
+                &c,
+                "CountAudience",
+                json!({"AppId": APP, "InboxType": inbox, "Filter": f}),
+            )
+            .await)["Count"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(count(json!({"Tag": "level:gold"}), 0).await, 2);
+    assert_eq!(count(json!({"Tag": "vip:1"}), 4).await, 1);
+    let got = ok(&call(&c, "BatchGetUser", json!({"AppId": APP, "UserIds": [1, 2]})).await);
+    assert_eq!(got["Users"][0]["NickName"], "ann", "{got}");
+    assert_eq!(
+        got["Users"][1]["Tags"],
+        json!(["city:sh", "level:gold"]),
+        "{got}"
+    );
+    let set = json!({"AppId": APP, "UserIds": [1], "Tags": ["city:bj"]});
+    assert!(failed_infos(&call(&c, "BatchUpdateUserTags", set).await).is_empty());
+    assert_eq!(count(json!({"Key": "city"}), 0).await, 2);
+    server.terminate();
+    let db = rusqlite::Connection::open(data.join(tagcast::store::embedded::DB_FILE)).unwrap();
+    let (usable, entries, tags_table, one, two): (String, i64, i64, String, String) = db
+        .query_row(
+            "SELECT (SELECT value FROM tagcast_meta WHERE key = 'usable_from'),
+                    (SELECT COUNT(*) FROM tagcast_log WHERE app_id = 666675),
+                    (SELECT COUNT(*) FROM sqlite_master WHERE name = 'tags'),
+                    (SELECT tags FROM users WHERE user_id = 1),
+                    (SELECT tags FROM users WHERE user_id = 2)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(usable, "7");
+    assert!(entries >= 1, "the write after the migration logged nothing");
+    assert_eq!(tags_table, 0, "the tags table is still there");
+    assert_eq!(one, r#"{"0":{"city":"bj","level":"gold"}}"#);
+    assert_eq!(two, r#"{"0":{"city":"sh","level":"gold"},"4":{"vip":"1"}}"#);
+}
