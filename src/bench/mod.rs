@@ -665,7 +665,9 @@ async fn audience_phase(
     wait_ready(srv.addr, Duration::from_secs(600)).await?;
     if snapshot_ms.is_none() {
         let ms = spawned.elapsed().as_secs_f64() * 1000.0;
-        println!("[{name}] audience      start to ready from the state saved at a clean stop: {ms:.0} ms");
+        println!(
+            "[{name}] audience      start to ready from the state saved at a clean stop: {ms:.0} ms"
+        );
         f.set("pg_node_clean_start_ms", ms);
     }
     let index_mb = srv.rss_mb().unwrap_or(f64::NAN) - rss_empty;
