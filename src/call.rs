@@ -76,6 +76,7 @@ impl Client {
             credentials,
             http: reqwest::Client::builder()
                 .timeout(timeout)
+                .tls_backend_preconfigured(crate::tls::http_client_tls(endpoint))
                 .build()
                 .expect("a plain HTTP client builds"),
             timeout,

@@ -63,6 +63,8 @@ pub struct DeliveryMetrics {
     pub user_ids_delivered: Counter,
     /// Attempts that did not get a 2xx (each is retried unless the broadcast expires).
     pub attempts_failed: Counter,
+    /// Of those, attempts whose TLS handshake failed (a certificate that does not verify).
+    pub tls_failures: Counter,
     pub pages_failed: Counter,
     pub pages_pending: Gauge,
     pub oldest_pending_seconds: Gauge,
@@ -170,6 +172,11 @@ impl Metrics {
                 "webhook_attempts_failed",
                 "Webhook POSTs answered with a non-2xx, timed out or not connected (retried until the broadcast expires)",
                 &d.attempts_failed,
+            ),
+            (
+                "webhook_tls_failures",
+                "Webhook attempts whose TLS handshake failed (a certificate that does not verify; the cause is in the log)",
+                &d.tls_failures,
             ),
             (
                 "webhook_pages_failed",

@@ -15,7 +15,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 /// The crypto provider of every TLS connection, installed as the process default on the
-/// first call (the Redis client takes the process default).
+/// first call (the Redis client and every reqwest client take the process default; the
+/// binary calls this first thing, the library's clients before they are built).
 pub fn provider() -> Arc<CryptoProvider> {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
@@ -93,4 +94,32 @@ pub fn system_roots(why: &str) -> Result<RootCertStore, String> {
         ));
     }
     Ok(roots)
+}
+
+/// A client configuration verifying servers (chain and host name) against `roots`, on the
+/// binary's provider.
+pub fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, String> {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("building the TLS configuration: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The TLS configuration of a reqwest client that talks to `url`: for `https://`, the
+/// system's CA certificates (none loadable: a configuration that trusts nothing, so the
+/// handshake fails with its cause); for anything else, one that trusts nothing, built
+/// once: the client never makes a TLS connection, and building reqwest's own default (its
+/// platform verifier reads every system certificate) would cost each client milliseconds.
+pub fn http_client_tls(url: &str) -> rustls::ClientConfig {
+    static PLAIN: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    let nothing = || {
+        client_config(RootCertStore::empty())
+            .expect("the binary's provider supports its own default protocol versions")
+    };
+    if url.starts_with("https:")
+        && let Ok(roots) = system_roots(url)
+    {
+        return client_config(roots).unwrap_or_else(|_| nothing());
+    }
+    PLAIN.get_or_init(nothing).clone()
 }

@@ -58,6 +58,61 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The Standard Webhooks signature (standardwebhooks.com): `v1,` and the base64 of
+/// HMAC-SHA256(key, id + "." + timestamp + "." + body).
+pub fn standard_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The client of one webhook: no redirects followed, its timeout, and for https its own
+/// verification (the system's CAs or its `ca_file`).
+fn webhook_client(w: &Webhook, timeout: Duration, pool: usize) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        // A 3xx is a failed attempt: following it would send the signed page elsewhere,
+        // or (a 302) turn it into a body-less GET whose 200 would count as delivered.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(pool);
+    // An http:// webhook never makes a TLS connection (no redirect is followed).
+    let tls = match &w.tls {
+        Some(tls) => (**tls).clone(),
+        None => crate::tls::http_client_tls(&w.url),
+    };
+    b = b.tls_backend_preconfigured(tls);
+    b.build()
+        .expect("a client of a preconfigured rustls configuration builds")
+}
+
+/// The TLS error under a failed request (a certificate that does not verify, a handshake
+/// refused), in rustls's words: what the log and the metric need.
+fn tls_cause(e: &reqwest::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An io::Error's source() skips the error it wraps (the connector wraps the TLS
+        // stream's io::Error, which wraps rustls's): step into it instead.
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
 /// The delay before attempt `attempts + 1`: `base` doubling per attempt up to `max`, a
 /// uniformly random point of its upper half (so nodes retrying together spread out).
 pub fn backoff_ms(attempts: u32, base: u64, max: u64) -> u64 {
@@ -88,6 +143,8 @@ pub async fn run(
 /// A configured webhook as the delivery loop tracks it.
 struct Hook {
     webhook: Webhook,
+    /// Its own client: its own TLS trust (`ca_file`) and connection pool.
+    http: reqwest::Client,
     /// Pages of this webhook in flight on this node.
     in_flight: AtomicUsize,
     /// Failed attempts: one line per 30 s.
@@ -125,19 +182,12 @@ async fn deliver(
 ) {
     let cfg = service.delivery.clone();
     let share = cfg.per_webhook();
-    let http = reqwest::Client::builder()
-        .timeout(cfg.timeout())
-        // A 3xx is a failed attempt: following it would send the signed page elsewhere,
-        // or (a 302) turn it into a body-less GET whose 200 would count as delivered.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(share)
-        .build()
-        .expect("a plain HTTP client builds");
     let hooks: Arc<Vec<Hook>> = Arc::new(
         service
             .webhooks
             .iter()
             .map(|w| Hook {
+                http: webhook_client(w, cfg.timeout(), share),
                 webhook: w.clone(),
                 in_flight: AtomicUsize::new(0),
                 failures: LogThrottle::new(Duration::from_secs(30)),
@@ -204,18 +254,17 @@ async fn deliver(
                 .try_acquire_owned()
                 .expect("only this loop takes slots, and it asked for free ones");
             hooks[i].in_flight.fetch_add(1, Ordering::SeqCst);
-            let (store, service, metrics, http, done, hooks, freed) = (
+            let (store, service, metrics, done, hooks, freed) = (
                 store.clone(),
                 service.clone(),
                 metrics.clone(),
-                http.clone(),
                 done_tx.clone(),
                 hooks.clone(),
                 freed.clone(),
             );
             tokio::spawn(async move {
                 let key = c.key.clone();
-                let outcome = attempt(&*store, &service, &metrics, &http, &hooks[i], c).await;
+                let outcome = attempt(&*store, &service, &metrics, &hooks[i], c).await;
                 let _ = done.send((key, outcome));
                 hooks[i].in_flight.fetch_sub(1, Ordering::SeqCst);
                 drop(permit);
@@ -282,7 +331,6 @@ async fn attempt(
     store: &dyn Store,
     service: &Service,
     metrics: &Metrics,
-    http: &reqwest::Client,
     hook: &Hook,
     c: Claimed,
 ) -> PageDone {
@@ -345,7 +393,8 @@ async fn attempt(
     let body = body.0;
     // The receiver's clock judges this one: the wall clock's.
     let timestamp = (now_ms() / 1000) as u64;
-    let sent = http
+    let sent = hook
+        .http
         .post(&webhook.url)
         .header("Content-Type", "application/json")
         .header("X-Tagcast-Delivery", &delivery_id)
@@ -353,6 +402,12 @@ async fn attempt(
         .header(
             "X-Tagcast-Signature",
             signature(&webhook.secret, timestamp, &body),
+        )
+        .header("webhook-id", &delivery_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            standard_signature(&webhook.standard_key, &delivery_id, timestamp, &body),
         )
         .body(body)
         .send()
@@ -370,6 +425,10 @@ async fn attempt(
         ),
         Ok(r) => format!("HTTP {}", r.status().as_u16()),
         Err(e) if e.is_timeout() => format!("no answer within {} ms", cfg.timeout_ms),
+        Err(e) if let Some(tls) = tls_cause(&e) => {
+            metrics.delivery.tls_failures.inc();
+            format!("TLS: {tls}")
+        }
         Err(e) if e.is_connect() => "connection failed".to_owned(),
         // Without the URL: it may carry credentials (it is logged redacted above).
         Err(e) => format!("request failed: {}", e.without_url()),
@@ -459,6 +518,20 @@ async fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's vector, which the `standardwebhooks` package's `sign` gives too.
+    #[test]
+    fn the_standard_signature_is_the_one_the_standardwebhooks_package_computes() {
+        assert_eq!(
+            standard_signature(
+                b"whsec-readme-7Hq2kP9xLm4",
+                "1-0",
+                1_700_000_000,
+                br#"{"Event":"UserBroadcast","DeliveryId":"1-0"}"#
+            ),
+            "v1,KZYpT9ZS9F0tiwEnVz+gpNTIw2spnR6HQfX87QLOCUY="
+        );
+    }
 
     #[test]
     fn backoff_doubles_within_its_upper_half_and_stops_at_the_maximum() {

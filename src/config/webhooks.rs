@@ -27,7 +27,7 @@ pub const MAX_PAGE_SIZE: usize = 100_000;
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// An `http://` URL (https is not supported yet).
+    /// An `http://` or `https://` URL.
     pub url: String,
     /// The HMAC key of `X-Tagcast-Signature`.
     #[serde(default, skip_serializing)]
@@ -44,6 +44,9 @@ pub struct WebhookConfig {
     /// User ids per POST (1..=100000).
     #[serde(default = "default_page_size")]
     pub page_size: usize,
+    /// https only: trust the CA certificates of this PEM file instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_page_size() -> usize {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("secret_file", &self.secret_file)
             .field("apps", &self.apps)
             .field("page_size", &self.page_size)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -73,6 +77,7 @@ impl WebhookConfig {
             secret_file: Some(secret_file),
             apps: None,
             page_size,
+            ca_file: None,
         }
     }
 
@@ -80,15 +85,13 @@ impl WebhookConfig {
         let at = |what: String| format!("webhooks ({}): {what}", redact_url(&self.url));
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| format!("webhooks: url {} is not a URL: {e}", redact_url(&self.url)))?;
-        if url.scheme() == "https" {
-            // The binary's HTTP client has no TLS (see README, Webhooks).
-            return Err(at(
-                "https:// webhooks are not supported yet; send to an http:// address, such as a TLS-terminating proxy on the same host"
-                    .into(),
-            ));
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(at("the url must be http:// or https:// with a host".into()));
         }
-        if url.scheme() != "http" || url.host_str().is_none() {
-            return Err(at("the url must be http:// with a host".into()));
+        if self.ca_file.is_some() && url.scheme() != "https" {
+            return Err(at(
+                "ca_file is set but the url is not https:// (a CA file only verifies https)".into(),
+            ));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
             return Err(at(format!(
@@ -113,6 +116,24 @@ impl WebhookConfig {
             }
         }
         Ok(())
+    }
+
+    /// The TLS configuration of an https webhook: its `ca_file`'s CAs, or the system's.
+    fn tls(&self) -> Result<Option<rustls::ClientConfig>, String> {
+        if !self.url.starts_with("https:") {
+            return Ok(None);
+        }
+        let setting = format!("webhooks ({}) ca_file", redact_url(&self.url));
+        let roots = match &self.ca_file {
+            Some(path) => crate::tls::load_ca_file(&setting, path)?,
+            None => crate::tls::system_roots(&format!(
+                "webhooks ({}) without ca_file",
+                redact_url(&self.url)
+            ))?,
+        };
+        crate::tls::client_config(roots)
+            .map(Some)
+            .map_err(|e| format!("webhooks ({}): {e}", redact_url(&self.url)))
     }
 
     fn read_secret(&self) -> Result<String, String> {
@@ -146,9 +167,16 @@ impl WebhookConfig {
 #[derive(Clone)]
 pub struct Webhook {
     pub url: String,
+    /// The HMAC key of `X-Tagcast-Signature`: the secret's bytes as given.
     pub secret: Arc<zeroize::Zeroizing<Vec<u8>>>,
+    /// The HMAC key of the Standard Webhooks `webhook-signature`: a `whsec_<base64>`
+    /// secret's decoded bytes, any other secret's bytes as given (API.md §7).
+    pub standard_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
     pub apps: Option<Vec<u32>>,
     pub page_size: usize,
+    /// https: the TLS configuration that verifies the receiver (the system's CA
+    /// certificates, or `ca_file`'s), on the binary's one crypto provider.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -178,17 +206,44 @@ pub fn resolve_webhooks(webhooks: &[WebhookConfig]) -> Result<Vec<Webhook>, Stri
                 redact_url(&w.url)
             ));
         }
+        let secret = zeroize::Zeroizing::new(w.read_secret()?.into_bytes());
+        let standard_key = standard_key(&secret)
+            .map_err(|why| format!("webhooks ({}): {why}", redact_url(&w.url)))?;
         out.push(Webhook {
             url: w.url.clone(),
-            secret: Arc::new(zeroize::Zeroizing::new(w.read_secret()?.into_bytes())),
+            secret: Arc::new(secret),
+            standard_key: Arc::new(standard_key),
             apps: w
                 .apps
                 .as_ref()
                 .map(|a| a.iter().map(|&x| x as u32).collect()),
             page_size: w.page_size,
+            tls: w.tls()?.map(Arc::new),
         });
     }
     Ok(out)
+}
+
+/// The Standard Webhooks key of `secret`: after `whsec_`, base64 decoded (the spec's
+/// form); otherwise the bytes as given.
+fn standard_key(secret: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use base64::Engine;
+    let Some(encoded) = secret.strip_prefix(b"whsec_") else {
+        return Ok(zeroize::Zeroizing::new(secret.to_vec()));
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| {
+            "the secret starts with whsec_ but what follows is not base64 (the Standard Webhooks form is whsec_ and the base64 of the key)"
+                .to_owned()
+        })?;
+    if key.len() < 16 {
+        return Err(format!(
+            "the whsec_ secret decodes to {} bytes; use at least 16 random bytes",
+            key.len()
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(key))
 }
 
 /// How webhook pages are delivered and how often expired broadcasts are purged.
@@ -285,9 +340,28 @@ mod tests {
             secret_file: None,
             apps: None,
             page_size: 0,
+            ca_file: None,
         };
         let e = w.validate().unwrap_err();
         assert!(!e.contains("s3cret") && e.contains("http://"), "{e}");
         assert!(!format!("{w:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_whsec_secret_is_decoded_for_standard_webhooks_and_a_bad_one_is_refused() {
+        assert_eq!(
+            standard_key(b"whsec_MDEyMzQ1Njc4OWFiY2RlZg==")
+                .unwrap()
+                .as_slice(),
+            b"0123456789abcdef"
+        );
+        assert_eq!(
+            standard_key(b"plain-secret-0123").unwrap().as_slice(),
+            b"plain-secret-0123"
+        );
+        let e = standard_key(b"whsec_not base64!!").unwrap_err();
+        assert!(e.contains("not base64"), "{e}");
+        let e = standard_key(b"whsec_c2hvcnQ=").unwrap_err();
+        assert!(e.contains("5 bytes"), "{e}");
     }
 }

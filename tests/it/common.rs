@@ -176,7 +176,7 @@ impl TestServer {
 
     /// The status of a plain `GET path` (`/healthz`, `/readyz`).
     pub async fn status_of(&self, path: &str) -> u16 {
-        reqwest::get(format!("{}{path}", self.endpoint()))
+        http_get(format!("{}{path}", self.endpoint()))
             .await
             .unwrap()
             .status()
@@ -185,7 +185,7 @@ impl TestServer {
 
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.endpoint()))
+        http_get(format!("{}/metrics", self.endpoint()))
             .await
             .unwrap()
             .text()
@@ -316,13 +316,23 @@ impl ChildServer {
     }
 
     /// The address it listens on.
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        http_get(format!("http://{}/metrics", self.addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.trim_start_matches("http://").parse().unwrap()
     }
 
     /// The status of a plain `GET path`.
     pub async fn status_of(&self, path: &str) -> u16 {
-        reqwest::get(format!("{}{path}", self.endpoint))
+        http_get(format!("{}{path}", self.endpoint))
             .await
             .unwrap()
             .status()
@@ -470,7 +480,7 @@ pub async fn send_raw(
     headers: http::HeaderMap,
     body: Vec<u8>,
 ) -> Answer {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .request(
             reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
             format!("{endpoint}/?{query}"),
@@ -640,4 +650,17 @@ pub fn run_sql(config: &Config, sql: &str) {
             .unwrap();
         conn.execute_batch(sql).unwrap();
     }
+}
+
+/// A plain reqwest client, on the process's crypto provider (see src/tls.rs).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tagcast::tls::http_client_tls("http:"))
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with `http_client()`.
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
 }

@@ -281,7 +281,7 @@ async fn a_corrupt_store_is_not_ready_its_500_is_traceable_and_check_finds_it() 
         "no ERROR line with the cause and RequestId {request_id}: {cause:?}"
     );
     assert_eq!(server.status_of("/readyz").await, 503);
-    let body = reqwest::get(format!("{}/readyz", server.endpoint))
+    let body = http_get(format!("{}/readyz", server.endpoint))
         .await
         .unwrap()
         .text()

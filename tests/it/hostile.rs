@@ -477,7 +477,7 @@ async fn every_hostile_request_gets_its_exact_status_and_code_and_the_server_kee
     register(&s.client(), APP, &[1]).await;
     let table = cases(&s.addr.to_string());
     assert!(table.len() >= 40, "only {} cases", table.len());
-    let http = reqwest::Client::new();
+    let http = http_client();
     for case in table {
         let url = format!("{}{}?{}", s.endpoint(), case.path, case.query);
         let r = http

@@ -62,7 +62,7 @@ async fn a_stderr_nobody_reads_holds_up_no_request_and_dropped_lines_are_counted
     // (tagcast::logging::QUEUE_LINES) hold together. With a blocking writer the workers
     // would stop at the first full pipe and these requests would never be answered.
     let requests = tagcast::logging::QUEUE_LINES + 20_000;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let url = format!(
         "{}/?Action=BatchGetUser&Version={}",
         server.endpoint,
@@ -98,7 +98,7 @@ async fn a_stderr_nobody_reads_holds_up_no_request_and_dropped_lines_are_counted
 }
 
 async fn server_metrics(endpoint: &str) -> String {
-    reqwest::get(format!("{endpoint}/metrics"))
+    http_get(format!("{endpoint}/metrics"))
         .await
         .unwrap()
         .text()

@@ -18,6 +18,7 @@ mod disk_full;
 mod durability;
 mod errors;
 mod hostile;
+mod https_webhooks;
 mod import;
 mod infra;
 mod lifecycle;

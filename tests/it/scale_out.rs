@@ -231,7 +231,7 @@ async fn postgres_restart_under_load_gives_503_then_full_service_and_loses_nothi
             }
         }));
     }
-    let http = reqwest::Client::new();
+    let http = http_client();
     while ledger.lock().unwrap().len() < 100 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -13,7 +13,7 @@ use crate::common::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/python_compat.py");
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let py = match std::env::var_os("TAGCAST_PYTHON") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")),

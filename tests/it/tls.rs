@@ -14,16 +14,16 @@ use tagcast::devservers::{PgSetup, Postgres, Redis};
 use crate::common::*;
 
 /// PEM text of the test's CAs and server certificates.
-struct Pki {
-    ca: String,
+pub struct Pki {
+    pub ca: String,
     /// A CA that signed nothing the servers present.
-    other_ca: String,
+    pub other_ca: String,
     /// Signed by `ca`, for `localhost` and `127.0.0.1`.
-    server_cert: String,
-    server_key: String,
+    pub server_cert: String,
+    pub server_key: String,
     /// Signed by `ca`, for a name that is not the host tests connect to.
-    elsewhere_cert: String,
-    elsewhere_key: String,
+    pub elsewhere_cert: String,
+    pub elsewhere_key: String,
 }
 
 fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
@@ -46,7 +46,7 @@ fn leaf(names: &[&str], issuer: &Issuer<'static, KeyPair>) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn pki() -> &'static Pki {
+pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let (ca, issuer) = new_ca("tagcast test CA");
@@ -65,7 +65,7 @@ fn pki() -> &'static Pki {
 }
 
 /// Writes `pem` to `dir/name` and returns the path.
-fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
+pub fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, pem).unwrap();
     path

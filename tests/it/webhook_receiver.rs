@@ -1,5 +1,7 @@
-//! A webhook receiver for the tests: loopback, port 0. It verifies every signature,
-//! records every request, and answers as the test's behaviour says (fail, or answer late).
+//! A webhook receiver for the tests: loopback, port 0, plain or TLS. It verifies every
+//! signature (tagcast's `X-Tagcast-Signature` and the Standard Webhooks
+//! `webhook-signature`), records every request, and answers as the test's behaviour says
+//! (fail, or answer late).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,9 +40,17 @@ pub struct Arrival {
     pub acked: bool,
 }
 
+/// A verified request as it came: its headers and body.
+#[derive(Clone, Debug)]
+pub struct Raw {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 #[derive(Default)]
 struct Inner {
     arrivals: Vec<Arrival>,
+    raw: Vec<Raw>,
     bad_signatures: usize,
     seen: HashMap<String, usize>,
     in_flight: HashMap<String, usize>,
@@ -58,9 +68,43 @@ pub struct Receiver {
 struct Shared {
     inner: Arc<Mutex<Inner>>,
     behaviour: Arc<Behaviour>,
+    secret: Arc<String>,
 }
 
-fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
+/// The Standard Webhooks key of `secret` (a `whsec_` secret base64-decoded).
+fn standard_key(secret: &str) -> Vec<u8> {
+    use base64::Engine;
+    match secret.strip_prefix("whsec_") {
+        Some(b) => base64::engine::general_purpose::STANDARD.decode(b).unwrap(),
+        None => secret.as_bytes().to_vec(),
+    }
+}
+
+/// `webhook-signature` against `webhook-id`, `webhook-timestamp` and the body.
+fn verify_standard(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(ts), Some(sig)) = (
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&standard_key(secret)).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let want = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    id == get("x-tagcast-delivery").unwrap_or_default()
+        && Some(ts) == get("x-tagcast-timestamp")
+        && sig.split(' ').any(|s| s == want)
+}
+
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     use hmac::{KeyInit, Mac};
     let (Some(ts), Some(sig)) = (
         headers.get("x-tagcast-timestamp"),
@@ -76,7 +120,7 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
     if ts.parse::<u64>().map_or(true, |t| t.abs_diff(now) > 300) {
         return false;
     }
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(ts.as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -85,10 +129,17 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
 }
 
 async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    if !verify(&headers, &body) {
+    if !verify(&s.secret, &headers, &body) || !verify_standard(&s.secret, &headers, &body) {
         s.inner.lock().unwrap().bad_signatures += 1;
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    s.inner.lock().unwrap().raw.push(Raw {
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
+        body: body.to_vec(),
+    });
     let v: Value = serde_json::from_slice(&body).unwrap();
     let delivery_id = v["DeliveryId"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -189,24 +240,54 @@ impl Elsewhere {
 
 impl Receiver {
     pub async fn start(behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Self {
+        Self::start_with(SECRET, None, behaviour).await
+    }
+
+    /// A receiver of the webhook whose secret is `secret`, over TLS with `tls` (the PEM
+    /// certificate chain and key it presents) when given: its URL is then `https://`.
+    pub async fn start_with(
+        secret: &str,
+        tls: Option<(&str, &str)>,
+        behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static,
+    ) -> Self {
         let inner: Arc<Mutex<Inner>> = Arc::default();
         let shared = Shared {
             inner: inner.clone(),
             behaviour: Arc::new(behaviour),
+            secret: Arc::new(secret.to_owned()),
         };
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(handle))
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = listener.local_addr().unwrap();
+        let (url, task) = match tls {
+            None => (
+                format!("http://{addr}/hook"),
+                tokio::spawn(async move {
+                    axum::serve(listener, app).await.unwrap();
+                }),
+            ),
+            Some((cert, key)) => {
+                let listener = TlsListener::new(listener, cert, key);
+                (
+                    format!("https://{addr}/hook"),
+                    tokio::spawn(async move {
+                        axum::serve(listener, app).await.unwrap();
+                    }),
+                )
+            }
+        };
         Receiver {
             url,
             inner,
             _task: task,
         }
+    }
+
+    /// Every verified request, as it came.
+    pub fn raw(&self) -> Vec<Raw> {
+        self.inner.lock().unwrap().raw.clone()
     }
 
     pub fn arrivals(&self) -> Vec<Arrival> {
@@ -275,4 +356,52 @@ pub fn webhook(
     let path = dir.join("webhook.secret");
     std::fs::write(&path, SECRET).unwrap();
     tagcast::config::WebhookConfig::with_secret_file(url, path, page_size)
+}
+
+/// A TCP listener whose connections are TLS: a handshake that fails (the client refused
+/// the certificate) is counted and the next connection accepted.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    fn new(tcp: tokio::net::TcpListener, cert: &str, key: &str) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(tagcast::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }

@@ -185,6 +185,7 @@ pub async fn ready(args: ReadyArgs) -> Result<ExitCode, String> {
     let timeout = Duration::from_secs(5);
     let client = reqwest::Client::builder()
         .timeout(timeout)
+        .tls_backend_preconfigured(tagcast::tls::http_client_tls(endpoint))
         .build()
         .map_err(|e| e.to_string())?;
     if !(args.wait.is_finite() && args.wait >= 0.0) {

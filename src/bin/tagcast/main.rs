@@ -143,6 +143,10 @@ fn main() -> ExitCode {
         eprintln!("tagcast: {e}");
         return ExitCode::from(EXIT_LOCAL);
     }
+    // The process's one rustls crypto provider, before any client (webhooks, `tagcast
+    // call`, PostgreSQL, Redis) is built: reqwest's and the Redis client's TLS take the
+    // process default.
+    tagcast::tls::provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
