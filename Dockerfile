@@ -19,8 +19,8 @@ COPY . .
 RUN cargo build --release --locked --no-default-features --bin tagcast
 
 FROM debian:bookworm-slim
-# ca-certificates: the system CAs that verify PostgreSQL (sslmode=verify-full) and Redis
-# (rediss://) when no CA file is configured.
+# ca-certificates: the system CAs that verify PostgreSQL (sslmode=verify-full), Redis
+# (rediss://) and https:// webhooks when no CA file is configured.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
