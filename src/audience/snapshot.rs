@@ -362,7 +362,9 @@ impl AppIndex {
         // ran inline, measured with perf), and the reading does not need the map.
         let (users, by_id) = std::thread::scope(|scope| -> std::io::Result<_> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(i64, u32)>>(8);
-            let expected = registered.len() as usize;
+            // Not more than the slots the file says it holds (its checksum is checked only
+            // at its end: a damaged count must not reserve gigabytes).
+            let expected = (registered.len() as usize).min(n as usize).min(1 << 24);
             let builder = scope.spawn(move || {
                 let mut by_id = rustc_hash::FxHashMap::default();
                 by_id.reserve(expected);
