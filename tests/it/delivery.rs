@@ -38,7 +38,7 @@ async fn delivery(c: &tagcast::call::Client, app: i64, id: &str) -> Value {
 }
 
 /// A value of `/metrics`.
-fn metric(text: &str, name: &str) -> f64 {
+pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {text}"))

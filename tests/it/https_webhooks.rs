@@ -12,14 +12,8 @@ use serde_json::{Value, json};
 
 use crate::broadcast::{fast_delivery, send};
 use crate::common::*;
+use crate::delivery::metric;
 use crate::webhook_receiver::{Answer, Raw, Receiver, SECRET, webhook};
-
-/// A value of `/metrics`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
 
 async fn delivery(c: &tagcast::call::Client, id: &str) -> Value {
     ok(&call(c, "GetBroadcast", json!({"AppId": APP, "BroadcastId": id})).await)["Broadcast"]
