@@ -120,7 +120,8 @@ impl WebhookConfig {
 
     /// The TLS configuration of an https webhook: its `ca_file`'s CAs, or the system's.
     fn tls(&self) -> Result<Option<rustls::ClientConfig>, String> {
-        if !self.url.starts_with("https:") {
+        // The parsed scheme: "HTTPS://..." is https too.
+        if !reqwest::Url::parse(&self.url).is_ok_and(|u| u.scheme() == "https") {
             return Ok(None);
         }
         let setting = format!("webhooks ({}) ca_file", redact_url(&self.url));
@@ -345,6 +346,33 @@ mod tests {
         let e = w.validate().unwrap_err();
         assert!(!e.contains("s3cret") && e.contains("http://"), "{e}");
         assert!(!format!("{w:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn an_https_url_in_any_case_is_verified_with_its_ca_file_and_an_http_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let hook = |url: &str| WebhookConfig {
+            url: url.into(),
+            secret: Some("0123456789abcdef".into()),
+            secret_env: None,
+            secret_file: None,
+            apps: None,
+            page_size: 10,
+            ca_file: Some(ca.clone()),
+        };
+        assert!(hook("HTTPS://127.0.0.1:9/x").tls().unwrap().is_some());
+        assert!(hook("https://127.0.0.1:9/x").tls().unwrap().is_some());
+        assert!(hook("http://127.0.0.1:9/x").tls().unwrap().is_none());
+        let e = hook("http://127.0.0.1:9/x").validate().unwrap_err();
+        assert!(
+            e.contains("ca_file is set but the url is not https://"),
+            "{e}"
+        );
     }
 
     #[test]
