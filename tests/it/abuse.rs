@@ -310,11 +310,6 @@ async fn a_connection_over_max_connections_gets_a_503_envelope_and_service_resum
         assert!(std::time::Instant::now() < deadline, "not served again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let m = http_get(format!("{}/metrics", server.endpoint))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_at(&server.endpoint).await;
     assert!(!m.contains("tagcast_connections_refused_total 0\n"), "{m}");
 }

@@ -185,12 +185,7 @@ impl TestServer {
 
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
-        http_get(format!("{}/metrics", self.endpoint()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(&self.endpoint()).await
     }
 
     pub fn client_with(&self, ak: &str, sk: &str) -> Client {
@@ -315,17 +310,12 @@ impl ChildServer {
             .collect()
     }
 
-    /// The address it listens on.
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
-        http_get(format!("http://{}/metrics", self.addr()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(&self.endpoint).await
     }
 
+    /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.trim_start_matches("http://").parse().unwrap()
     }
@@ -663,4 +653,14 @@ pub fn http_client() -> reqwest::Client {
 /// `GET url` with `http_client()`.
 pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
     http_client().get(url).send().await
+}
+
+/// The Prometheus text of `GET /metrics` of the server at `endpoint`.
+pub async fn metrics_at(endpoint: &str) -> String {
+    http_get(format!("{endpoint}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -5,7 +5,6 @@
 //! Python receiver would. Runs on the suite's backend.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -140,13 +139,8 @@ async fn every_post_carries_standard_webhooks_headers_that_the_python_package_ve
         "/tests/sdk/verify_standard_webhooks.py"
     ))
     .arg(&file)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdin(Stdio::null())
-    .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the verifier finished within 60 s")
-        .unwrap();
+    .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = crate::sdk_python::output_within(&mut cmd, Duration::from_secs(60)).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

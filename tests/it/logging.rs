@@ -83,7 +83,7 @@ async fn a_stderr_nobody_reads_holds_up_no_request_and_dropped_lines_are_counted
     for t in tasks {
         t.await.unwrap();
     }
-    let metrics = server_metrics(&server.endpoint).await;
+    let metrics = metrics_at(&server.endpoint).await;
     let dropped: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tagcast_log_lines_dropped_total "))
@@ -95,13 +95,4 @@ async fn a_stderr_nobody_reads_holds_up_no_request_and_dropped_lines_are_counted
         "{requests} lines into a stalled stderr, none dropped"
     );
     assert!(dropped < requests as u64, "{dropped} of {requests} dropped");
-}
-
-async fn server_metrics(endpoint: &str) -> String {
-    http_get(format!("{endpoint}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }

@@ -30,6 +30,19 @@ pub fn python() -> PathBuf {
     py
 }
 
+/// Runs `cmd` (stdin closed, killed if dropped) to its end, which must come within `limit`.
+pub async fn output_within(
+    cmd: &mut tokio::process::Command,
+    limit: Duration,
+) -> std::process::Output {
+    let what = format!("{:?}", cmd.as_std());
+    let run = cmd.stdin(Stdio::null()).kill_on_drop(true).output();
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn official_python_sdk_registers_tags_and_reads_back() {
     let py = python();
@@ -45,13 +58,8 @@ async fn official_python_sdk_registers_tags_and_reads_back() {
         .env_remove("VOLC_ACCESSKEY")
         .env_remove("VOLC_SECRETKEY")
         .env("PYTHONIOENCODING", "utf-8")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("python_compat.py finished within 120 s")
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let output = output_within(&mut cmd, Duration::from_secs(120)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
