@@ -77,19 +77,19 @@ pub fn standard_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> 
 /// The client of one webhook: no redirects followed, its timeout, and for https its own
 /// verification (the system's CAs or its `ca_file`).
 fn webhook_client(w: &Webhook, timeout: Duration, pool: usize) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .timeout(timeout)
-        // A 3xx is a failed attempt: following it would send the signed page elsewhere,
-        // or (a 302) turn it into a body-less GET whose 200 would count as delivered.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(pool);
     // An http:// webhook never makes a TLS connection (no redirect is followed).
     let tls = match &w.tls {
         Some(tls) => (**tls).clone(),
         None => crate::tls::http_client_tls(&w.url),
     };
-    b = b.tls_backend_preconfigured(tls);
-    b.build()
+    reqwest::Client::builder()
+        .timeout(timeout)
+        // A 3xx is a failed attempt: following it would send the signed page elsewhere,
+        // or (a 302) turn it into a body-less GET whose 200 would count as delivered.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(pool)
+        .tls_backend_preconfigured(tls)
+        .build()
         .expect("a client of a preconfigured rustls configuration builds")
 }
 
