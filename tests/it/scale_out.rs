@@ -217,7 +217,7 @@ async fn postgres_restart_under_load_gives_503_then_full_service_and_loses_nothi
                 let ans = call(&client, "BatchUpdateUserTags", body).await;
                 match ans.status {
                     200 => {
-                        assert!(failed_infos(&ans).is_empty());
+                        assert!(failed_infos(&ans).is_empty(), "{}", ans.json());
                         ledger.lock().unwrap().insert((w + 1, k), v);
                     }
                     503 => {
