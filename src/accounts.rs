@@ -71,6 +71,13 @@ impl Tenancy {
             .map(|k| (&k.secret, k.account))
     }
 
+    /// Every configured app, sorted.
+    pub fn apps(&self) -> Vec<u32> {
+        let mut apps: Vec<u32> = self.app_owner.keys().copied().collect();
+        apps.sort_unstable();
+        apps
+    }
+
     pub fn account_names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(String::as_str)
     }

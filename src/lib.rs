@@ -18,6 +18,7 @@ pub mod call;
 pub mod config;
 #[cfg(feature = "devservers")]
 pub mod devservers;
+pub mod events;
 pub mod gateway;
 pub mod import;
 pub mod limiter;

@@ -40,6 +40,31 @@ pub struct Metrics {
     pub delivery: DeliveryMetrics,
     /// Connections and request bodies (src/server.rs, src/gateway).
     pub http: HttpMetrics,
+    /// The event log and event webhooks (src/events).
+    pub events: EventMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// The webhook's URL without credentials.
+    pub url: String,
+    pub app: u32,
+}
+
+/// The event log and its webhooks.
+#[derive(Default)]
+pub struct EventMetrics {
+    /// Events appended by this node's writes (an upper bound; see `model::events::count`).
+    pub appended: Counter,
+    pub delivered: Family<HookLabels, Counter>,
+    /// Batches not acknowledged with a 2xx (retried while their events are retained).
+    pub attempts_failed: Family<HookLabels, Counter>,
+    /// Events that left retention before their webhook acknowledged them.
+    pub expired: Family<HookLabels, Counter>,
+    /// Seconds between the newest event of the app and the newest one the webhook
+    /// acknowledged (0: caught up).
+    pub lag_seconds: Family<HookLabels, Gauge>,
+    pub entries_trimmed: Counter,
 }
 
 /// What slow or many clients make the server hold.
@@ -201,6 +226,37 @@ impl Metrics {
             "Age of the broadcast of the oldest pending webhook page, all nodes (0: none)",
             d.oldest_pending_seconds.clone(),
         );
+        let events = EventMetrics::default();
+        registry.register(
+            "events_appended",
+            "Events appended to the event log by this node's writes",
+            events.appended.clone(),
+        );
+        registry.register(
+            "event_webhook_delivered",
+            "Events acknowledged with a 2xx by an event webhook, per webhook and app",
+            events.delivered.clone(),
+        );
+        registry.register(
+            "event_webhook_attempts_failed",
+            "Event batches answered with a non-2xx, timed out or not connected (retried in order)",
+            events.attempts_failed.clone(),
+        );
+        registry.register(
+            "event_webhook_expired",
+            "Times an event webhook's cursor fell behind retention (its undelivered events were trimmed)",
+            events.expired.clone(),
+        );
+        registry.register(
+            "event_webhook_lag_seconds",
+            "How far an event webhook is behind: the newest event's time minus the time of the newest one it acknowledged (0: caught up)",
+            events.lag_seconds.clone(),
+        );
+        registry.register(
+            "event_log_entries_trimmed",
+            "Change log entries (each one or more events) deleted by retention",
+            events.entries_trimmed.clone(),
+        );
         let http = HttpMetrics::default();
         registry.register(
             "connections_open",
@@ -230,6 +286,7 @@ impl Metrics {
         Metrics {
             delivery,
             http,
+            events,
             registry: Mutex::new(registry),
             requests,
             latency,

@@ -139,6 +139,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         },
         http: config.http.clone(),
         request_ids: RequestIds::default(),
+        events: config.events.clone(),
         body_memory: Arc::new(tokio::sync::Semaphore::new(
             config
                 .http
@@ -176,6 +177,20 @@ pub async fn serve(
         state.broadcasts.clone(),
         state.metrics.clone(),
         stopped,
+    ));
+    // The event log's retention and the event webhooks, likewise.
+    let retention = tokio::spawn(crate::events::retention(
+        state.store.clone(),
+        state.events.clone(),
+        state.metrics.clone(),
+    ));
+    let event_hooks = tokio::spawn(crate::events::hooks::run(
+        state.store.clone(),
+        state.broadcasts.webhooks.clone(),
+        state.tenancy.apps(),
+        state.broadcasts.delivery.clone(),
+        state.metrics.clone(),
+        stop_delivery.subscribe(),
     ));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -248,6 +263,12 @@ pub async fn serve(
             "webhook delivery did not stop in time; unrecorded pages are sent again after their lease"
         );
     }
+    if tokio::time::timeout(limit, event_hooks).await.is_err() {
+        tracing::warn!(
+            "event webhooks did not stop in time; a batch not recorded as acknowledged is sent again"
+        );
+    }
+    retention.abort();
     state.store.close().await;
 }
 

@@ -126,6 +126,7 @@ pub fn parse_send(body: &[u8], rules: &Rules) -> Result<ParsedSend, ApiError> {
             selector,
             ttl_secs: b.msg_ttl as u32,
             token: NO_TOKEN.to_owned(),
+            origin: Default::default(),
         },
         filter,
         client_token: b.client_token,
@@ -150,6 +151,7 @@ pub async fn send(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError
     ctx.authorize(app_id)?;
     // Idempotent (API.md §7).
     broadcast.token = send_token(client_token.as_deref(), ctx.signature);
+    broadcast.origin = ctx.origin.clone();
     let service = ctx.broadcasts;
     let sent = ctx
         .store
@@ -414,7 +416,11 @@ pub async fn get(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError>
 pub async fn recall(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let (app_id, id) = parse_one(body, ctx.rules)?;
     ctx.authorize(app_id)?;
-    if !ctx.store.recall_broadcast(app_id, id).await? {
+    if !ctx
+        .store
+        .recall_broadcast(app_id, id, ctx.origin.clone())
+        .await?
+    {
         return Err(not_found(app_id, id));
     }
     ctx.broadcasts.outbox_changed.notify_one();

@@ -7,6 +7,7 @@ pub mod batch_update_user;
 pub mod batch_update_user_tags;
 pub mod broadcast;
 pub mod decode;
+pub mod events;
 pub mod filter;
 pub mod register_users;
 pub mod strict;
@@ -71,6 +72,7 @@ pub async fn dispatch(
         Action::GetBroadcast => broadcast::get(body, ctx).await,
         Action::ListBroadcasts => broadcast::list(body, ctx).await,
         Action::RecallBroadcast => broadcast::recall(body, ctx).await,
+        Action::ListEvents => events::list(body, ctx).await,
     }
 }
 
@@ -90,6 +92,7 @@ pub fn parse_only(action: Action, body: &[u8], rules: &Rules) -> Result<(), ApiE
             broadcast::parse_one(body, rules).map(drop)
         }
         Action::ListBroadcasts => broadcast::parse_list(body, rules).map(drop),
+        Action::ListEvents => events::parse(body, rules).map(drop),
     }
 }
 

@@ -20,10 +20,11 @@ pub enum Action {
     GetBroadcast,
     ListBroadcasts,
     RecallBroadcast,
+    ListEvents,
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::BatchUpdateUserTags,
         Action::RegisterUsers,
         Action::UnRegisterUsers,
@@ -36,6 +37,7 @@ impl Action {
         Action::GetBroadcast,
         Action::ListBroadcasts,
         Action::RecallBroadcast,
+        Action::ListEvents,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Action {
             Action::GetBroadcast => "GetBroadcast",
             Action::ListBroadcasts => "ListBroadcasts",
             Action::RecallBroadcast => "RecallBroadcast",
+            Action::ListEvents => "ListEvents",
         }
     }
 
@@ -73,6 +76,7 @@ impl Action {
                 | Action::ListUserBroadcasts
                 | Action::GetBroadcast
                 | Action::ListBroadcasts
+                | Action::ListEvents
         )
     }
 

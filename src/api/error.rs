@@ -52,6 +52,7 @@ error_codes! {
     AppNotFound => (NOT_FOUND, "AppNotFound", 200003),
     RequestTimeout => (REQUEST_TIMEOUT, "RequestTimeout", 200004),
     BroadcastNotFound => (NOT_FOUND, "BroadcastNotFound", 200005),
+    EventCursorExpired => (GONE, "EventCursorExpired", 200006),
     MalformedRequest => (BAD_REQUEST, "MalformedRequest", 200007),
 }
 
@@ -152,6 +153,7 @@ mod tests {
             ("AppNotFound", 404, "AppNotFound", 200003),
             ("RequestTimeout", 408, "RequestTimeout", 200004),
             ("BroadcastNotFound", 404, "BroadcastNotFound", 200005),
+            ("EventCursorExpired", 410, "EventCursorExpired", 200006),
             ("MalformedRequest", 400, "MalformedRequest", 200007),
         ];
         assert_eq!(ErrorCode::ALL.len(), rows.len(), "a code without its row");

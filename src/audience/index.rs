@@ -12,7 +12,7 @@
 //! reached the head they read ([`AudienceIndex::subscribe`] wakes on every apply); the
 //! embedded store's single writer applies after each commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,14 +38,7 @@ pub(super) struct InboxIndex {
     pub(super) keys: FxHashMap<u32, KeyIndex>,
 }
 
-/// A user's profile fields; a user with all defaults holds none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Profile {
-    pub nick_name: String,
-    pub portrait: String,
-    pub ext: BTreeMap<String, String>,
-    pub is_robot: bool,
-}
+pub use crate::model::Profile;
 
 /// One tag of a user: interned key and value ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +294,9 @@ impl AppIndex {
                 key,
                 ..
             } => self.delete(*inbox, key, *ordinal),
+            Change::ProfileWas { .. }
+            | Change::BroadcastSent { .. }
+            | Change::BroadcastRecalled { .. } => {}
             Change::Unregistered { user, ordinal, .. } => {
                 if let Some(slot) = self.users.get_mut(*ordinal as usize) {
                     let slot = std::mem::take(slot);
@@ -361,6 +357,7 @@ impl AppIndex {
                     )
                 })
                 .collect(),
+            profile: slot.profile.as_deref().cloned().unwrap_or_default(),
         }
     }
 
@@ -516,6 +513,10 @@ impl AudienceIndex {
                 index.log_time_ms = time_ms;
             }
             i = end;
+        }
+        if !heads.is_empty() {
+            // Long-polling readers of the event log wait for this (API.md §9).
+            self.applied.send_modify(|g| *g += 1);
         }
     }
 

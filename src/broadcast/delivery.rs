@@ -76,7 +76,7 @@ pub fn standard_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> 
 
 /// The client of one webhook: no redirects followed, its timeout, and for https its own
 /// verification (the system's CAs or its `ca_file`).
-fn webhook_client(w: &Webhook, timeout: Duration, pool: usize) -> reqwest::Client {
+pub(crate) fn webhook_client(w: &Webhook, timeout: Duration, pool: usize) -> reqwest::Client {
     // An http:// webhook never makes a TLS connection (no redirect is followed).
     let tls = match &w.tls {
         Some(tls) => (**tls).clone(),
@@ -391,49 +391,73 @@ async fn attempt(
     };
     let ids = body.1;
     let body = body.0;
+    match post_signed(
+        &hook.http,
+        webhook,
+        &delivery_id,
+        body,
+        cfg.timeout_ms,
+        metrics,
+    )
+    .await
+    {
+        Ok(()) => {
+            metrics.delivery.pages_delivered.inc();
+            metrics.delivery.user_ids_delivered.inc_by(ids);
+            hook.failures.reset();
+            PageDone::Delivered
+        }
+        Err(cause) => failed(cause),
+    }
+}
+
+/// POSTs `body` to `webhook`, signed both ways (`X-Tagcast-Signature` and the Standard
+/// Webhooks headers, `delivery_id` as `webhook-id`), through its client (no redirects
+/// followed): `Ok` on a 2xx, else the cause for the log (a TLS failure is counted).
+pub(crate) async fn post_signed(
+    http: &reqwest::Client,
+    webhook: &Webhook,
+    delivery_id: &str,
+    body: Vec<u8>,
+    timeout_ms: u64,
+    metrics: &Metrics,
+) -> Result<(), String> {
     // The receiver's clock judges this one: the wall clock's.
     let timestamp = (now_ms() / 1000) as u64;
-    let sent = hook
-        .http
+    let sent = http
         .post(&webhook.url)
         .header("Content-Type", "application/json")
-        .header("X-Tagcast-Delivery", &delivery_id)
+        .header("X-Tagcast-Delivery", delivery_id)
         .header("X-Tagcast-Timestamp", timestamp.to_string())
         .header(
             "X-Tagcast-Signature",
             signature(&webhook.secret, timestamp, &body),
         )
-        .header("webhook-id", &delivery_id)
+        .header("webhook-id", delivery_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header(
             "webhook-signature",
-            standard_signature(&webhook.standard_key, &delivery_id, timestamp, &body),
+            standard_signature(&webhook.standard_key, delivery_id, timestamp, &body),
         )
         .body(body)
         .send()
         .await;
-    let cause = match sent {
-        Ok(r) if r.status().is_success() => {
-            metrics.delivery.pages_delivered.inc();
-            metrics.delivery.user_ids_delivered.inc_by(ids);
-            hook.failures.reset();
-            return PageDone::Delivered;
-        }
+    Err(match sent {
+        Ok(r) if r.status().is_success() => return Ok(()),
         Ok(r) if r.status().is_redirection() => format!(
             "HTTP {} (a redirect: tagcast follows none; point the webhook at the final URL)",
             r.status().as_u16()
         ),
         Ok(r) => format!("HTTP {}", r.status().as_u16()),
-        Err(e) if e.is_timeout() => format!("no answer within {} ms", cfg.timeout_ms),
+        Err(e) if e.is_timeout() => format!("no answer within {timeout_ms} ms"),
         Err(e) if let Some(tls) = tls_cause(&e) => {
             metrics.delivery.tls_failures.inc();
             format!("TLS: {tls}")
         }
         Err(e) if e.is_connect() => "connection failed".to_owned(),
-        // Without the URL: it may carry credentials (it is logged redacted above).
+        // Without the URL: it may carry credentials (it is logged redacted).
         Err(e) => format!("request failed: {}", e.without_url()),
-    };
-    failed(cause)
+    })
 }
 
 /// The JSON of page `page` for `webhook`, and how many user ids it holds.

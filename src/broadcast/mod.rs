@@ -131,7 +131,7 @@ impl Service {
     pub fn outlets(&self, app_id: u32) -> Vec<Outlet> {
         self.webhooks
             .iter()
-            .filter(|w| w.serves(app_id))
+            .filter(|w| w.broadcasts && w.serves(app_id))
             .map(|w| Outlet {
                 url: w.url.clone(),
                 page_size: w.page_size,

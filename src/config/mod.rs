@@ -36,6 +36,8 @@ pub struct Config {
     /// Where broadcasts are POSTed (API.md §7, webhook delivery).
     pub webhooks: Vec<WebhookConfig>,
     pub delivery: DeliveryConfig,
+    /// The event log's retention (API.md §9).
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -53,6 +55,27 @@ impl Default for Config {
             accounts: Vec::new(),
             webhooks: Vec::new(),
             delivery: DeliveryConfig::default(),
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+/// How long the event log (each app's change log) keeps its events (API.md §9): both
+/// bounds hold, trimmed in the background every `trim_interval_s`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    pub retention_hours: u64,
+    pub max_per_app: u64,
+    pub trim_interval_s: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention_hours: 168,
+            max_per_app: 10_000_000,
+            trim_interval_s: 30,
         }
     }
 }
@@ -406,6 +429,22 @@ impl Config {
             if *qps == 0 {
                 return Err(format!("limits.actions.{name} must be at least 1"));
             }
+        }
+        let e = &self.events;
+        if e.retention_hours == 0 || e.max_per_app == 0 || e.trim_interval_s == 0 {
+            return Err("events.retention_hours, events.max_per_app and events.trim_interval_s must be at least 1".into());
+        }
+        if e.retention_hours > 24 * 3650 {
+            return Err(format!(
+                "events.retention_hours is {}; at most 87600 (ten years)",
+                e.retention_hours
+            ));
+        }
+        if self.store.max_batch > 4096 {
+            return Err(format!(
+                "store.max_batch is {}; at most 4096 (an event log entry holds one batch)",
+                self.store.max_batch
+            ));
         }
         let t = &self.tags;
         if t.max_key_bytes == 0 || t.max_per_user == 0 {

@@ -47,6 +47,16 @@ pub struct WebhookConfig {
     /// https only: trust the CA certificates of this PEM file instead of the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Whether broadcast pages go here (API.md §7; default true).
+    #[serde(default = "default_true")]
+    pub broadcasts: bool,
+    /// The event types whose events go here, in order (API.md §9; default none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_page_size() -> usize {
@@ -63,6 +73,8 @@ impl std::fmt::Debug for WebhookConfig {
             .field("apps", &self.apps)
             .field("page_size", &self.page_size)
             .field("ca_file", &self.ca_file)
+            .field("broadcasts", &self.broadcasts)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -78,6 +90,8 @@ impl WebhookConfig {
             apps: None,
             page_size,
             ca_file: None,
+            broadcasts: true,
+            events: Vec::new(),
         }
     }
 
@@ -108,6 +122,19 @@ impl WebhookConfig {
             return Err(at(
                 "give its secret as exactly one of secret, secret_env (an environment variable's name) or secret_file"
                     .into(),
+            ));
+        }
+        for (i, name) in self.events.iter().enumerate() {
+            if crate::model::events::EventType::parse(name).is_none() {
+                return Err(at(format!(
+                    "events[{i}] is {name:?}, not an event type; the types are: {}",
+                    crate::model::events::EventType::names()
+                )));
+            }
+        }
+        if !self.broadcasts && self.events.is_empty() {
+            return Err(at(
+                "broadcasts = false and no events: nothing would be sent to it".into(),
             ));
         }
         for app in self.apps.iter().flatten() {
@@ -175,6 +202,10 @@ pub struct Webhook {
     pub standard_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
     pub apps: Option<Vec<u32>>,
     pub page_size: usize,
+    /// Whether broadcast pages go here.
+    pub broadcasts: bool,
+    /// The event types sent here (API.md §9; empty: no events).
+    pub events: Vec<crate::model::events::EventType>,
     /// https: the TLS configuration that verifies the receiver (the system's CA
     /// certificates, or `ca_file`'s), on the binary's one crypto provider.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -219,6 +250,12 @@ pub fn resolve_webhooks(webhooks: &[WebhookConfig]) -> Result<Vec<Webhook>, Stri
                 .as_ref()
                 .map(|a| a.iter().map(|&x| x as u32).collect()),
             page_size: w.page_size,
+            broadcasts: w.broadcasts,
+            events: w
+                .events
+                .iter()
+                .filter_map(|n| crate::model::events::EventType::parse(n))
+                .collect(),
             tls: w.tls()?.map(Arc::new),
         });
     }
@@ -342,6 +379,8 @@ mod tests {
             apps: None,
             page_size: 0,
             ca_file: None,
+            broadcasts: true,
+            events: Vec::new(),
         };
         let e = w.validate().unwrap_err();
         assert!(!e.contains("s3cret") && e.contains("http://"), "{e}");
@@ -363,6 +402,8 @@ mod tests {
             secret_file: None,
             apps: None,
             page_size: 10,
+            broadcasts: true,
+            events: Vec::new(),
             ca_file: Some(ca.clone()),
         };
         assert!(hook("HTTPS://127.0.0.1:9/x").tls().unwrap().is_some());

@@ -47,6 +47,8 @@ pub struct AppState {
     pub broadcasts: Arc<crate::broadcast::Service>,
     /// Bytes of request bodies that may be held at once (`http.max_body_memory_mb`).
     pub body_memory: Arc<tokio::sync::Semaphore>,
+    /// The event log's retention (`[events]`).
+    pub events: crate::config::EventsConfig,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {

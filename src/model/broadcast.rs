@@ -27,6 +27,8 @@ pub struct NewBroadcast {
     /// What makes a second send of the same broadcast a replay (API.md §7): the
     /// request's `ClientToken`, else its signature (`sig:<hex>`).
     pub token: String,
+    /// The request's RequestId and AccessKey, for the `broadcast.sent` event.
+    pub origin: crate::model::Origin,
 }
 
 impl NewBroadcast {

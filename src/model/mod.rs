@@ -4,6 +4,7 @@
 //! applies and both stores' change logs carry). Every other layer points down here.
 
 pub mod broadcast;
+pub mod events;
 pub mod filter;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,15 @@ pub fn now_ms() -> i64 {
 /// The inbox that tags go to when a request names none, and that RegisterUsers writes.
 pub const DEFAULT_INBOX: u32 = 0;
 
+/// A user's profile fields; a user with all defaults holds none in the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub nick_name: String,
+    pub portrait: String,
+    pub ext: BTreeMap<String, String>,
+    pub is_robot: bool,
+}
+
 /// The stored state of one (app, user).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserState {
@@ -64,6 +74,9 @@ pub struct UserState {
     pub ordinal: Option<u32>,
     /// Every tag of the user, all inboxes: (inbox, key) -> value.
     pub tags: BTreeMap<(u32, String), String>,
+    /// The profile (defaults when not registered): what a profile write compares with, so
+    /// one that changes nothing writes nothing and one that does knows the old values.
+    pub profile: Profile,
 }
 
 impl UserState {
@@ -75,7 +88,9 @@ impl UserState {
     }
 }
 
-/// One change to the stored state, in the order the batch made them.
+/// One change to the stored state, in the order the batch made them. New variants go at
+/// the end: the change log stores them as `postcard`, which numbers variants in order, and
+/// a start replays entries written by the release before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// A user registered (first time, or again after it was unregistered).
@@ -115,6 +130,29 @@ pub enum Change {
         ordinal: u32,
         tags: Vec<(u32, String, String)>,
     },
+    /// The old values of the fields the [`Change::Profile`] right after it changes (of a
+    /// user registered before; `None`: not changed). The state and the rows ignore it;
+    /// the event log's `Previous` comes from it.
+    ProfileWas {
+        app: u32,
+        user: i64,
+        nick_name: Option<String>,
+        portrait: Option<String>,
+        ext: Option<BTreeMap<String, String>>,
+        is_robot: Option<bool>,
+    },
+    /// A broadcast was sent (its event; the broadcast's own rows are elsewhere).
+    BroadcastSent {
+        app: u32,
+        id: i64,
+        inbox: u32,
+        audience_count: u64,
+        /// `{"Tags","TagOp","Filter"}` as sent (JSON text).
+        selector: String,
+        expire_ms: i64,
+    },
+    /// A broadcast was recalled (the first recall only).
+    BroadcastRecalled { app: u32, id: i64 },
 }
 
 impl Change {
@@ -124,8 +162,21 @@ impl Change {
             | Change::Profile { app, .. }
             | Change::SetTag { app, .. }
             | Change::DeleteTag { app, .. }
-            | Change::Unregistered { app, .. } => *app,
+            | Change::Unregistered { app, .. }
+            | Change::ProfileWas { app, .. }
+            | Change::BroadcastSent { app, .. }
+            | Change::BroadcastRecalled { app, .. } => *app,
         }
+    }
+
+    /// Whether the change is only for the event log (the state and the rows skip it).
+    pub fn is_event_only(&self) -> bool {
+        matches!(
+            self,
+            Change::ProfileWas { .. }
+                | Change::BroadcastSent { .. }
+                | Change::BroadcastRecalled { .. }
+        )
     }
 }
 

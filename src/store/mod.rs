@@ -157,6 +157,34 @@ pub(crate) fn ext_json(ext: &BTreeMap<String, String>) -> String {
     serde_json::to_string(ext).expect("a string map serializes")
 }
 
+/// Which entries of an app's change log to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogRead {
+    /// Those at `from` and after, oldest first, at most `max`.
+    From { from: u64, max: usize },
+    /// The newest `max` before `before`, newest first.
+    Newest { before: u64, max: usize },
+}
+
+/// One change log entry as stored.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub pos: u64,
+    pub time_ms: i64,
+    /// [`crate::model::encode_entry`]'s bytes.
+    pub body: Vec<u8>,
+}
+
+/// Entries read with the log's bounds when they were read.
+#[derive(Debug, Clone, Default)]
+pub struct LogPage {
+    /// The oldest retained entry's position (0: the log is empty).
+    pub oldest: u64,
+    /// The newest entry's position (0: none).
+    pub head: u64,
+    pub entries: Vec<LogEntry>,
+}
+
 /// The durable record under the state: what a backend does. Writes go in as whole
 /// requests ([`WriteOp`]) and come back with one outcome per entry; reads are answered by
 /// the node's in-memory state ([`Store::caught_up`] and [`crate::audience::index`]), never
@@ -197,8 +225,14 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Sent, StoreError>;
 
-    /// Marks the broadcast recalled and drops its pending pages; whether it exists.
-    async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError>;
+    /// Marks the broadcast recalled and drops its pending pages; whether it exists. The
+    /// first recall appends `broadcast.recalled` with `origin`.
+    async fn recall_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+        origin: Origin,
+    ) -> Result<bool, StoreError>;
 
     /// The broadcast (not yet purged) with its delivery counts.
     async fn get_broadcast(
@@ -252,6 +286,52 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every broadcast expired at `now_ms` with its audience and outbox lanes,
     /// quota days before yesterday, and broadcast tokens past their time.
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError>;
+
+    /// Entries of the app's change log (API.md §9 reads them as events) with its bounds.
+    async fn read_log(&self, app_id: u32, read: LogRead) -> Result<LogPage, StoreError>;
+
+    /// The position after which the event webhook `hook` (its URL) has delivered the
+    /// app's events (0: none yet).
+    async fn event_cursor(&self, hook: &str, app_id: u32) -> Result<u64, StoreError>;
+
+    /// Takes or renews, for `lease_ms` from `now_ms`, the right of `node` to send the
+    /// app's events to `hook` (one sender per (webhook, app) across nodes); `Some(cursor)`
+    /// when this node holds it.
+    async fn lease_event_sender(
+        &self,
+        hook: &str,
+        app_id: u32,
+        node: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Moves the cursor of (hook, app) to `pos` while `node` holds the lease; whether it
+    /// still did.
+    async fn save_event_cursor(
+        &self,
+        hook: &str,
+        app_id: u32,
+        node: &str,
+        pos: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// The apps that have a change log.
+    async fn log_apps(&self) -> Result<Vec<u32>, StoreError>;
+
+    /// Where retention cuts the app's log: (its oldest position, the first position to
+    /// keep) for entries written at `since_ms` or later holding the newest `max_events`
+    /// events; never past the head entry (which a start checks against). (0, 0): empty.
+    async fn log_cut(
+        &self,
+        app_id: u32,
+        since_ms: i64,
+        max_events: u64,
+    ) -> Result<(u64, u64), StoreError>;
+
+    /// Deletes up to `chunk` of the app's oldest entries before `keep_from`; whether
+    /// older ones are left.
+    async fn trim_log(&self, app_id: u32, keep_from: u64, chunk: u64) -> Result<bool, StoreError>;
 
     /// Whether the store can serve requests now.
     async fn ready(&self) -> Result<(), StoreError>;

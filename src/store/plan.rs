@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::{
     DEFAULT_INBOX, Outcome, StoreError, Tag, TagOp, UserRegistration, UserUpdate, WriteJob, WriteOp,
 };
+use crate::model::Profile;
 pub use crate::model::{Change, UserState};
 
 /// What a backend read for a batch: every (app, user) the batch names (absent: not
@@ -76,6 +77,16 @@ impl Plan {
             .map(|r| (&r.origin, &self.changes[r.changes.clone()]))
             .collect();
         crate::model::encode_entry(&parts)
+    }
+
+    /// How many events `app`'s entry holds ([`crate::model::events::count`]).
+    pub fn entry_events(&self, app: u32) -> u64 {
+        crate::model::events::count(
+            self.requests
+                .iter()
+                .filter(|r| r.app == app)
+                .map(|r| &self.changes[r.changes.clone()]),
+        )
     }
 
     /// The tags the INSERT of `Registered { app, user, ordinal }` writes: the batch's final
@@ -225,6 +236,7 @@ pub(crate) fn plan(
                     let Some(ordinal) = state.ordinal.take() else {
                         return Outcome::UserNotFound;
                     };
+                    state.profile = Default::default();
                     let tags = std::mem::take(&mut state.tags)
                         .into_iter()
                         .map(|((i, k), v)| (i, k, v))
@@ -251,7 +263,11 @@ pub(crate) fn plan(
             Change::Registered { app, user, .. }
             | Change::SetTag { app, user, .. }
             | Change::DeleteTag { app, user, .. } => (*app, *user),
-            Change::Profile { .. } | Change::Unregistered { .. } => continue,
+            Change::Profile { .. }
+            | Change::Unregistered { .. }
+            | Change::ProfileWas { .. }
+            | Change::BroadcastSent { .. }
+            | Change::BroadcastRecalled { .. } => continue,
         };
         if let Some(row) = plan.rows.get_mut(&at) {
             if let Change::Registered { ordinal, .. } = change {
@@ -310,9 +326,11 @@ fn upsert(
         }
     }
     for (k, v) in tags {
-        // Written even when the value is unchanged: as before the planner, and a benchmark
-        // that replays the same values must measure real writes.
+        // A key given the value it holds changes nothing: no write, no event (API.md §9).
         let old = state.tags.insert((at.inbox, k.clone()), v.clone());
+        if old.as_ref() == Some(v) {
+            continue;
+        }
         out.push(Change::SetTag {
             app: at.app,
             user: at.user,
@@ -362,7 +380,6 @@ fn register(
         return Ok(outcome);
     }
     let ordinal = match state.ordinal {
-        Some(o) => o,
         None => {
             let next = snapshot.next_ordinal.get_mut(&app).ok_or_else(|| {
                 StoreError::internal(format!("no next ordinal was read for AppId {app}"))
@@ -380,23 +397,121 @@ fn register(
                 user: u.user_id,
                 ordinal: o,
             });
+            // A new user's profile comes right after its registration (the stores write
+            // both in one INSERT), whatever it holds.
+            state.profile = Default::default();
+            let given = Fields::of_registration(u);
+            given.apply(&mut state.profile);
+            plan.changes.push(given.change(app, u.user_id));
             o
         }
+        Some(_) => {
+            profile_change(
+                state,
+                app,
+                u.user_id,
+                Fields::of_registration(u),
+                &mut plan.changes,
+            );
+            state.ordinal.expect("registered")
+        }
     };
-    plan.changes.push(Change::Profile {
-        app,
-        user: u.user_id,
-        nick_name: u.nick_name.clone(),
-        portrait: u.portrait.clone(),
-        ext: u.ext.clone(),
-        is_robot: u.is_robot,
-    });
     let at = Target {
         ordinal,
         ..placeholder
     };
     upsert(state, at, &u.tags, cap, &mut plan.changes);
     Ok(Outcome::Applied)
+}
+
+/// The profile fields a write gives (`None`: not given).
+#[derive(Clone, Copy)]
+struct Fields<'a> {
+    nick_name: Option<&'a String>,
+    portrait: Option<&'a String>,
+    ext: Option<&'a BTreeMap<String, String>>,
+    is_robot: Option<bool>,
+}
+
+impl<'a> Fields<'a> {
+    fn of_registration(u: &'a UserRegistration) -> Self {
+        Fields {
+            nick_name: u.nick_name.as_ref(),
+            portrait: u.portrait.as_ref(),
+            ext: u.ext.as_ref(),
+            is_robot: u.is_robot,
+        }
+    }
+
+    /// Only the fields that differ from `p`.
+    fn differing(self, p: &Profile) -> Self {
+        Fields {
+            nick_name: self.nick_name.filter(|n| **n != p.nick_name),
+            portrait: self.portrait.filter(|x| **x != p.portrait),
+            ext: self.ext.filter(|e| **e != p.ext),
+            is_robot: self.is_robot.filter(|r| *r != p.is_robot),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.nick_name.is_none()
+            && self.portrait.is_none()
+            && self.ext.is_none()
+            && self.is_robot.is_none()
+    }
+
+    fn apply(&self, p: &mut Profile) {
+        if let Some(n) = self.nick_name {
+            p.nick_name.clone_from(n);
+        }
+        if let Some(x) = self.portrait {
+            p.portrait.clone_from(x);
+        }
+        if let Some(e) = self.ext {
+            p.ext.clone_from(e);
+        }
+        if let Some(r) = self.is_robot {
+            p.is_robot = r;
+        }
+    }
+
+    fn change(&self, app: u32, user: i64) -> Change {
+        Change::Profile {
+            app,
+            user,
+            nick_name: self.nick_name.cloned(),
+            portrait: self.portrait.cloned(),
+            ext: self.ext.cloned(),
+            is_robot: self.is_robot,
+        }
+    }
+}
+
+/// A registered user's profile write: the fields that change, their old values first
+/// (`ProfileWas`, for the event's `Previous`) then the new ones; nothing when none
+/// changes (API.md §9: a write that changes nothing appends no event).
+fn profile_change(
+    state: &mut UserState,
+    app: u32,
+    user: i64,
+    given: Fields,
+    out: &mut Vec<Change>,
+) {
+    let new = given.differing(&state.profile);
+    if new.is_empty() {
+        return;
+    }
+    let p = &state.profile;
+    out.push(Change::ProfileWas {
+        app,
+        user,
+        nick_name: new.nick_name.map(|_| p.nick_name.clone()),
+        portrait: new.portrait.map(|_| p.portrait.clone()),
+        ext: new.ext.map(|_| p.ext.clone()),
+        is_robot: new.is_robot.map(|_| p.is_robot),
+    });
+    out.push(new.change(app, user));
+    new.apply(&mut state.profile);
 }
 
 /// BatchUpdateUser for one user. The new inbox-0 set is decided, and checked against the
@@ -425,14 +540,13 @@ fn update(
             limit: cap,
         };
     }
-    out.push(Change::Profile {
-        app,
-        user: u.user_id,
-        nick_name: u.nick_name.clone(),
-        portrait: u.portrait.clone(),
-        ext: u.ext.clone(),
+    let given = Fields {
+        nick_name: u.nick_name.as_ref(),
+        portrait: u.portrait.as_ref(),
+        ext: u.ext.as_ref(),
         is_robot: u.is_robot,
-    });
+    };
+    profile_change(state, app, u.user_id, given, out);
     let Some(new) = new_tags else {
         return Outcome::Applied;
     };
@@ -489,6 +603,7 @@ mod tests {
                 .iter()
                 .map(|(i, k, v)| ((*i, k.to_string()), v.to_string()))
                 .collect(),
+            profile: Default::default(),
         }
     }
 
@@ -676,6 +791,15 @@ mod tests {
         assert_eq!(
             p.changes,
             vec![
+                // The old value of the one field that changes, for the event's Previous.
+                Change::ProfileWas {
+                    app: 1,
+                    user: 7,
+                    nick_name: Some(String::new()),
+                    portrait: None,
+                    ext: None,
+                    is_robot: None,
+                },
                 profile(Some("n")),
                 Change::DeleteTag {
                     app: 1,
@@ -687,8 +811,8 @@ mod tests {
                 },
                 set("b", Some("1"), "2"),
                 set("c", None, "1"),
-                // No Tags: the profile only, inbox 0 as the first entry left it.
-                profile(None),
+                // The second entry gives no field and no Tags: it changes nothing and
+                // writes nothing (no ModifyTime, no event).
             ]
         );
         assert!(p.next_ordinal.is_empty());
@@ -722,20 +846,14 @@ mod tests {
                 Outcome::Applied,
             ]
         );
-        // Only the third entry's changes: its profile, the delete of a, k=2 and l.
-        assert_eq!(p.changes.len(), 4, "{:?}", p.changes);
-        assert!(matches!(
-            &p.changes[0],
-            Change::Profile {
-                nick_name: None,
-                ..
-            }
-        ));
-        assert!(matches!(&p.changes[1], Change::DeleteTag { key, .. } if key == "a"));
+        // Only the third entry's changes (it gives no profile field): the delete of a, k=2
+        // and l.
+        assert_eq!(p.changes.len(), 3, "{:?}", p.changes);
+        assert!(matches!(&p.changes[0], Change::DeleteTag { key, .. } if key == "a"));
         assert!(
-            matches!(&p.changes[2], Change::SetTag { key, value, .. } if key == "k" && value == "2")
+            matches!(&p.changes[1], Change::SetTag { key, value, .. } if key == "k" && value == "2")
         );
-        assert!(matches!(&p.changes[3], Change::SetTag { key, .. } if key == "l"));
+        assert!(matches!(&p.changes[2], Change::SetTag { key, .. } if key == "l"));
     }
 
     #[test]

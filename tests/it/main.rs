@@ -17,6 +17,7 @@ mod delivery;
 mod disk_full;
 mod durability;
 mod errors;
+mod events;
 mod hostile;
 mod https_webhooks;
 mod import;

@@ -9,7 +9,9 @@ use tagcast::metrics::Metrics;
 use tagcast::model::filter::Filter;
 use tagcast::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tagcast::store::postgres::{PostgresOptions, PostgresStore};
-use tagcast::store::{Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration, UserUpdate};
+use tagcast::store::{
+    Origin, Outcome, Store, StoreError, TagEntry, TagOp, UserRegistration, UserUpdate,
+};
 
 use crate::infra::{fresh_database, shared_postgres};
 
@@ -613,6 +615,7 @@ async fn send_to_everyone(store: &dyn Store, url: &str, page_size: usize, now: i
         selector: "{}".into(),
         ttl_secs: 60,
         token: format!("token-{url}-{now}"),
+        origin: Origin::default(),
     };
     let outlets = vec![Outlet {
         url: url.into(),
@@ -760,8 +763,18 @@ async fn outbox_lapsed_leases_recalls_and_purge(_name: &str, store: Arc<dyn Stor
     );
 
     let recalled = send_to_everyone(&*store, url, 1, now + 1).await;
-    assert!(store.recall_broadcast(1, recalled).await.unwrap());
-    assert!(!store.recall_broadcast(1, recalled + 1000).await.unwrap());
+    assert!(
+        store
+            .recall_broadcast(1, recalled, Origin::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .recall_broadcast(1, recalled + 1000, Origin::default())
+            .await
+            .unwrap()
+    );
     assert_eq!(
         delivery(&*store, recalled).await,
         Delivery {

@@ -40,6 +40,24 @@ pub struct Arrival {
     pub acked: bool,
 }
 
+/// An event batch (API.md §9) as it arrived.
+#[derive(Clone, Debug)]
+pub struct EventBatch {
+    pub delivery_id: String,
+    pub app: i64,
+    pub events: Vec<Value>,
+    pub acked: bool,
+}
+
+impl EventBatch {
+    pub fn seqs(&self) -> Vec<u64> {
+        self.events
+            .iter()
+            .map(|e| e["Seq"].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+}
+
 /// A verified request as it came: its headers and body.
 #[derive(Clone, Debug)]
 pub struct Raw {
@@ -50,6 +68,7 @@ pub struct Raw {
 #[derive(Default)]
 struct Inner {
     arrivals: Vec<Arrival>,
+    event_batches: Vec<EventBatch>,
     raw: Vec<Raw>,
     bad_signatures: usize,
     seen: HashMap<String, usize>,
@@ -146,6 +165,9 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
         headers.get("x-tagcast-delivery").unwrap().to_str().unwrap(),
         delivery_id
     );
+    if v["Event"] == "Events" {
+        return handle_events(s, v, delivery_id).await;
+    }
     let n = {
         let mut i = s.inner.lock().unwrap();
         let n = *i
@@ -202,6 +224,54 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
             .into_response(),
         _ if acked => StatusCode::OK.into_response(),
         _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// An event batch: in flight per app (one sender per (webhook, app) at a time), recorded
+/// with the behaviour's answer.
+async fn handle_events(s: Shared, v: Value, delivery_id: String) -> Response {
+    let app = v["AppId"].as_i64().unwrap();
+    let key = format!("events-{app}");
+    let n = {
+        let mut i = s.inner.lock().unwrap();
+        let n = *i
+            .seen
+            .entry(delivery_id.clone())
+            .and_modify(|n| *n += 1)
+            .or_insert(1)
+            - 1;
+        let f = i.in_flight.entry(key.clone()).or_default();
+        *f += 1;
+        if *f > 1 {
+            i.overlapping += 1;
+        }
+        n
+    };
+    struct InFlight(Arc<Mutex<Inner>>, String);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Ok(mut i) = self.0.lock() {
+                *i.in_flight.get_mut(&self.1).unwrap() -= 1;
+            }
+        }
+    }
+    let guard = InFlight(s.inner.clone(), key);
+    let answer = (s.behaviour)(&delivery_id, n);
+    if let Answer::Slow(d) = &answer {
+        tokio::time::sleep(*d).await;
+    }
+    let acked = matches!(answer, Answer::Ok | Answer::Slow(_));
+    s.inner.lock().unwrap().event_batches.push(EventBatch {
+        delivery_id,
+        app,
+        events: v["Events"].as_array().unwrap().clone(),
+        acked,
+    });
+    drop(guard);
+    if acked {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
     }
 }
 
@@ -296,6 +366,10 @@ impl Receiver {
 
     /// Requests received so far, answered or not (a receiver that hangs records no
     /// arrival).
+    pub fn event_batches(&self) -> Vec<EventBatch> {
+        self.inner.lock().unwrap().event_batches.clone()
+    }
+
     pub fn received(&self) -> usize {
         self.inner.lock().unwrap().seen.values().sum()
     }

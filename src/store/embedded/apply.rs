@@ -63,8 +63,13 @@ pub fn write_changes(conn: &Connection, plan: &Plan) -> rusqlite::Result<()> {
                 )?
                 .execute(params![app, user, nick_name, portrait, ext, is_robot, now])?;
             }
-            // Written once per user below, as the batch leaves them.
-            Change::SetTag { .. } | Change::DeleteTag { .. } => {}
+            // SetTag and DeleteTag: written once per user below, as the batch leaves them;
+            // the others are only for the event log.
+            Change::SetTag { .. }
+            | Change::DeleteTag { .. }
+            | Change::ProfileWas { .. }
+            | Change::BroadcastSent { .. }
+            | Change::BroadcastRecalled { .. } => {}
             Change::Unregistered { app, user, .. } => {
                 conn.prepare_cached("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2")?
                     .execute(params![app, user])?;

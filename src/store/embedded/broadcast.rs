@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+use super::events;
 use crate::audience::AudienceIndex;
 use crate::model::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
 use crate::model::filter::Filter;
+use crate::model::{Change, Origin};
 use crate::store::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::store::{StoreError, ext_json};
 
@@ -120,7 +122,17 @@ pub(super) fn send(
             st.execute(params![id, o.url, n, ready_at, now])?;
         }
     }
+    let change = Change::BroadcastSent {
+        app: b.app_id,
+        id,
+        inbox: b.inbox,
+        audience_count: count,
+        selector: b.selector.clone(),
+        expire_ms: expire_time,
+    };
+    let pos = events::append_event(&tx, index, &b.origin, &change, now)?;
     tx.commit()?;
+    events::applied(index, &change, now, pos);
     Ok(Sent::Created {
         id,
         audience_count: count,
@@ -129,13 +141,32 @@ pub(super) fn send(
     })
 }
 
-pub(super) fn recall(conn: &mut Connection, app_id: u32, id: i64) -> rusqlite::Result<bool> {
+pub(super) fn recall(
+    conn: &mut Connection,
+    index: &AudienceIndex,
+    app_id: u32,
+    id: i64,
+    origin: &Origin,
+) -> rusqlite::Result<bool> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found = tx.execute(
-        "UPDATE tagcast_broadcasts SET recalled = 1 WHERE app_id = ?1 AND id = ?2",
-        params![app_id, id],
-    )? > 0;
-    if found {
+    let was: Option<bool> = tx
+        .query_row(
+            "SELECT recalled FROM tagcast_broadcasts WHERE app_id = ?1 AND id = ?2",
+            params![app_id, id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let found = was.is_some();
+    let mut logged = None;
+    if was == Some(false) {
+        tx.execute(
+            "UPDATE tagcast_broadcasts SET recalled = 1 WHERE app_id = ?1 AND id = ?2",
+            params![app_id, id],
+        )?;
+        let change = Change::BroadcastRecalled { app: app_id, id };
+        let now = crate::model::now_ms();
+        let pos = events::append_event(&tx, index, origin, &change, now)?;
+        logged = Some((change, now, pos));
         let lanes = lanes_of(&tx, id)?;
         let mut st = tx.prepare_cached(
             "UPDATE tagcast_outbox_lanes SET dropped = ?3, ready_at = ?4
@@ -151,6 +182,9 @@ pub(super) fn recall(conn: &mut Connection, app_id: u32, id: i64) -> rusqlite::R
         )?;
     }
     tx.commit()?;
+    if let Some((change, now, pos)) = logged {
+        events::applied(index, &change, now, pos);
+    }
     Ok(found)
 }
 

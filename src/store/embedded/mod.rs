@@ -13,6 +13,7 @@ mod apply;
 pub mod backup;
 mod broadcast;
 pub mod check;
+mod events;
 mod health;
 pub mod lock;
 mod maintenance;
@@ -192,7 +193,6 @@ impl EmbeddedStore {
             every: options.snapshot_every,
             max_changes: options.snapshot_changes,
             last: Instant::now(),
-            writer: tx.clone(),
         };
         let maintenance = maintenance::Maintenance {
             periodic,
@@ -410,12 +410,75 @@ impl Store for EmbeddedStore {
         Ok(sent)
     }
 
-    async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
+    async fn recall_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+        origin: Origin,
+    ) -> Result<bool, StoreError> {
         let found = self
-            .run(move |conn, _| broadcast::recall(conn, app_id, id))
+            .run(move |conn, index| broadcast::recall(conn, index, app_id, id, &origin))
             .await?;
         self.active.remove(app_id, id);
         Ok(found)
+    }
+
+    async fn read_log(
+        &self,
+        app_id: u32,
+        read: super::LogRead,
+    ) -> Result<super::LogPage, StoreError> {
+        self.read(move |conn| events::read(conn, app_id, read))
+            .await
+    }
+
+    async fn event_cursor(&self, hook: &str, app_id: u32) -> Result<u64, StoreError> {
+        self.read_inline(|conn| events::cursor(conn, hook, app_id))
+            .await
+    }
+
+    async fn lease_event_sender(
+        &self,
+        hook: &str,
+        app_id: u32,
+        _node: &str,
+        _now_ms: i64,
+        _lease_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        // One process holds the data directory: its sender is the only one.
+        self.event_cursor(hook, app_id).await.map(Some)
+    }
+
+    async fn save_event_cursor(
+        &self,
+        hook: &str,
+        app_id: u32,
+        _node: &str,
+        pos: u64,
+    ) -> Result<bool, StoreError> {
+        let hook = hook.to_owned();
+        self.run(move |conn, _| events::save_cursor(conn, &hook, app_id, pos))
+            .await?;
+        Ok(true)
+    }
+
+    async fn log_apps(&self) -> Result<Vec<u32>, StoreError> {
+        self.read_inline(events::apps).await
+    }
+
+    async fn log_cut(
+        &self,
+        app_id: u32,
+        since_ms: i64,
+        max_events: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        self.read(move |conn| events::cut(conn, app_id, since_ms, max_events))
+            .await
+    }
+
+    async fn trim_log(&self, app_id: u32, keep_from: u64, chunk: u64) -> Result<bool, StoreError> {
+        self.run(move |conn, _| events::trim(conn, app_id, keep_from, chunk))
+            .await
     }
 
     async fn get_broadcast(

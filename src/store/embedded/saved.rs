@@ -10,8 +10,9 @@
 //! at its start, so a store written without entries is never replayed), no migration ran
 //! at this start, each app's entry at its position is still there with the same time (a
 //! restored or swapped store fails this), and the log continues right after it. Otherwise
-//! the state is built from the rows, and the log line says why. Entries are trimmed behind
-//! the newest saved file only (the entry it ends at is kept, for the check).
+//! the state is built from the rows, and the log line says why. The log is also the event
+//! log (API.md §9): entries are trimmed by the events' retention only (`events.rs`); a
+//! saved file whose entry was trimmed is refused and the start builds from the rows.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,9 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::mpsc;
 
-use super::writer::Msg;
 use crate::audience::index::AppIndex;
 use crate::audience::{AudienceIndex, snapshot};
 use crate::store::plan::Plan;
@@ -71,14 +70,44 @@ pub(super) fn heads(index: &AudienceIndex, plan: &Plan) -> Vec<(u32, u64)> {
 
 /// Appends one entry per app of `heads`: that app's changes, request by request, in order.
 pub(super) fn append(conn: &Connection, plan: &Plan, heads: &[(u32, u64)]) -> rusqlite::Result<()> {
-    let time_ms = plan.time_ms;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO tagcast_log (app_id, pos, time_ms, body) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     for &(app, pos) in heads {
-        let body = plan.entry(app);
-        insert.execute(params![app, pos as i64, time_ms, body])?;
+        append_entry(
+            conn,
+            app,
+            pos,
+            plan.time_ms,
+            &plan.entry(app),
+            plan.entry_events(app),
+        )?;
     }
+    Ok(())
+}
+
+/// Appends the app's entry at `pos` holding `events` events (its `total`: the previous
+/// entry's plus those).
+pub(super) fn append_entry(
+    conn: &Connection,
+    app: u32,
+    pos: u64,
+    time_ms: i64,
+    body: &[u8],
+    events: u64,
+) -> rusqlite::Result<()> {
+    let before: i64 = conn
+        .prepare_cached("SELECT total FROM tagcast_log WHERE app_id = ?1 AND pos = ?2")?
+        .query_row(params![app, pos as i64 - 1], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    conn.prepare_cached(
+        "INSERT INTO tagcast_log (app_id, pos, time_ms, body, total) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        app,
+        pos as i64,
+        time_ms,
+        body,
+        before + events as i64
+    ])?;
     Ok(())
 }
 
@@ -157,66 +186,6 @@ pub(super) fn load(
     Ok((apps, replayed))
 }
 
-/// Entries deleted per statement when trimming: one trim of a long log must not become
-/// one transaction that takes the write-ahead log far past `store.wal_limit_mb`.
-const TRIM_CHUNK: i64 = 32;
-
-/// Deletes up to [`TRIM_CHUNK`] of the app's oldest entries before `pos` (the position a
-/// saved file holds; that entry is kept, for the check at start); whether any are left.
-fn trim_chunk(conn: &Connection, app: u32, pos: u64) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "DELETE FROM tagcast_log WHERE app_id = ?1
-           AND pos < MIN(?2, (SELECT MIN(pos) FROM tagcast_log WHERE app_id = ?1) + ?3)",
-    )?
-    .execute(params![app, pos as i64, TRIM_CHUNK])?;
-    let oldest: Option<i64> = conn
-        .prepare_cached("SELECT MIN(pos) FROM tagcast_log WHERE app_id = ?1")?
-        .query_row([app], |r| r.get(0))?;
-    Ok(oldest.is_some_and(|o| (o as u64) < pos))
-}
-
-/// Trims every app's entries before its position, all at once (at a clean stop, when the
-/// log is emptied right after).
-pub(super) fn trim_log(conn: &Connection, behind: &[(u32, u64)]) {
-    for &(app, pos) in behind {
-        loop {
-            match trim_chunk(conn, app, pos) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "trimming the change log failed; next time");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Trims one chunk on the writer, then queues the next chunk behind the writes waiting,
-/// so the writer checks the write-ahead log's bound between chunks. A full queue leaves
-/// the rest to the next save.
-fn trim_on_writer(writer: mpsc::Sender<Msg>, mut behind: Vec<(u32, u64)>) {
-    let again = writer.clone();
-    let work: super::writer::WriterWork = Box::new(move |conn, _, _| {
-        while let Some(&(app, pos)) = behind.last() {
-            match trim_chunk(conn, app, pos) {
-                Ok(true) => {
-                    trim_on_writer(again, behind);
-                    return;
-                }
-                Ok(false) => {
-                    behind.pop();
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "trimming the change log failed; next time");
-                    return;
-                }
-            }
-        }
-    });
-    let _ = writer.try_send(Msg::Run(work));
-}
-
 /// The periodic save, run by the maintenance thread between its checkpoints.
 pub(super) struct Periodic {
     pub saved: std::sync::Arc<Saved>,
@@ -224,7 +193,6 @@ pub(super) struct Periodic {
     pub every: Option<Duration>,
     pub max_changes: u64,
     pub last: Instant,
-    pub writer: mpsc::Sender<Msg>,
 }
 
 impl Periodic {
@@ -250,18 +218,12 @@ impl Periodic {
             tracing::warn!(error = %e, file = %self.saved.path.display(), "saving the state failed; retrying at the next interval");
             return;
         }
-        let trim: Vec<(u32, u64)> = apps
-            .iter()
-            .map(|(app, a)| (*app, a.log_head().0))
-            .filter(|(_, pos)| *pos > 1)
-            .collect();
         drop(apps);
         tracing::info!(
             changes,
             copy_ms = copied_ms,
             ms = started.elapsed().as_millis() as u64,
-            "state saved; the change log before it is trimmed"
+            "state saved"
         );
-        trim_on_writer(self.writer.clone(), trim);
     }
 }

@@ -203,6 +203,20 @@ pub const MIGRATIONS: &[Migration] = &[
               DELETE FROM tagcast_log;",
         usable_from: 7,
     },
+    // v8: the change log is the event log (issue 19). Each entry records `total`, the
+    // app's events through it (retention by `events.max_per_app`), and event webhooks keep
+    // a cursor per (URL, app). Additive: the release before appends entries with total 0
+    // and ignores the cursors, so it can still use the database.
+    Migration {
+        sql: "ALTER TABLE tagcast_log ADD COLUMN total INTEGER NOT NULL DEFAULT 0;
+              CREATE TABLE tagcast_event_cursors (
+                  url    TEXT    NOT NULL,
+                  app_id INTEGER NOT NULL,
+                  pos    INTEGER NOT NULL,
+                  PRIMARY KEY (url, app_id)
+              ) WITHOUT ROWID;",
+        usable_from: 7,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -165,7 +165,6 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     let started = Instant::now();
     match save_snapshot(&w) {
         Ok(()) => {
-            saved::trim_log(&w.conn, &w.index.positions());
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
                 "state saved for the next start"
@@ -317,6 +316,8 @@ impl Writer {
     fn applied(&self, plan: &Plan, heads: &[(u32, u64)]) {
         self.index.apply_logged(&plan.changes, plan.time_ms, heads);
         self.index.set_next_ordinals(&plan.next_ordinal);
+        let events: u64 = heads.iter().map(|(app, _)| plan.entry_events(*app)).sum();
+        self.metrics.events.appended.inc_by(events);
         self.saved
             .changes
             .fetch_add(plan.changes.len() as u64, Ordering::Relaxed);

@@ -26,9 +26,13 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock(k) FROM \
 
 /// Ordinal and every tag of each (app, user), one row per user: per-id LATERAL lookups,
 /// see "Query plans" in the module documentation of the store.
-const READ: &str = "SELECT x.a, x.u, r.ordinal, r.tags::text
+/// The profile too: a profile write compares with it (no-op writes write nothing, and the
+/// event log records the old values).
+const READ: &str =
+    "SELECT x.a, x.u, r.ordinal, r.tags::text, r.nick_name, r.portrait, r.ext, r.is_robot
      FROM unnest($1::int[], $2::bigint[]) AS x(a, u)
-     LEFT JOIN LATERAL (SELECT ordinal, tags FROM users WHERE app_id = x.a AND user_id = x.u OFFSET 0) r ON true";
+     LEFT JOIN LATERAL (SELECT ordinal, tags, nick_name, portrait, ext, is_robot FROM users
+                        WHERE app_id = x.a AND user_id = x.u OFFSET 0) r ON true";
 
 const ENSURE_APPS: &str = "INSERT INTO tagcast_apps (app_id, next_ordinal)
      SELECT a, 0 FROM unnest($1::int[]) AS x(a) ON CONFLICT (app_id) DO NOTHING";
@@ -44,12 +48,15 @@ const LOCK_HEADS: &str =
     "SELECT app_id FROM tagcast_apps WHERE app_id = ANY($1) ORDER BY app_id FOR UPDATE";
 /// Each app's next log position, taken under its row's lock (held until commit, so an
 /// app's positions become visible in order, never one after a later one), and its entry.
-const APPEND_LOG: &str = "WITH h AS (UPDATE tagcast_apps SET log_pos = log_pos + 1
-                    WHERE app_id = ANY($1) RETURNING app_id, log_pos)
-     INSERT INTO tagcast_app_log (app_id, pos, created, body)
-     SELECT h.app_id, h.log_pos, $2, x.body
+/// `total` is the app's events through the entry (the app row keeps the running count).
+pub(super) const APPEND_LOG: &str =
+    "WITH h AS (UPDATE tagcast_apps t SET log_pos = t.log_pos + 1, events = t.events + x.n
+                    FROM unnest($1::int[], $4::bigint[]) AS x(a, n)
+                    WHERE t.app_id = x.a RETURNING t.app_id, t.log_pos, t.events)
+     INSERT INTO tagcast_app_log (app_id, pos, created, body, total)
+     SELECT h.app_id, h.log_pos, $2, x.body, h.events
      FROM h JOIN unnest($1::int[], $3::bytea[]) AS x(a, body) ON x.a = h.app_id";
-const NOTIFY: &str = "SELECT pg_notify('tagcast_changes', '')";
+pub(super) const NOTIFY: &str = "SELECT pg_notify('tagcast_changes', '')";
 
 /// The tags of users the batch changed but did not register, as it leaves them.
 const SET_TAGS: &str = "UPDATE users SET tags = x.t::jsonb
@@ -167,7 +174,13 @@ impl Pending {
                 };
                 fold_profile(p, nick_name, portrait, ext, *is_robot);
             }
-            Change::SetTag { .. } | Change::DeleteTag { .. } => {}
+            // SetTag and DeleteTag: written once per user below, as the batch leaves them;
+            // the others are only for the event log.
+            Change::SetTag { .. }
+            | Change::DeleteTag { .. }
+            | Change::ProfileWas { .. }
+            | Change::BroadcastSent { .. }
+            | Change::BroadcastRecalled { .. } => {}
             Change::Unregistered { app, user, .. } => {
                 self.unregistered.push((*app as i32, *user));
             }
@@ -309,9 +322,20 @@ async fn lock_and_read(
                 "users.tags of user {user} of AppId {app} is {e}"
             )))
         })?;
+        let ext = serde_json::from_str(row.get(6)).map_err(|e| {
+            Failure::Plan(StoreError::internal(format!(
+                "users.ext of user {user} of AppId {app} is not a JSON object of strings: {e}"
+            )))
+        })?;
         let state = UserState {
             ordinal: Some(ordinal as u32),
             tags: tags.into_iter().map(|(i, k, v)| ((i, k), v)).collect(),
+            profile: model::Profile {
+                nick_name: row.get(4),
+                portrait: row.get(5),
+                ext,
+                is_robot: row.get(7),
+            },
         };
         snapshot.users.insert((app, user), state);
     }
@@ -389,10 +413,11 @@ pub(super) async fn apply(
         let mut apps = plan.apps();
         apps.sort_unstable();
         let bodies: Vec<Vec<u8>> = apps.iter().map(|a| plan.entry(*a)).collect();
+        let events: Vec<i64> = apps.iter().map(|a| plan.entry_events(*a) as i64).collect();
         let apps: Vec<i32> = apps.into_iter().map(|a| a as i32).collect();
         let (append, notify) =
             tokio::try_join!(tx.prepare_cached(APPEND_LOG), tx.prepare_cached(NOTIFY))?;
-        let append_params: [&(dyn ToSql + Sync); 3] = [&apps, &plan.time_ms, &bodies];
+        let append_params: [&(dyn ToSql + Sync); 4] = [&apps, &plan.time_ms, &bodies, &events];
         // One app's row needs no order; rows the batch holds already need no lock.
         if apps.len() > 1 && !apps_locked {
             let lock = tx.prepare_cached(LOCK_HEADS).await?;

@@ -17,12 +17,13 @@ use std::collections::BTreeMap;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{Shared, classify, follow, within};
+use super::{Shared, classify, events, follow, within};
 use crate::model::broadcast::{
     Claimed, Delivery, Info, Loaded, NewBroadcast, OutboxStats, Outlet, PageDone, PageKey, Purged,
     Sent, TOKEN_TTL_MS, deserialize_audience, pages, serialize_audience, utc_day,
 };
 use crate::model::filter::Filter;
+use crate::model::{Change, Origin};
 use crate::store::outbox::{self, CLOSED, Lane, LaneState, OpenPage};
 use crate::store::{StoreError, ext_json};
 
@@ -305,6 +306,17 @@ impl Shared {
                 .await
                 .map_err(classify)?;
             }
+            let change = Change::BroadcastSent {
+                app: b.app_id,
+                id,
+                inbox: b.inbox,
+                audience_count: count,
+                selector: b.selector.clone(),
+                expire_ms: expire_time,
+            };
+            events::append_event(&tx, &b.origin, &change, now)
+                .await
+                .map_err(classify)?;
             tx.commit().await.map_err(classify)?;
             Ok(Sent::Created {
                 id,
@@ -316,20 +328,36 @@ impl Shared {
         within(self.options.timeout, work).await
     }
 
-    pub(super) async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
+    pub(super) async fn recall_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+        origin: Origin,
+    ) -> Result<bool, StoreError> {
         let work = async {
             let classify = |e| classify(&self.target, e);
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
-            let found = tx
-                .execute(
-                    "UPDATE tagcast_broadcasts SET recalled = true WHERE app_id = $1 AND id = $2",
+            let was: Option<bool> = tx
+                .query_opt(
+                    "SELECT recalled FROM tagcast_broadcasts WHERE app_id = $1 AND id = $2 FOR UPDATE",
                     &[&(app_id as i32), &id],
                 )
                 .await
                 .map_err(classify)?
-                > 0;
-            if found {
+                .map(|r| r.get(0));
+            let found = was.is_some();
+            if was == Some(false) {
+                tx.execute(
+                    "UPDATE tagcast_broadcasts SET recalled = true WHERE app_id = $1 AND id = $2",
+                    &[&(app_id as i32), &id],
+                )
+                .await
+                .map_err(classify)?;
+                let change = Change::BroadcastRecalled { app: app_id, id };
+                events::append_event(&tx, &origin, &change, crate::model::now_ms())
+                    .await
+                    .map_err(classify)?;
                 // A lane per webhook and at most a window of open pages: the same cost at
                 // any page count.
                 tx.execute(

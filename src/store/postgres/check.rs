@@ -28,6 +28,13 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("tagcast_app_log", "pos", "bigint"),
     ("tagcast_app_log", "created", "bigint"),
     ("tagcast_app_log", "body", "bytea"),
+    ("tagcast_app_log", "total", "bigint"),
+    ("tagcast_apps", "events", "bigint"),
+    ("tagcast_event_cursors", "url", "text"),
+    ("tagcast_event_cursors", "app_id", "integer"),
+    ("tagcast_event_cursors", "pos", "bigint"),
+    ("tagcast_event_cursors", "node", "text"),
+    ("tagcast_event_cursors", "lease_until", "bigint"),
     ("tagcast_snapshot_marks", "app_id", "integer"),
     ("tagcast_snapshot_marks", "node", "text"),
     ("tagcast_snapshot_marks", "pos", "bigint"),
@@ -41,6 +48,7 @@ const INDEXES: &[&str] = &[
     "tagcast_apps_pkey",
     "tagcast_app_log_pkey",
     "tagcast_snapshot_marks_pkey",
+    "tagcast_event_cursors_pkey",
     "tagcast_meta_pkey",
 ];
 
@@ -106,7 +114,7 @@ async fn run_checks(
              FROM information_schema.columns
              WHERE table_schema = current_schema()
                AND table_name IN ('users', 'tagcast_apps', 'tagcast_app_log',
-                                  'tagcast_snapshot_marks', 'tagcast_meta')",
+                                  'tagcast_snapshot_marks', 'tagcast_meta', 'tagcast_event_cursors')",
             &[],
         )
         .await?;
@@ -129,7 +137,7 @@ async fn run_checks(
             "SELECT indexname::text FROM pg_indexes
              WHERE schemaname = current_schema()
                AND tablename IN ('users', 'tagcast_apps', 'tagcast_app_log',
-                                 'tagcast_snapshot_marks', 'tagcast_meta')",
+                                 'tagcast_snapshot_marks', 'tagcast_meta', 'tagcast_event_cursors')",
             &[],
         )
         .await?

@@ -22,10 +22,10 @@
 //! database) it builds from the tables, in one snapshot together with the positions they
 //! hold, and the log line says why. The file is written every `store.snapshot_interval_s`
 //! or `store.snapshot_changes`, and at a clean stop; before each write the node records
-//! the positions it holds in `tagcast_snapshot_marks`. Entries are trimmed once older
-//! than [`KEEP`] and behind every mark younger than [`MARK_HOLD`] (the entry at an app's
-//! head is always kept, for the check); a node that finds the entry after its position
-//! gone (it fell behind the trim) rebuilds from the tables.
+//! the positions it holds in `tagcast_snapshot_marks`. The log is also the event log
+//! (API.md §9): entries are trimmed by the events' retention only (`store/retention.rs`;
+//! the entry at an app's head is always kept, for the check); a node that finds the entry
+//! after its position gone (it fell behind the trim) rebuilds from the tables.
 //!
 //! Read-your-writes across nodes: a query first reads its app's log head (the last
 //! committed position) and waits, bounded, until its node has applied it.
@@ -46,8 +46,6 @@ use crate::model::{Change, decode_entry, entry_changes};
 use crate::store::StoreError;
 use crate::store::now_ms;
 
-/// How long log entries are kept at least: a node that falls further behind rebuilds.
-pub(super) const KEEP: Duration = Duration::from_secs(300);
 /// How long a snapshot's mark holds the log: a node stopped for longer builds from the
 /// tables at its next start.
 pub(super) const MARK_HOLD: Duration = Duration::from_secs(3600);
@@ -721,31 +719,17 @@ async fn for_each_row(
     tx.batch_execute("CLOSE build").await
 }
 
-/// Deletes log entries older than [`KEEP`] that no snapshot younger than [`MARK_HOLD`]
-/// needs, keeping each app's head entry (any node may; they agree), and the marks older
-/// than that.
+/// Deletes the snapshot marks older than [`MARK_HOLD`]. (The log itself is the event log:
+/// its retention trims it, `store::retention`; a node whose saved state was trimmed past
+/// builds from the tables.)
 pub(super) async fn trim(shared: &Shared) -> Result<u64, StoreError> {
     let classify = |e| classify(&shared.target, e);
     let client = shared.client().await?;
-    let now = now_ms();
-    let (oldest, held) = (
-        now - KEEP.as_millis() as i64,
-        now - MARK_HOLD.as_millis() as i64,
-    );
+    let held = now_ms() - MARK_HOLD.as_millis() as i64;
     client
         .execute(
             "DELETE FROM tagcast_snapshot_marks WHERE saved < $1",
             &[&held],
-        )
-        .await
-        .map_err(classify)?;
-    client
-        .execute(
-            "DELETE FROM tagcast_app_log l USING tagcast_apps a
-             WHERE l.app_id = a.app_id AND l.pos < a.log_pos AND l.created < $1
-               AND NOT EXISTS (SELECT 1 FROM tagcast_snapshot_marks m
-                               WHERE m.app_id = l.app_id AND m.pos <= l.pos)",
-            &[&oldest],
         )
         .await
         .map_err(classify)

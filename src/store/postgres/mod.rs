@@ -28,6 +28,7 @@ mod batch;
 mod broadcast;
 pub mod check;
 pub mod connect;
+mod events;
 mod follow;
 pub mod schema;
 
@@ -316,6 +317,8 @@ impl Shared {
                     batch::Failure::Plan(e) => e,
                 })?;
             tx.commit().await.map_err(classify)?;
+            let events: u64 = plan.apps().iter().map(|a| plan.entry_events(*a)).sum();
+            self.metrics.events.appended.inc_by(events);
             Ok(plan.outcomes)
         };
         within(self.options.timeout, work).await
@@ -367,8 +370,13 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn recall_broadcast(&self, app_id: u32, id: i64) -> Result<bool, StoreError> {
-        self.shared.recall_broadcast(app_id, id).await
+    async fn recall_broadcast(
+        &self,
+        app_id: u32,
+        id: i64,
+        origin: Origin,
+    ) -> Result<bool, StoreError> {
+        self.shared.recall_broadcast(app_id, id, origin).await
     }
 
     async fn get_broadcast(
@@ -377,6 +385,58 @@ impl Store for PostgresStore {
         id: i64,
     ) -> Result<Option<(Info, Delivery)>, StoreError> {
         self.shared.get_broadcast(app_id, id).await
+    }
+
+    async fn read_log(
+        &self,
+        app_id: u32,
+        read: super::LogRead,
+    ) -> Result<super::LogPage, StoreError> {
+        self.shared.read_log(app_id, read).await
+    }
+
+    async fn event_cursor(&self, hook: &str, app_id: u32) -> Result<u64, StoreError> {
+        self.shared.event_cursor(hook, app_id).await
+    }
+
+    async fn lease_event_sender(
+        &self,
+        hook: &str,
+        app_id: u32,
+        node: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.shared
+            .lease_event_sender(hook, app_id, node, now_ms, lease_ms)
+            .await
+    }
+
+    async fn save_event_cursor(
+        &self,
+        hook: &str,
+        app_id: u32,
+        node: &str,
+        pos: u64,
+    ) -> Result<bool, StoreError> {
+        self.shared.save_event_cursor(hook, app_id, node, pos).await
+    }
+
+    async fn log_apps(&self) -> Result<Vec<u32>, StoreError> {
+        self.shared.log_apps().await
+    }
+
+    async fn log_cut(
+        &self,
+        app_id: u32,
+        since_ms: i64,
+        max_events: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        self.shared.log_cut(app_id, since_ms, max_events).await
+    }
+
+    async fn trim_log(&self, app_id: u32, keep_from: u64, chunk: u64) -> Result<bool, StoreError> {
+        self.shared.trim_log(app_id, keep_from, chunk).await
     }
 
     async fn list_broadcasts(

@@ -242,6 +242,24 @@ pub const MIGRATIONS: &[Migration] = &[
                WHERE key = 'snapshot_token';",
         usable_from: 7,
     },
+    // v8: the change log is the event log (issue 19). Each entry records `total`, the
+    // app's events through it (retention by `events.max_per_app`; the app row keeps the
+    // running count), and event webhooks keep a cursor per (URL, app) with the lease of
+    // the node sending it. Additive: a node of the release before can still write (its
+    // entries count 0 events).
+    Migration {
+        sql: "ALTER TABLE tagcast_apps ADD COLUMN events bigint NOT NULL DEFAULT 0;
+              ALTER TABLE tagcast_app_log ADD COLUMN total bigint NOT NULL DEFAULT 0;
+              CREATE TABLE tagcast_event_cursors (
+                  url         text    NOT NULL,
+                  app_id      integer NOT NULL,
+                  pos         bigint  NOT NULL DEFAULT 0,
+                  node        text    NOT NULL DEFAULT '',
+                  lease_until bigint  NOT NULL DEFAULT 0,
+                  PRIMARY KEY (url, app_id)
+              );",
+        usable_from: 7,
+    },
 ];
 
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
