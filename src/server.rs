@@ -140,6 +140,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         http: config.http.clone(),
         request_ids: RequestIds::default(),
         events: config.events.clone(),
+        draining: tokio::sync::watch::Sender::new(false),
         body_memory: Arc::new(tokio::sync::Semaphore::new(
             config
                 .http
@@ -244,6 +245,8 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Long polls (ListEvents WaitMs) answer now rather than hold the stop.
+    state.draining.send_replace(true);
     tracing::info!("stopped accepting; finishing in-flight requests");
     let grace = Duration::from_secs(state.http.shutdown_grace_secs);
     if tokio::time::timeout(grace, graceful.shutdown())

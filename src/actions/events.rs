@@ -127,7 +127,8 @@ struct Answer<'a> {
 pub async fn list(body: &[u8], ctx: &mut Ctx<'_>) -> Result<ResultJson, ApiError> {
     let p = parse(body, ctx.rules)?;
     ctx.authorize(p.app_id)?;
-    match read_waiting(ctx.store, p.app_id, &p.query, p.wait).await {
+    let mut draining = ctx.draining.clone();
+    match read_waiting(ctx.store, p.app_id, &p.query, p.wait, &mut draining).await {
         Ok(page) => to_raw_sized(
             &Answer {
                 events: &page.events,

@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     pub app_id: Option<u32>,
     /// The request's RequestId and AccessKey, which its changes carry into the log.
     pub origin: crate::model::Origin,
+    /// True once the server stops accepting (a long poll answers then).
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx<'_> {

@@ -6,6 +6,7 @@ pub mod audience;
 pub mod baseline;
 pub mod broadcast;
 pub mod chart;
+mod events;
 pub mod load;
 pub mod server;
 
@@ -461,6 +462,12 @@ async fn bench_backend(
         f.set("wal_max_mb", largest);
     }
     srv.stop()?;
+
+    // The event log: reading it, an event webhook, its lag, the log's cost per write.
+    events::phase(
+        name, work, &backend, &account, options, peak, cpu_write, &mut f,
+    )
+    .await?;
 
     // The bare database at the same concurrency.
     let base = match (&backend, baseline_url) {

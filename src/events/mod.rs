@@ -185,12 +185,14 @@ async fn read_latest(store: &dyn Store, app: u32, q: &Query) -> Result<Page, Rea
 }
 
 /// [`read`], waiting up to `wait` for a matching event when there is none yet: woken each
-/// time this node applies a change log entry, never by polling the store on a timer.
+/// time this node applies a change log entry, never by polling the store on a timer. It
+/// answers at once (empty) when `stop` turns true (the server is stopping).
 pub async fn read_waiting(
     store: &dyn Store,
     app: u32,
     q: &Query,
     wait: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Page, ReadError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut applied = store.state().subscribe();
@@ -202,15 +204,18 @@ pub async fn read_waiting(
         if let Some(o) = oldest_seen {
             page.oldest = page.oldest.max(o);
         }
-        if !page.events.is_empty() || wait.is_zero() || q.latest {
+        if !page.events.is_empty() || wait.is_zero() || q.latest || *stop.borrow() {
             return Ok(page);
         }
         oldest_seen = Some(page.oldest);
         if q.after.is_some() || page.next_after > 0 {
             q.after = Some(page.next_after);
         }
-        let woke = tokio::time::timeout_at(deadline, applied.changed()).await;
-        if !matches!(woke, Ok(Ok(()))) {
+        let woke = tokio::select! {
+            w = tokio::time::timeout_at(deadline, applied.changed()) => matches!(w, Ok(Ok(()))),
+            _ = stop.wait_for(|s| *s) => false,
+        };
+        if !woke {
             let mut page = page;
             page.next_after = q.after.unwrap_or(0);
             return Ok(page);

@@ -49,6 +49,8 @@ pub struct AppState {
     pub body_memory: Arc<tokio::sync::Semaphore>,
     /// The event log's retention (`[events]`).
     pub events: crate::config::EventsConfig,
+    /// Turns true when the server stops accepting: long polls answer at once.
+    pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -198,6 +200,7 @@ async fn handle(
             request_id: meta.request_id.clone(),
             access_key: auth.credential.access_key.clone(),
         },
+        draining: state.draining.subscribe(),
     };
     let result = actions::dispatch(action, &body, &mut ctx).await;
     trace.app_id = ctx.app_id;

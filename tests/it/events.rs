@@ -77,6 +77,12 @@ fn replay(model: &mut Model, e: &Value) -> Result<(), String> {
             let u = model
                 .get_mut(&user)
                 .ok_or(format!("updated unknown: {e}"))?;
+            let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+            if keys(&e["Changed"]) != keys(&e["Previous"]) || keys(&e["Changed"]).is_empty() {
+                return Err(format!(
+                    "Previous must hold the old value of every field Changed holds: {e}"
+                ));
+            }
             if let Some(prev) = e["Previous"].get("NickName")
                 && prev.as_str() != Some(u.nick.as_str())
             {
@@ -688,4 +694,86 @@ async fn an_event_webhook_gets_every_event_in_seq_order_through_failures_and_a_k
         0,
         "one batch in flight per (webhook, app)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_never_send_the_same_webhook_and_app_at_once_and_the_second_takes_over() {
+    if crate::skip::on_embedded("two nodes share one database") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Slow answers: a second sender would overlap the first's batch in flight.
+    let receiver =
+        Receiver::start(|_: &str, _: usize| Answer::Slow(Duration::from_millis(30))).await;
+    let url = crate::infra::fresh_database(crate::infra::shared_postgres());
+    let node = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut c = base_config(&d);
+        c.store.kind = tagcast::config::StoreKind::Postgres;
+        c.store.url = Some(url.clone());
+        let mut hook = webhook_receiver::webhook(dir.path(), &receiver.url, 1000);
+        hook.broadcasts = false;
+        hook.events = vec!["user.registered".into()];
+        c.webhooks = vec![hook];
+        // A short lease, so the survivor takes over soon after the kill.
+        c.delivery.lease_ms = 3000;
+        c.delivery.timeout_ms = 1000;
+        ChildServer::spawn_with(&d, &c)
+    };
+    let (a, b) = (node("a"), node("b"));
+    let client = a.client();
+    for i in 0..30 {
+        register(&client, APP, &[60_000 + i]).await;
+    }
+    // Half of them on the other node; then the first node dies.
+    let client = b.client();
+    for i in 30..60 {
+        register(&client, APP, &[60_000 + i]).await;
+    }
+    a.kill9();
+    for i in 60..90 {
+        register(&client, APP, &[60_000 + i]).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let users: BTreeSet<i64> = receiver
+            .event_batches()
+            .iter()
+            .filter(|x| x.acked)
+            .flat_map(|x| {
+                x.events
+                    .iter()
+                    .map(|e| e["UserId"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if users.len() == 90 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 90 registrations delivered",
+            users.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        receiver.overlapping(),
+        0,
+        "two senders of one (webhook, app) at once"
+    );
+    let mut high = 0;
+    let mut starts = BTreeSet::new();
+    for x in receiver.event_batches().iter().filter(|x| x.acked) {
+        let seqs = x.seqs();
+        assert!(
+            seqs[0] > high || starts.contains(&seqs[0]),
+            "{} went back behind {high}",
+            x.delivery_id
+        );
+        starts.insert(seqs[0]);
+        high = high.max(*seqs.last().unwrap());
+    }
+    drop(b);
 }

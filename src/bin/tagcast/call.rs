@@ -28,6 +28,13 @@ pub struct CallArgs {
     /// JSON body, or @FILE to read it from a file [default: {}].
     #[arg(long)]
     body: Option<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Where the server is and the key to sign with (`tagcast call`, `tagcast events`).
+#[derive(Args)]
+pub struct Conn {
     /// Where tagcast listens.
     #[arg(
         long,
@@ -49,31 +56,39 @@ pub struct CallArgs {
     /// key is given).
     #[arg(long, env = "TAGCAST_DATA_DIR", default_value = "./tagcast-data")]
     data_dir: PathBuf,
-    /// Seconds to wait for the answer.
+    /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
 }
 
+impl Conn {
+    /// The signing client; says on stderr which key file it signs with (`who`: the
+    /// command).
+    pub fn client(self, who: &str) -> Result<Client, String> {
+        let (creds, source) = client::resolve_credentials(
+            self.access_key,
+            self.secret_key,
+            self.region,
+            &self.data_dir,
+        )?;
+        if let CredentialSource::File(path) = &source {
+            eprintln!(
+                "tagcast {who}: signing with {} from {}",
+                creds.access_key,
+                path.display()
+            );
+        }
+        Ok(Client::with_timeout(
+            &self.endpoint,
+            creds,
+            Duration::from_secs(self.timeout.max(1)),
+        ))
+    }
+}
+
 pub async fn run(args: CallArgs) -> Result<ExitCode, String> {
     let body = client::read_body_arg(args.body.as_deref())?;
-    let (creds, source) = client::resolve_credentials(
-        args.access_key,
-        args.secret_key,
-        args.region,
-        &args.data_dir,
-    )?;
-    if let CredentialSource::File(path) = &source {
-        eprintln!(
-            "tagcast call: signing with {} from {}",
-            creds.access_key,
-            path.display()
-        );
-    }
-    let client = Client::with_timeout(
-        &args.endpoint,
-        creds,
-        Duration::from_secs(args.timeout.max(1)),
-    );
+    let client = args.conn.client("call")?;
     let answer = match client.call(&args.action, &body).await {
         Ok(answer) => answer,
         Err(CallError::Unreachable(why)) => {

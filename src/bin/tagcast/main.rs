@@ -4,6 +4,7 @@
 
 mod admin;
 mod call;
+mod events;
 mod import;
 mod serve;
 
@@ -43,6 +44,9 @@ enum Command {
     Serve(ServeArgs),
     /// Send one signed API request and print the answer as JSON (exit codes: see --help).
     Call(call::CallArgs),
+    /// Print an app's event log as JSON Lines (who changed what, in order); --follow
+    /// keeps waiting for new events.
+    Events(events::EventsArgs),
     /// Check the store: SQLite's integrity check (embedded) or the schema (PostgreSQL),
     /// then tagcast's own rules on every row. Safe while a server runs.
     Check(admin::CheckArgs),
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Call(args) => runtime.block_on(call::run(args)),
+        Command::Events(args) => runtime.block_on(events::run(args)),
         Command::Check(args) => runtime.block_on(admin::check(args)),
         Command::Import(args) => runtime.block_on(import::run(args)),
         Command::Backup(args) => admin::backup(args),

@@ -12,7 +12,21 @@ use super::{Shared, classify};
 use crate::model::{Change, Origin};
 use crate::store::{LogEntry, LogPage, LogRead, StoreError};
 
-const BOUNDS: &str = "SELECT MIN(pos), MAX(pos) FROM tagcast_app_log WHERE app_id = $1";
+/// The app's bounds with each entry from `$2` on (at most `$3`); one row of bounds and
+/// NULLs when there is none.
+const READ_FROM: &str =
+    "WITH b AS (SELECT MIN(pos) AS lo, MAX(pos) AS hi FROM tagcast_app_log WHERE app_id = $1)
+     SELECT b.lo, b.hi, l.pos, l.created, l.body FROM b
+     LEFT JOIN LATERAL (SELECT pos, created, body FROM tagcast_app_log
+                        WHERE app_id = $1 AND pos >= $2 ORDER BY pos LIMIT $3) l ON true
+     ORDER BY l.pos";
+/// The same, the newest entries before `$2`, newest first.
+const READ_NEWEST: &str =
+    "WITH b AS (SELECT MIN(pos) AS lo, MAX(pos) AS hi FROM tagcast_app_log WHERE app_id = $1)
+     SELECT b.lo, b.hi, l.pos, l.created, l.body FROM b
+     LEFT JOIN LATERAL (SELECT pos, created, body FROM tagcast_app_log
+                        WHERE app_id = $1 AND pos < $2 ORDER BY pos DESC LIMIT $3) l ON true
+     ORDER BY l.pos DESC";
 
 /// Appends an entry of one event-only change (a broadcast sent or recalled) in `tx`, at
 /// the app's next position, and notifies the other nodes at commit.
@@ -36,50 +50,45 @@ pub(super) async fn append_event(
 }
 
 impl Shared {
+    /// One statement, so one snapshot, for the bounds and the entries (one round trip).
     pub(super) async fn read_log(&self, app: u32, read: LogRead) -> Result<LogPage, StoreError> {
         let classify = |e| classify(&self.target, e);
-        let mut client = self.client().await?;
-        // One snapshot for the bounds and the entries.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(classify)?;
+        let client = self.client().await?;
         let app_i = app as i32;
-        let bounds = tx.query_one(BOUNDS, &[&app_i]).await.map_err(classify)?;
         let rows = match read {
-            LogRead::From { from, max } => tx
-                .query(
-                    "SELECT pos, created, body FROM tagcast_app_log
-                     WHERE app_id = $1 AND pos >= $2 ORDER BY pos LIMIT $3",
-                    &[&app_i, &(from as i64), &(max as i64)],
-                )
-                .await
-                .map_err(classify)?,
-            LogRead::Newest { before, max } => tx
-                .query(
-                    "SELECT pos, created, body FROM tagcast_app_log
-                     WHERE app_id = $1 AND pos < $2 ORDER BY pos DESC LIMIT $3",
-                    &[&app_i, &(before.min(i64::MAX as u64) as i64), &(max as i64)],
-                )
-                .await
-                .map_err(classify)?,
-        };
-        tx.commit().await.map_err(classify)?;
-        Ok(LogPage {
-            oldest: bounds.get::<_, Option<i64>>(0).unwrap_or(0) as u64,
-            head: bounds.get::<_, Option<i64>>(1).unwrap_or(0) as u64,
-            entries: rows
-                .into_iter()
-                .map(|r| LogEntry {
-                    pos: r.get::<_, i64>(0) as u64,
-                    time_ms: r.get(1),
-                    body: r.get(2),
-                })
-                .collect(),
-        })
+            LogRead::From { from, max } => {
+                let statement = client.prepare_cached(READ_FROM).await.map_err(classify)?;
+                client
+                    .query(
+                        &statement,
+                        &[&app_i, &(from.min(i64::MAX as u64) as i64), &(max as i64)],
+                    )
+                    .await
+            }
+            LogRead::Newest { before, max } => {
+                let statement = client.prepare_cached(READ_NEWEST).await.map_err(classify)?;
+                client
+                    .query(
+                        &statement,
+                        &[&app_i, &(before.min(i64::MAX as u64) as i64), &(max as i64)],
+                    )
+                    .await
+            }
+        }
+        .map_err(classify)?;
+        let mut page = LogPage::default();
+        for r in rows {
+            page.oldest = r.get::<_, Option<i64>>(0).unwrap_or(0) as u64;
+            page.head = r.get::<_, Option<i64>>(1).unwrap_or(0) as u64;
+            if let Some(pos) = r.get::<_, Option<i64>>(2) {
+                page.entries.push(LogEntry {
+                    pos: pos as u64,
+                    time_ms: r.get(3),
+                    body: r.get(4),
+                });
+            }
+        }
+        Ok(page)
     }
 
     pub(super) async fn log_apps(&self) -> Result<Vec<u32>, StoreError> {
