@@ -9,7 +9,7 @@ use super::decode;
 use super::{Ctx, ResultJson, Rules, to_raw_sized};
 use crate::api::{ApiError, ErrorCode};
 use crate::events::{Query, ReadError, read_waiting};
-use crate::model::events::{Event, EventType};
+use crate::model::events::EventType;
 
 pub const MAX_LIMIT: i64 = 1000;
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -119,7 +119,7 @@ pub fn parse(body: &[u8], rules: &Rules) -> Result<Parsed, ApiError> {
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct Answer<'a> {
-    events: &'a [Event],
+    events: &'a [crate::events::EventRef],
     next_after: String,
     oldest_seq: String,
 }

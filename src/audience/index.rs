@@ -443,6 +443,8 @@ pub struct AudienceIndex {
     /// Bumped after every apply and replace: waiters re-check their app's position.
     applied: watch::Sender<u64>,
     built: AtomicBool,
+    /// Change log entries lately expanded into events (the event log's readers).
+    pub decoded: crate::model::events::Decoded,
 }
 
 impl Default for AudienceIndex {
@@ -451,6 +453,7 @@ impl Default for AudienceIndex {
             apps: RwLock::default(),
             applied: watch::Sender::new(0),
             built: AtomicBool::new(false),
+            decoded: Default::default(),
         }
     }
 }

@@ -314,14 +314,11 @@ fn log_cost() -> Result<(f64, f64), String> {
             if with_log {
                 let body = crate::model::encode_entry(&[(&origin, &changes[..])]);
                 let events = crate::model::events::count(std::iter::once(&changes[..]));
-                let before: i64 = tx
-                    .prepare_cached("SELECT total FROM tagcast_log WHERE app_id = 1 AND pos = ?1")?
-                    .query_row([base + n], |r| r.get(0))
-                    .unwrap_or(0);
                 tx.prepare_cached(
-                    "INSERT INTO tagcast_log (app_id, pos, time_ms, body, total) VALUES (1, ?1, ?2, ?3, ?4)",
+                    "INSERT INTO tagcast_log (app_id, pos, time_ms, body, total) VALUES (1, ?1, ?2, ?3,
+                         COALESCE((SELECT total FROM tagcast_log WHERE app_id = 1 AND pos = ?1 - 1), 0) + ?4)",
                 )?
-                .execute(rusqlite::params![base + n + 1, n, body, before + events as i64])?;
+                .execute(rusqlite::params![base + n + 1, n, body, events as i64])?;
             }
             tx.commit()?;
         }

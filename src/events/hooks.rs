@@ -19,7 +19,6 @@ use super::{Query, ReadError, read};
 use crate::broadcast::delivery::{backoff_ms, post_signed, webhook_client};
 use crate::config::{DeliveryConfig, Webhook, redact_url};
 use crate::metrics::{HookLabels, Metrics};
-use crate::model::events::Event;
 use crate::store::Store;
 use crate::throttle::LogThrottle;
 
@@ -44,7 +43,7 @@ struct Batch<'a> {
     event: &'static str,
     delivery_id: &'a str,
     app_id: u32,
-    events: &'a [Event],
+    events: &'a [super::EventRef],
 }
 
 /// Starts a sender for every (event webhook, app it serves) and runs them until `stop`.
@@ -97,7 +96,50 @@ impl Sender {
         !*stop.borrow()
     }
 
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Sends until `stop`. The cursor is saved by a task of its own, the newest value
+    /// whenever it changed (a POST never waits for the store's write queue), and once
+    /// more at the end; a batch acknowledged but not yet saved when the node dies is sent
+    /// again (at least once), never one out of order.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let (to_save, mut saving) = watch::channel(0u64);
+        let saver = {
+            let (store, url, app, node) = (
+                self.store.clone(),
+                self.webhook.url.clone(),
+                self.app,
+                self.node.clone(),
+            );
+            tokio::spawn(async move {
+                let save = |seq: u64| {
+                    let (store, url, node) = (store.clone(), url.clone(), node.clone());
+                    async move {
+                        if let Err(e) = store.save_event_cursor(&url, app, &node, seq).await {
+                            tracing::debug!(error = %e.chain(), "event webhook: the cursor was not saved; its batch may be sent again");
+                        }
+                    }
+                };
+                while saving.changed().await.is_ok() {
+                    let seq = *saving.borrow_and_update();
+                    save(seq).await;
+                }
+                let last = *saving.borrow();
+                if last > 0 {
+                    save(last).await;
+                }
+            })
+        };
+        self.deliver(stop, &to_save).await;
+        drop(to_save);
+        let _ = saver.await;
+    }
+
+    async fn deliver(&self, mut stop: watch::Receiver<bool>, to_save: &watch::Sender<u64>) {
+        // The newest acknowledged Seq: the store's copy may lag it by a save.
+        let mut local: u64 = 0;
+        let save = |local: &mut u64, seq: u64| {
+            *local = (*local).max(seq);
+            to_save.send_replace(*local);
+        };
         let labels = self.labels();
         let lease_ms = self.delivery.lease_ms as i64;
         let failures = LogThrottle::new(Duration::from_secs(30));
@@ -113,7 +155,7 @@ impl Sender {
                 .lease_event_sender(&self.webhook.url, self.app, &self.node, now, lease_ms)
                 .await
             {
-                Ok(Some(c)) => c,
+                Ok(Some(c)) => c.max(local),
                 // Another node sends this (webhook, app) now.
                 Ok(None) => {
                     if !Self::pause(&mut stop, Duration::from_millis(lease_ms as u64 / 3)).await {
@@ -151,7 +193,7 @@ impl Sender {
                     // Just before the oldest retained entry: the next read starts there.
                     let restart =
                         crate::model::events::entry_start(crate::model::events::pos_of(oldest));
-                    let _ = self.save(restart).await;
+                    save(&mut local, restart);
                     continue;
                 }
                 Err(ReadError::Store(e)) => {
@@ -165,7 +207,7 @@ impl Sender {
             let Some(first) = page.events.first() else {
                 // Nothing to send: skip what the filter passed over, then wait for a commit.
                 if page.next_after > cursor {
-                    let _ = self.save(page.next_after).await;
+                    save(&mut local, page.next_after);
                 }
                 self.metrics
                     .events
@@ -215,9 +257,7 @@ impl Sender {
                         .lag_seconds
                         .get_or_create(&labels)
                         .set(lag);
-                    if let Err(e) = self.save(page.next_after).await {
-                        tracing::debug!(error = %e.chain(), "event webhook: the cursor was not saved; the batch may be sent again");
-                    }
+                    save(&mut local, page.next_after);
                 }
                 Err(cause) => {
                     attempts += 1;
@@ -255,11 +295,5 @@ impl Sender {
                 }
             }
         }
-    }
-
-    async fn save(&self, seq: u64) -> Result<bool, crate::store::StoreError> {
-        self.store
-            .save_event_cursor(&self.webhook.url, self.app, &self.node, seq)
-            .await
     }
 }

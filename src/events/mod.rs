@@ -6,14 +6,18 @@
 
 pub mod hooks;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::EventsConfig;
 use crate::model::events::{self, Event, EventType, entry_start, pos_of, seq};
 use crate::store::{LogPage, LogRead, Store, StoreError};
 
-/// Entries read per round trip.
-const CHUNK: usize = 64;
+/// Entries read by a read's first round trip; each further one reads twice as many, up
+/// to [`CHUNK_MAX`]: an entry holds one commit's events (from one to thousands), and a
+/// page of `Limit` events must not decode many more than it returns.
+const CHUNK_FIRST: usize = 1;
+const CHUNK_MAX: usize = 256;
 /// Entries one read looks at, at most, before it answers with what it found and the
 /// position it scanned to (a filter that matches nothing must not read the whole log).
 const MAX_SCAN: usize = 4096;
@@ -40,10 +44,28 @@ impl Query {
     }
 }
 
+/// One event of an expanded entry, shared with the entry (an answer of 1,000 events
+/// copies none of them).
+#[derive(Debug, Clone)]
+pub struct EventRef(Arc<Vec<Event>>, usize);
+
+impl std::ops::Deref for EventRef {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.0[self.1]
+    }
+}
+
+impl serde::Serialize for EventRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
 /// What a read found.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
-    pub events: Vec<Event>,
+    pub events: Vec<EventRef>,
     /// The Seq to read after next.
     pub next_after: u64,
     /// The oldest retained event's Seq (0: the log is empty).
@@ -73,18 +95,25 @@ fn expired(after: u64, oldest_pos: u64) -> bool {
     oldest_pos > 0 && pos_of(after) < oldest_pos && (after > 0 || oldest_pos > 1)
 }
 
-fn decode(app: u32, page: &LogPage) -> Result<Vec<Vec<Event>>, StoreError> {
+fn decode(store: &dyn Store, app: u32, page: &LogPage) -> Result<Vec<Arc<Vec<Event>>>, StoreError> {
+    let cache = &store.state().decoded;
     page.entries
         .iter()
         .map(|e| {
-            crate::model::decode_entry(&e.body)
-                .map(|parts| events::expand(app, e.pos, e.time_ms, parts))
+            let key = (app, e.pos, e.time_ms);
+            if let Some(hit) = cache.get(key) {
+                return Ok(hit);
+            }
+            let events = crate::model::decode_entry(&e.body)
+                .map(|parts| Arc::new(events::expand(app, e.pos, e.time_ms, parts)))
                 .map_err(|err| {
                     StoreError::internal(format!(
                         "the change log entry {} of AppId {app} does not decode: {err}",
                         e.pos
                     ))
-                })
+                })?;
+            cache.put(key, events.clone());
+            Ok(events)
         })
         .collect()
 }
@@ -98,9 +127,10 @@ pub async fn read(store: &dyn Store, app: u32, q: &Query) -> Result<Page, ReadEr
     let mut from = q.after.map_or(0, pos_of);
     let mut scanned = q.after.unwrap_or(0);
     let mut looked = 0;
+    let mut chunk = CHUNK_FIRST;
     loop {
         let page = store
-            .read_log(app, LogRead::From { from, max: CHUNK })
+            .read_log(app, LogRead::From { from, max: chunk })
             .await?;
         if looked == 0 {
             out.oldest = if page.oldest == 0 {
@@ -115,15 +145,14 @@ pub async fn read(store: &dyn Store, app: u32, q: &Query) -> Result<Page, ReadEr
             }
         }
         let n = page.entries.len();
-        for (entry, evs) in page.entries.iter().zip(decode(app, &page)?) {
+        for (entry, evs) in page.entries.iter().zip(decode(store, app, &page)?) {
             looked += 1;
-            for e in evs {
-                if q.after.is_some_and(|a| e.seq <= a) {
-                    continue;
-                }
+            // Events are in Seq order: skip those up to the cursor at once.
+            let start = q.after.map_or(0, |a| evs.partition_point(|e| e.seq <= a));
+            for (i, e) in evs.iter().enumerate().skip(start) {
                 scanned = e.seq;
-                if q.matches(&e) {
-                    out.events.push(e);
+                if q.matches(e) {
+                    out.events.push(EventRef(evs.clone(), i));
                     if out.events.len() >= q.limit {
                         out.next_after = scanned;
                         return Ok(out);
@@ -134,9 +163,10 @@ pub async fn read(store: &dyn Store, app: u32, q: &Query) -> Result<Page, ReadEr
             scanned = scanned.max(entry_start(entry.pos));
             from = entry.pos + 1;
         }
-        if n < CHUNK || looked >= MAX_SCAN {
+        if n < chunk || looked >= MAX_SCAN {
             break;
         }
+        chunk = (chunk * 2).min(CHUNK_MAX);
     }
     out.next_after = scanned;
     Ok(out)
@@ -146,12 +176,13 @@ async fn read_latest(store: &dyn Store, app: u32, q: &Query) -> Result<Page, Rea
     let mut out = Page::default();
     let mut before = u64::MAX;
     let mut looked = 0;
+    let mut chunk = CHUNK_FIRST;
     loop {
         let page = store
-            .read_log(app, LogRead::Newest { before, max: CHUNK })
+            .read_log(app, LogRead::Newest { before, max: chunk })
             .await?;
         let n = page.entries.len();
-        let decoded = decode(app, &page)?;
+        let decoded = decode(store, app, &page)?;
         if looked == 0 {
             out.oldest = if page.oldest == 0 {
                 0
@@ -168,9 +199,9 @@ async fn read_latest(store: &dyn Store, app: u32, q: &Query) -> Result<Page, Rea
         }
         for (entry, evs) in page.entries.iter().zip(decoded) {
             looked += 1;
-            for e in evs.into_iter().rev() {
-                if q.matches(&e) {
-                    out.events.push(e);
+            for (i, e) in evs.iter().enumerate().rev() {
+                if q.matches(e) {
+                    out.events.push(EventRef(evs.clone(), i));
                     if out.events.len() >= q.limit {
                         return Ok(out);
                     }
@@ -178,9 +209,10 @@ async fn read_latest(store: &dyn Store, app: u32, q: &Query) -> Result<Page, Rea
             }
             before = entry.pos;
         }
-        if n < CHUNK || looked >= MAX_SCAN {
+        if n < chunk || looked >= MAX_SCAN {
             return Ok(out);
         }
+        chunk = (chunk * 2).min(CHUNK_MAX);
     }
 }
 

@@ -4,8 +4,8 @@
 //! made of the entry's position and the event's place in it. Nothing is stored twice: what
 //! the state replays at a start is what consumers read.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
@@ -528,5 +528,161 @@ fn delete_tag(b: &mut Body, key: String, old: String) {
         if previous.contains_key(&key) && !deleted.contains(&key) {
             deleted.push(key);
         }
+    }
+}
+
+/// Entries expanded lately, so a consumer paging through a large entry (one commit of
+/// thousands of events, Limit 1000 at a time) decodes it once, not once per page. Only
+/// entries of [`Decoded::MIN_EVENTS`] events or more are kept (smaller ones decode in
+/// microseconds), at most [`Decoded::MAX_ENTRIES`] entries and [`Decoded::MAX_EVENTS`]
+/// events. Entries never change once written, so a hit is always right.
+#[derive(Default)]
+pub struct Decoded {
+    kept: Mutex<VecDeque<(EntryKey, Arc<Vec<Event>>)>>,
+}
+
+/// (app, position, time): the time guards against a position reused by another store.
+pub type EntryKey = (u32, u64, i64);
+
+impl Decoded {
+    pub const MIN_EVENTS: usize = 64;
+    pub const MAX_ENTRIES: usize = 32;
+    pub const MAX_EVENTS: usize = 50_000;
+
+    pub fn get(&self, key: EntryKey) -> Option<Arc<Vec<Event>>> {
+        let kept = self.kept.lock().expect("decoded lock");
+        kept.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    pub fn put(&self, key: EntryKey, events: Arc<Vec<Event>>) {
+        if events.len() < Self::MIN_EVENTS || events.len() > Self::MAX_EVENTS {
+            return;
+        }
+        let mut kept = self.kept.lock().expect("decoded lock");
+        if kept.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        kept.push_back((key, events));
+        while kept.len() > Self::MAX_ENTRIES
+            || kept.iter().map(|(_, v)| v.len()).sum::<usize>() > Self::MAX_EVENTS
+        {
+            kept.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(id: &str) -> Origin {
+        Origin {
+            request_id: id.into(),
+            access_key: "AK".into(),
+        }
+    }
+
+    fn set(user: i64, inbox: u32, key: &str, old: Option<&str>, value: &str) -> Change {
+        Change::SetTag {
+            app: 1,
+            user,
+            ordinal: 0,
+            inbox,
+            key: key.into(),
+            old: old.map(str::to_owned),
+            value: value.into(),
+        }
+    }
+
+    fn delete(user: i64, key: &str, old: &str) -> Change {
+        Change::DeleteTag {
+            app: 1,
+            user,
+            ordinal: 0,
+            inbox: 0,
+            key: key.into(),
+            old: old.into(),
+        }
+    }
+
+    #[test]
+    fn a_requests_changes_fold_per_user_and_type_and_count_says_how_many() {
+        let registered = vec![
+            Change::Registered {
+                app: 1,
+                user: 7,
+                ordinal: 0,
+            },
+            Change::Profile {
+                app: 1,
+                user: 7,
+                nick_name: Some("n".into()),
+                portrait: None,
+                ext: None,
+                is_robot: None,
+            },
+            set(7, 0, "level", None, "gold"),
+        ];
+        let tags = vec![
+            set(8, 0, "a", Some("1"), "2"),
+            set(8, 0, "b", None, "1"),
+            delete(8, "c", "x"),
+            // Set and deleted again within the request: a key that was never there.
+            set(8, 0, "new", None, "1"),
+            delete(8, "new", "1"),
+            // The same value again (an entry of the release before): nothing.
+            set(8, 0, "a", Some("2"), "2"),
+            set(8, 2, "a", None, "1"),
+            set(9, 0, "a", None, "1"),
+        ];
+        let parts = vec![
+            Written {
+                origin: origin("r1"),
+                changes: registered.clone(),
+            },
+            Written {
+                origin: origin("r2"),
+                changes: tags.clone(),
+            },
+        ];
+        let events = expand(1, 3, 1000, parts);
+        assert_eq!(
+            count([&registered[..], &tags[..]].into_iter()),
+            events.len() as u64
+        );
+        let kinds: Vec<(EventType, Option<i64>)> = events
+            .iter()
+            .map(|e| (e.body.kind(), e.body.user()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventType::Registered, Some(7)),
+                (EventType::TagsChanged, Some(8)),
+                (EventType::TagsChanged, Some(8)),
+                (EventType::TagsChanged, Some(9)),
+            ]
+        );
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [30_000_001, 30_000_002, 30_000_003, 30_000_004]
+        );
+        let Body::Registered { profile, tags, .. } = &events[0].body else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                profile.nick_name.as_str(),
+                tags.get("level").map(String::as_str)
+            ),
+            ("n", Some("gold"))
+        );
+        let v = serde_json::to_value(&events[1]).unwrap();
+        assert_eq!(v["Set"], serde_json::json!({"a": "2", "b": "1"}));
+        assert_eq!(v["Deleted"], serde_json::json!(["c"]));
+        assert_eq!(v["Previous"], serde_json::json!({"a": "1", "c": "x"}));
+        assert_eq!(v["RequestId"], "r2");
+        assert_eq!(v["Seq"], "30000002");
+        assert!(v.get("touched").is_none());
     }
 }

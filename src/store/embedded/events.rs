@@ -13,7 +13,10 @@ use crate::store::{LogEntry, LogPage, LogRead};
 pub(super) fn read(conn: &Connection, app: u32, read: LogRead) -> rusqlite::Result<LogPage> {
     let tx = conn.unchecked_transaction()?;
     let (oldest, head): (Option<i64>, Option<i64>) = tx
-        .prepare_cached("SELECT MIN(pos), MAX(pos) FROM tagcast_log WHERE app_id = ?1")?
+        .prepare_cached(
+            "SELECT (SELECT MIN(pos) FROM tagcast_log WHERE app_id = ?1),
+                    (SELECT MAX(pos) FROM tagcast_log WHERE app_id = ?1)",
+        )?
         .query_row([app], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let row = |r: &rusqlite::Row| {
         Ok(LogEntry {
@@ -48,14 +51,9 @@ pub(super) fn read(conn: &Connection, app: u32, read: LogRead) -> rusqlite::Resu
     })
 }
 
-pub(super) fn apps(conn: &Connection) -> rusqlite::Result<Vec<u32>> {
-    conn.prepare_cached("SELECT DISTINCT app_id FROM tagcast_log")?
-        .query_map([], |r| r.get(0))?
-        .collect()
-}
-
 /// (oldest, first position to keep): see [`crate::store::Store::log_cut`]. The scan for
-/// the first kept entry walks only the entries retention drops.
+/// the first kept entry walks only the entries retention drops. (MIN and MAX each in a
+/// subquery: SQLite answers an aggregate alone from the key, both at once by a scan.)
 pub(super) fn cut(
     conn: &Connection,
     app: u32,
@@ -147,7 +145,7 @@ pub(super) fn save_cursor(
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO tagcast_event_cursors (url, app_id, pos) VALUES (?1, ?2, ?3)
-         ON CONFLICT (url, app_id) DO UPDATE SET pos = excluded.pos",
+         ON CONFLICT (url, app_id) DO UPDATE SET pos = MAX(pos, excluded.pos)",
     )?
     .execute(params![url, app, pos as i64])?;
     Ok(())

@@ -463,7 +463,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn log_apps(&self) -> Result<Vec<u32>, StoreError> {
-        self.read_inline(events::apps).await
+        // The state holds every app whose log it replayed or appended to (a scan of the
+        // log for its distinct apps would read every entry).
+        Ok(self
+            .index
+            .positions()
+            .into_iter()
+            .filter(|(_, pos)| *pos > 0)
+            .map(|(app, _)| app)
+            .collect())
     }
 
     async fn log_cut(

@@ -93,21 +93,12 @@ pub(super) fn append_entry(
     body: &[u8],
     events: u64,
 ) -> rusqlite::Result<()> {
-    let before: i64 = conn
-        .prepare_cached("SELECT total FROM tagcast_log WHERE app_id = ?1 AND pos = ?2")?
-        .query_row(params![app, pos as i64 - 1], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+    // One statement: the previous entry's total read by the INSERT itself.
     conn.prepare_cached(
-        "INSERT INTO tagcast_log (app_id, pos, time_ms, body, total) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO tagcast_log (app_id, pos, time_ms, body, total) VALUES (?1, ?2, ?3, ?4,
+             COALESCE((SELECT total FROM tagcast_log WHERE app_id = ?1 AND pos = ?2 - 1), 0) + ?5)",
     )?
-    .execute(params![
-        app,
-        pos as i64,
-        time_ms,
-        body,
-        before + events as i64
-    ])?;
+    .execute(params![app, pos as i64, time_ms, body, events as i64])?;
     Ok(())
 }
 
