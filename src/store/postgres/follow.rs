@@ -23,7 +23,7 @@
 //! hold, and the log line says why. The file is written every `store.snapshot_interval_s`
 //! or `store.snapshot_changes`, and at a clean stop; before each write the node records
 //! the positions it holds in `tagcast_snapshot_marks`. The log is also the event log
-//! (API.md §9): entries are trimmed by the events' retention only (`store/retention.rs`;
+//! (API.md §9): entries are trimmed by the events' retention only (`events::retention`;
 //! the entry at an app's head is always kept, for the check); a node that finds the entry
 //! after its position gone (it fell behind the trim) rebuilds from the tables.
 //!
@@ -720,7 +720,7 @@ async fn for_each_row(
 }
 
 /// Deletes the snapshot marks older than [`MARK_HOLD`]. (The log itself is the event log:
-/// its retention trims it, `store::retention`; a node whose saved state was trimmed past
+/// its retention trims it, `events::retention`; a node whose saved state was trimmed past
 /// builds from the tables.)
 pub(super) async fn trim(shared: &Shared) -> Result<u64, StoreError> {
     let classify = |e| classify(&shared.target, e);
