@@ -265,18 +265,12 @@ impl AppIndex {
                     return;
                 }
                 let p = slot.profile.get_or_insert_default();
-                if let Some(n) = nick_name {
-                    p.nick_name.clone_from(n);
-                }
-                if let Some(x) = portrait {
-                    p.portrait.clone_from(x);
-                }
-                if let Some(e) = ext {
-                    p.ext.clone_from(e);
-                }
-                if let Some(r) = is_robot {
-                    p.is_robot = *r;
-                }
+                p.set(
+                    nick_name.as_ref(),
+                    portrait.as_ref(),
+                    ext.as_ref(),
+                    *is_robot,
+                );
                 if **p == Profile::default() {
                     slot.profile = None;
                 }

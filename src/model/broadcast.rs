@@ -32,6 +32,19 @@ pub struct NewBroadcast {
 }
 
 impl NewBroadcast {
+    /// The `broadcast.sent` change of this broadcast, stored as `id` with its audience's
+    /// size and expiry (both stores append it in the send's transaction).
+    pub fn sent(&self, id: i64, audience_count: u64, expire_ms: i64) -> crate::model::Change {
+        crate::model::Change::BroadcastSent {
+            app: self.app_id,
+            id,
+            inbox: self.inbox,
+            audience_count,
+            selector: self.selector.clone(),
+            expire_ms,
+        }
+    }
+
     /// When a broadcast sent at `now_ms` expires: its TTL later (recipients stop seeing it,
     /// its pending pages fail, the sweeper purges it).
     pub fn expire_time(&self, now_ms: i64) -> i64 {

@@ -310,7 +310,12 @@ pub fn expand(app: u32, pos: u64, time_ms: i64, parts: Vec<Written>) -> Vec<Even
                     };
                     if mine && let Some(Body::Registered { profile, .. }) = last(&mut bodies, user)
                     {
-                        apply_fields(profile, changed);
+                        profile.set(
+                            changed.nick_name.as_ref(),
+                            changed.portrait.as_ref(),
+                            changed.ext.as_ref(),
+                            changed.is_robot,
+                        );
                         continue;
                     }
                     // Entries of the release before the event log carry no old values.
@@ -457,21 +462,6 @@ fn last(bodies: &mut [(Arc<Origin>, Body)], user: i64) -> Option<&mut Body> {
         .last_mut()
         .map(|(_, b)| b)
         .filter(|b| b.user() == Some(user))
-}
-
-fn apply_fields(p: &mut Profile, f: Fields) {
-    if let Some(v) = f.nick_name {
-        p.nick_name = v;
-    }
-    if let Some(v) = f.portrait {
-        p.portrait = v;
-    }
-    if let Some(v) = f.ext {
-        p.ext = v;
-    }
-    if let Some(v) = f.is_robot {
-        p.is_robot = v;
-    }
 }
 
 fn tags_changed(user: i64, inbox: u32) -> Body {

@@ -67,6 +67,30 @@ pub struct Profile {
     pub is_robot: bool,
 }
 
+impl Profile {
+    /// Sets the fields given (`None`: left as it is).
+    pub fn set(
+        &mut self,
+        nick_name: Option<&String>,
+        portrait: Option<&String>,
+        ext: Option<&BTreeMap<String, String>>,
+        is_robot: Option<bool>,
+    ) {
+        if let Some(n) = nick_name {
+            self.nick_name.clone_from(n);
+        }
+        if let Some(x) = portrait {
+            self.portrait.clone_from(x);
+        }
+        if let Some(e) = ext {
+            self.ext.clone_from(e);
+        }
+        if let Some(r) = is_robot {
+            self.is_robot = r;
+        }
+    }
+}
+
 /// The stored state of one (app, user).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserState {

@@ -46,6 +46,9 @@ pub struct Plan {
     /// The tags column of every user whose tags the batch changed or who it registered,
     /// as it stands after the whole batch (users it left unregistered are not here).
     pub rows: BTreeMap<(u32, i64), TagsRow>,
+    /// Events each changed app's entry holds ([`crate::model::events::count`]), counted
+    /// once when planned: the entry's `total` and the metric both read it.
+    pub events: BTreeMap<u32, u64>,
 }
 
 /// One request of a plan, for its app's change log entry.
@@ -79,14 +82,14 @@ impl Plan {
         crate::model::encode_entry(&parts)
     }
 
-    /// How many events `app`'s entry holds ([`crate::model::events::count`]).
+    /// How many events `app`'s entry holds.
     pub fn entry_events(&self, app: u32) -> u64 {
-        crate::model::events::count(
-            self.requests
-                .iter()
-                .filter(|r| r.app == app)
-                .map(|r| &self.changes[r.changes.clone()]),
-        )
+        self.events.get(&app).copied().unwrap_or(0)
+    }
+
+    /// How many events the plan's entries hold, all apps.
+    pub fn events_total(&self) -> u64 {
+        self.events.values().sum()
     }
 
     /// The tags the INSERT of `Registered { app, user, ordinal }` writes: the batch's final
@@ -289,6 +292,15 @@ pub(crate) fn plan(
             );
         }
     }
+    for app in plan.apps() {
+        let n = crate::model::events::count(
+            plan.requests
+                .iter()
+                .filter(|r| r.app == app)
+                .map(|r| &plan.changes[r.changes.clone()]),
+        );
+        plan.events.insert(app, n);
+    }
     Ok(plan)
 }
 
@@ -461,18 +473,7 @@ impl<'a> Fields<'a> {
     }
 
     fn apply(&self, p: &mut Profile) {
-        if let Some(n) = self.nick_name {
-            p.nick_name.clone_from(n);
-        }
-        if let Some(x) = self.portrait {
-            p.portrait.clone_from(x);
-        }
-        if let Some(e) = self.ext {
-            p.ext.clone_from(e);
-        }
-        if let Some(r) = self.is_robot {
-            p.is_robot = r;
-        }
+        p.set(self.nick_name, self.portrait, self.ext, self.is_robot);
     }
 
     fn change(&self, app: u32, user: i64) -> Change {

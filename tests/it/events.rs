@@ -41,6 +41,44 @@ async fn all_events(client: &Client, app: i64) -> Vec<Value> {
     }
 }
 
+/// Long-polls (WaitMs 20 s, `limit` at a time) from the start until `n` events came: the
+/// events, and the polls that brought them. Every poll must bring some: writes go on.
+async fn follow(client: Client, n: usize, limit: usize) -> (Vec<Value>, usize) {
+    let (mut seen, mut after, mut polls) = (Vec::<Value>::new(), "0".to_owned(), 0);
+    while seen.len() < n {
+        let r = list(
+            &client,
+            json!({"AppId": APP, "After": after, "WaitMs": 20000, "Limit": limit}),
+        )
+        .await;
+        let events = r["Events"].as_array().unwrap();
+        assert!(
+            !events.is_empty(),
+            "a 20 s long poll answered empty while writes went on"
+        );
+        polls += 1;
+        seen.extend(events.iter().cloned());
+        after = r["NextAfter"].as_str().unwrap().to_owned();
+    }
+    (seen, polls)
+}
+
+/// A server of its own directory under `root` on the PostgreSQL database `url`.
+fn pg_node(
+    root: &std::path::Path,
+    name: &str,
+    url: &str,
+    tweak: impl FnOnce(&mut tagcast::config::Config),
+) -> ChildServer {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let mut c = base_config(&d);
+    c.store.kind = tagcast::config::StoreKind::Postgres;
+    c.store.url = Some(url.to_owned());
+    tweak(&mut c);
+    ChildServer::spawn_with(&d, &c)
+}
+
 /// A registered user as events and BatchGetUser show it: NickName and tags of every inbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct User {
@@ -371,30 +409,7 @@ async fn a_long_polling_consumer_sees_exactly_the_log_in_order_and_an_empty_poll
     let r = list(&client, json!({"AppId": APP, "WaitMs": 300})).await;
     assert_eq!(r["Events"], json!([]));
     assert_eq!(r["NextAfter"], "0");
-    let consumer = {
-        let client = s.client();
-        tokio::spawn(async move {
-            let mut seen: Vec<Value> = Vec::new();
-            let mut after = "0".to_owned();
-            let mut polls_with_events = 0;
-            while seen.len() < 200 {
-                let r = list(
-                    &client,
-                    json!({"AppId": APP, "After": after, "WaitMs": 20000, "Limit": 7}),
-                )
-                .await;
-                let events = r["Events"].as_array().unwrap();
-                assert!(
-                    !events.is_empty(),
-                    "a 20 s long poll answered empty while writes went on"
-                );
-                polls_with_events += 1;
-                seen.extend(events.iter().cloned());
-                after = r["NextAfter"].as_str().unwrap().to_owned();
-            }
-            (seen, polls_with_events)
-        })
-    };
+    let consumer = tokio::spawn(follow(s.client(), 200, 7));
     for i in 0..200 {
         register(&client, APP, &[70_000 + i]).await;
     }
@@ -707,19 +722,15 @@ async fn two_nodes_never_send_the_same_webhook_and_app_at_once_and_the_second_ta
         Receiver::start(|_: &str, _: usize| Answer::Slow(Duration::from_millis(30))).await;
     let url = crate::infra::fresh_database(crate::infra::shared_postgres());
     let node = |name: &str| {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let mut c = base_config(&d);
-        c.store.kind = tagcast::config::StoreKind::Postgres;
-        c.store.url = Some(url.clone());
-        let mut hook = webhook_receiver::webhook(dir.path(), &receiver.url, 1000);
-        hook.broadcasts = false;
-        hook.events = vec!["user.registered".into()];
-        c.webhooks = vec![hook];
-        // A short lease, so the survivor takes over soon after the kill.
-        c.delivery.lease_ms = 3000;
-        c.delivery.timeout_ms = 1000;
-        ChildServer::spawn_with(&d, &c)
+        pg_node(dir.path(), name, &url, |c| {
+            let mut hook = webhook_receiver::webhook(dir.path(), &receiver.url, 1000);
+            hook.broadcasts = false;
+            hook.events = vec!["user.registered".into()];
+            c.webhooks = vec![hook];
+            // A short lease, so the survivor takes over soon after the kill.
+            c.delivery.lease_ms = 3000;
+            c.delivery.timeout_ms = 1000;
+        })
     };
     let (a, b) = (node("a"), node("b"));
     let client = a.client();
@@ -785,36 +796,9 @@ async fn a_long_polling_consumer_on_another_node_sees_exactly_the_log_in_order()
     }
     let dir = tempfile::tempdir().unwrap();
     let url = crate::infra::fresh_database(crate::infra::shared_postgres());
-    let node = |name: &str| {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let mut c = base_config(&d);
-        c.store.kind = tagcast::config::StoreKind::Postgres;
-        c.store.url = Some(url.clone());
-        ChildServer::spawn_with(&d, &c)
-    };
+    let node = |name: &str| pg_node(dir.path(), name, &url, |_| {});
     let (writer, reader) = (node("writer"), node("reader"));
-    let consumer = {
-        let client = reader.client();
-        tokio::spawn(async move {
-            let (mut seen, mut after) = (Vec::<Value>::new(), "0".to_owned());
-            while seen.len() < 300 {
-                let r = list(
-                    &client,
-                    json!({"AppId": APP, "After": after, "WaitMs": 20000, "Limit": 9}),
-                )
-                .await;
-                let events = r["Events"].as_array().unwrap();
-                assert!(
-                    !events.is_empty(),
-                    "a 20 s long poll on the other node answered empty while writes went on"
-                );
-                seen.extend(events.iter().cloned());
-                after = r["NextAfter"].as_str().unwrap().to_owned();
-            }
-            seen
-        })
-    };
+    let consumer = tokio::spawn(follow(reader.client(), 300, 9));
     // Three writers on the first node at once: commits interleave.
     let mut writers = Vec::new();
     for w in 0..3i64 {
@@ -828,7 +812,7 @@ async fn a_long_polling_consumer_on_another_node_sees_exactly_the_log_in_order()
     for w in writers {
         w.await.unwrap();
     }
-    let seen = consumer.await.unwrap();
+    let (seen, _) = consumer.await.unwrap();
     let log = all_events(&writer.client(), APP).await;
     assert_eq!(log.len(), 300);
     assert_eq!(

@@ -147,6 +147,36 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     sig.to_str().is_ok_and(|s| s == want)
 }
 
+/// Out of flight however the request ends: a sender that disconnects (killed, or timed
+/// out) drops its handler mid-way.
+struct InFlight(Arc<Mutex<Inner>>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut i) = self.0.lock() {
+            *i.in_flight.get_mut(&self.1).unwrap() -= 1;
+        }
+    }
+}
+
+/// Counts an attempt at `delivery_id` and marks `key` in flight (an overlap when it was
+/// already) until the guard drops: the attempt's number from 0, and the guard.
+fn enter(inner: &Arc<Mutex<Inner>>, delivery_id: &str, key: &str) -> (usize, InFlight) {
+    let mut i = inner.lock().unwrap();
+    let n = *i
+        .seen
+        .entry(delivery_id.to_owned())
+        .and_modify(|n| *n += 1)
+        .or_insert(1)
+        - 1;
+    let f = i.in_flight.entry(key.to_owned()).or_default();
+    *f += 1;
+    if *f > 1 {
+        i.overlapping += 1;
+    }
+    (n, InFlight(inner.clone(), key.to_owned()))
+}
+
 async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if !verify(&s.secret, &headers, &body) || !verify_standard(&s.secret, &headers, &body) {
         s.inner.lock().unwrap().bad_signatures += 1;
@@ -168,32 +198,7 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
     if v["Event"] == "Events" {
         return handle_events(s, v, delivery_id).await;
     }
-    let n = {
-        let mut i = s.inner.lock().unwrap();
-        let n = *i
-            .seen
-            .entry(delivery_id.clone())
-            .and_modify(|n| *n += 1)
-            .or_insert(1)
-            - 1;
-        let f = i.in_flight.entry(delivery_id.clone()).or_default();
-        *f += 1;
-        if *f > 1 {
-            i.overlapping += 1;
-        }
-        n
-    };
-    // Out of flight however the request ends: a sender that disconnects (killed, or timed
-    // out) drops this handler mid-way.
-    struct InFlight(Arc<Mutex<Inner>>, String);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            if let Ok(mut i) = self.0.lock() {
-                *i.in_flight.get_mut(&self.1).unwrap() -= 1;
-            }
-        }
-    }
-    let guard = InFlight(s.inner.clone(), delivery_id.clone());
+    let (n, guard) = enter(&s.inner, &delivery_id, &delivery_id);
     let answer = (s.behaviour)(&delivery_id, n);
     if let Answer::Slow(d) = &answer {
         tokio::time::sleep(*d).await;
@@ -231,31 +236,8 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
 /// with the behaviour's answer.
 async fn handle_events(s: Shared, v: Value, delivery_id: String) -> Response {
     let app = v["AppId"].as_i64().unwrap();
-    let key = format!("events-{app}");
-    let n = {
-        let mut i = s.inner.lock().unwrap();
-        let n = *i
-            .seen
-            .entry(delivery_id.clone())
-            .and_modify(|n| *n += 1)
-            .or_insert(1)
-            - 1;
-        let f = i.in_flight.entry(key.clone()).or_default();
-        *f += 1;
-        if *f > 1 {
-            i.overlapping += 1;
-        }
-        n
-    };
-    struct InFlight(Arc<Mutex<Inner>>, String);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            if let Ok(mut i) = self.0.lock() {
-                *i.in_flight.get_mut(&self.1).unwrap() -= 1;
-            }
-        }
-    }
-    let guard = InFlight(s.inner.clone(), key);
+    // One sender per (webhook, app): in flight per app, whatever the batch.
+    let (n, guard) = enter(&s.inner, &delivery_id, &format!("events-{app}"));
     let answer = (s.behaviour)(&delivery_id, n);
     if let Answer::Slow(d) = &answer {
         tokio::time::sleep(*d).await;

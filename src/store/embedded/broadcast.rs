@@ -122,14 +122,7 @@ pub(super) fn send(
             st.execute(params![id, o.url, n, ready_at, now])?;
         }
     }
-    let change = Change::BroadcastSent {
-        app: b.app_id,
-        id,
-        inbox: b.inbox,
-        audience_count: count,
-        selector: b.selector.clone(),
-        expire_ms: expire_time,
-    };
+    let change = b.sent(id, count, expire_time);
     let pos = events::append_event(&tx, index, &b.origin, &change, now)?;
     tx.commit()?;
     events::applied(index, &change, now, pos);

@@ -316,8 +316,7 @@ impl Writer {
     fn applied(&self, plan: &Plan, heads: &[(u32, u64)]) {
         self.index.apply_logged(&plan.changes, plan.time_ms, heads);
         self.index.set_next_ordinals(&plan.next_ordinal);
-        let events: u64 = heads.iter().map(|(app, _)| plan.entry_events(*app)).sum();
-        self.metrics.events.appended.inc_by(events);
+        self.metrics.events.appended.inc_by(plan.events_total());
         self.saved
             .changes
             .fetch_add(plan.changes.len() as u64, Ordering::Relaxed);

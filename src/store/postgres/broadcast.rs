@@ -306,14 +306,7 @@ impl Shared {
                 .await
                 .map_err(classify)?;
             }
-            let change = Change::BroadcastSent {
-                app: b.app_id,
-                id,
-                inbox: b.inbox,
-                audience_count: count,
-                selector: b.selector.clone(),
-                expire_ms: expire_time,
-            };
+            let change = b.sent(id, count, expire_time);
             events::append_event(&tx, &b.origin, &change, now)
                 .await
                 .map_err(classify)?;

@@ -317,8 +317,7 @@ impl Shared {
                     batch::Failure::Plan(e) => e,
                 })?;
             tx.commit().await.map_err(classify)?;
-            let events: u64 = plan.apps().iter().map(|a| plan.entry_events(*a)).sum();
-            self.metrics.events.appended.inc_by(events);
+            self.metrics.events.appended.inc_by(plan.events_total());
             Ok(plan.outcomes)
         };
         within(self.options.timeout, work).await
