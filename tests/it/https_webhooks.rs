@@ -71,7 +71,14 @@ async fn an_https_webhook_delivers_with_its_ca_file_and_one_that_does_not_verify
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(untrusted.received(), 0);
-    let d = delivery(&c, &id).await;
+    // The trusted pages' outcomes are recorded in batches after their 2xx: wait (bounded)
+    // until the record shows them, then check it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut d = delivery(&c, &id).await;
+    while d["Delivered"] != json!(3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d = delivery(&c, &id).await;
+    }
     assert_eq!(
         (d["Delivered"].clone(), d["Pending"].clone()),
         (json!(3), json!(3)),
