@@ -11,6 +11,7 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ErrorCode};
+pub use crate::config::KeyRole;
 use crate::config::{AccountConfig, KeyConfig, validate_accounts};
 use crate::signing::SecretKey;
 
@@ -22,6 +23,7 @@ struct KeyEntry {
     account: AccountId,
     secret: SecretKey,
     disabled: bool,
+    role: KeyRole,
 }
 
 pub struct Tenancy {
@@ -56,6 +58,7 @@ impl Tenancy {
                                 .expect("secrets are resolved before Tenancy::new"),
                         ),
                         disabled: k.disabled,
+                        role: k.role,
                     },
                 );
             }
@@ -63,12 +66,24 @@ impl Tenancy {
         t
     }
 
-    /// The secret and account of an enabled access key.
-    pub fn key(&self, access_key: &str) -> Option<(&SecretKey, AccountId)> {
+    /// The secret, account and role of an enabled access key.
+    pub fn key(&self, access_key: &str) -> Option<(&SecretKey, AccountId, KeyRole)> {
         self.keys
             .get(access_key)
             .filter(|k| !k.disabled)
-            .map(|k| (&k.secret, k.account))
+            .map(|k| (&k.secret, k.account, k.role))
+    }
+
+    /// The apps an account owns, sorted.
+    pub fn account_apps(&self, account: AccountId) -> Vec<u32> {
+        let mut apps: Vec<u32> = self
+            .app_owner
+            .iter()
+            .filter(|(_, owner)| **owner == account)
+            .map(|(app, _)| *app)
+            .collect();
+        apps.sort_unstable();
+        apps
     }
 
     /// Every configured app, sorted.

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod broadcast;
 pub mod call;
 pub mod config;
+pub mod console;
 #[cfg(feature = "devservers")]
 pub mod devservers;
 pub mod events;

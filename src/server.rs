@@ -141,6 +141,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         request_ids: RequestIds::default(),
         events: config.events.clone(),
         draining: tokio::sync::watch::Sender::new(false),
+        console: config
+            .console
+            .enabled
+            .then(|| Arc::new(crate::console::Console::new(config.console.dir.clone()))),
         body_memory: Arc::new(tokio::sync::Semaphore::new(
             config
                 .http

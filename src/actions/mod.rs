@@ -6,6 +6,7 @@ pub mod batch_get_user;
 pub mod batch_update_user;
 pub mod batch_update_user_tags;
 pub mod broadcast;
+pub mod catalog;
 pub mod decode;
 pub mod events;
 pub mod filter;
@@ -15,7 +16,7 @@ pub mod unregister_users;
 
 use serde::Serialize;
 
-use crate::accounts::{AccountId, Tenancy};
+use crate::accounts::{AccountId, KeyRole, Tenancy};
 use crate::api::ApiError;
 pub use crate::api::{Action, VERSION};
 use crate::config::{TagLimits, UnknownFields};
@@ -34,6 +35,8 @@ pub struct Ctx<'a> {
     pub store: &'a dyn Store,
     pub tenancy: &'a Tenancy,
     pub account: AccountId,
+    /// The signing key's role (API.md §11); the gateway has refused a write to a read key.
+    pub role: KeyRole,
     pub rules: &'a Rules,
     pub broadcasts: &'a crate::broadcast::Service,
     /// The request's verified signature (hex, either case): UserBroadcast's replay token
@@ -75,6 +78,8 @@ pub async fn dispatch(
         Action::ListBroadcasts => broadcast::list(body, ctx).await,
         Action::RecallBroadcast => broadcast::recall(body, ctx).await,
         Action::ListEvents => events::list(body, ctx).await,
+        Action::ListApps => catalog::list_apps(body, ctx).await,
+        Action::ListTags => catalog::list_tags(body, ctx).await,
     }
 }
 
@@ -95,6 +100,8 @@ pub fn parse_only(action: Action, body: &[u8], rules: &Rules) -> Result<(), ApiE
         }
         Action::ListBroadcasts => broadcast::parse_list(body, rules).map(drop),
         Action::ListEvents => events::parse(body, rules).map(drop),
+        Action::ListApps => catalog::parse_apps(body, rules),
+        Action::ListTags => catalog::parse_tags(body, rules).map(drop),
     }
 }
 

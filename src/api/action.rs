@@ -21,10 +21,12 @@ pub enum Action {
     ListBroadcasts,
     RecallBroadcast,
     ListEvents,
+    ListApps,
+    ListTags,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 15] = [
         Action::BatchUpdateUserTags,
         Action::RegisterUsers,
         Action::UnRegisterUsers,
@@ -38,6 +40,8 @@ impl Action {
         Action::ListBroadcasts,
         Action::RecallBroadcast,
         Action::ListEvents,
+        Action::ListApps,
+        Action::ListTags,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,8 @@ impl Action {
             Action::ListBroadcasts => "ListBroadcasts",
             Action::RecallBroadcast => "RecallBroadcast",
             Action::ListEvents => "ListEvents",
+            Action::ListApps => "ListApps",
+            Action::ListTags => "ListTags",
         }
     }
 
@@ -66,7 +72,8 @@ impl Action {
         Self::ALL.iter().map(|a| a.name()).collect()
     }
 
-    /// Reads change nothing; their default QPS is the vendor's read limit.
+    /// Reads change nothing; their default QPS is the vendor's read limit, and they are
+    /// what a key of role `read` may call (API.md §11).
     pub fn is_read(self) -> bool {
         matches!(
             self,
@@ -77,6 +84,8 @@ impl Action {
                 | Action::GetBroadcast
                 | Action::ListBroadcasts
                 | Action::ListEvents
+                | Action::ListApps
+                | Action::ListTags
         )
     }
 

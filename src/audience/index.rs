@@ -685,6 +685,66 @@ impl AudienceIndex {
         }
     }
 
+    /// ListTags (API.md §10): the keys of `inbox` with how many users have each and how
+    /// many distinct values it has, most users first, then by key; at most `limit`.
+    pub fn tag_keys(&self, app: u32, inbox: u32, limit: usize) -> Vec<(String, u64, u64)> {
+        let Some(a) = self.app(app) else {
+            return Vec::new();
+        };
+        let a = a.read().expect("index lock");
+        let Some(i) = a.inboxes.get(&inbox) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<(&str, u64, u64)> = i
+            .keys
+            .iter()
+            .filter(|(_, k)| !k.any.is_empty())
+            .map(|(&id, k)| {
+                let values = k.values.values().filter(|b| !b.is_empty()).count();
+                (a.strings.get(id), k.any.len(), values as u64)
+            })
+            .collect();
+        keys.sort_unstable_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+        keys.truncate(limit);
+        keys.into_iter()
+            .map(|(k, users, values)| (k.to_owned(), users, values))
+            .collect()
+    }
+
+    /// ListTags with a Key: the key's values in `inbox` with how many users hold each, most
+    /// users first, then by value; at most `limit`.
+    pub fn tag_values(&self, app: u32, inbox: u32, key: &str, limit: usize) -> Vec<(String, u64)> {
+        let Some(a) = self.app(app) else {
+            return Vec::new();
+        };
+        let a = a.read().expect("index lock");
+        let Some(k) = a
+            .strings
+            .find(key)
+            .and_then(|id| a.inboxes.get(&inbox)?.keys.get(&id))
+        else {
+            return Vec::new();
+        };
+        let mut values: Vec<(&str, u64)> = k
+            .values
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(&id, b)| (a.strings.get(id), b.len()))
+            .collect();
+        values.sort_unstable_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+        values.truncate(limit);
+        values
+            .into_iter()
+            .map(|(v, users)| (v.to_owned(), users))
+            .collect()
+    }
+
+    /// How many users of the app are registered.
+    pub fn registered(&self, app: u32) -> u64 {
+        self.app(app)
+            .map_or(0, |a| a.read().expect("index lock").registered.len())
+    }
+
     pub fn count(&self, app: u32, inbox: u32, f: &Filter) -> u64 {
         match self.app(app) {
             None => 0,

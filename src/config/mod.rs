@@ -38,6 +38,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// The event log's retention (API.md §9).
     pub events: EventsConfig,
+    /// The operator console at `/console/` (API.md §10).
+    pub console: ConsoleConfig,
 }
 
 impl Default for Config {
@@ -56,6 +58,27 @@ impl Default for Config {
             webhooks: Vec::new(),
             delivery: DeliveryConfig::default(),
             events: EventsConfig::default(),
+            console: ConsoleConfig::default(),
+        }
+    }
+}
+
+/// The operator console (API.md §10): on by default on every node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// For working on the console: serve its files from this directory (the source tree's
+    /// `src/console/assets`) at every request instead of the copies built into the binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            dir: None,
         }
     }
 }
@@ -344,6 +367,33 @@ pub struct KeyConfig {
     pub secret_key_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// What the key may call (API.md §11): every Action, or only the reads.
+    #[serde(default, skip_serializing_if = "KeyRole::is_admin")]
+    pub role: KeyRole,
+}
+
+/// A key's role (API.md §11).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// Every Action.
+    #[default]
+    Admin,
+    /// The read Actions only ([`Action::is_read`]).
+    Read,
+}
+
+impl KeyRole {
+    pub fn is_admin(&self) -> bool {
+        *self == KeyRole::Admin
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyRole::Admin => "admin",
+            KeyRole::Read => "read",
+        }
+    }
 }
 
 impl KeyConfig {
@@ -368,6 +418,7 @@ impl std::fmt::Debug for KeyConfig {
             .field("secret_key_env", &self.secret_key_env)
             .field("secret_key_file", &self.secret_key_file)
             .field("disabled", &self.disabled)
+            .field("role", &self.role)
             .finish()
     }
 }

@@ -51,15 +51,21 @@ pub struct AppState {
     pub events: crate::config::EventsConfig,
     /// Turns true when the server stops accepting: long polls answer at once.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// The operator console's files; `None` when `console.enabled` is false.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(api)
-        .with_state(state)
+        .with_state(state.clone());
+    match &state.console {
+        Some(console) => router.merge(crate::console::routes(console.clone())),
+        None => router,
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -140,18 +146,19 @@ async fn handle(
     };
     let auth = ParsedAuth::parse(&parts.headers, &policy)?;
     meta.region = auth.credential.region.clone();
-    let (secret, account) = state
-        .tenancy
-        .key(&auth.credential.access_key)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidAccessKey,
-                format!(
-                    "The accesskey [{}] included in the request is invalid.",
-                    truncate(&auth.credential.access_key, 64)
-                ),
-            )
-        })?;
+    let (secret, account, role) =
+        state
+            .tenancy
+            .key(&auth.credential.access_key)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidAccessKey,
+                    format!(
+                        "The accesskey [{}] included in the request is invalid.",
+                        truncate(&auth.credential.access_key, 64)
+                    ),
+                )
+            })?;
     let (body, _held) = read_body(body, &parts.headers, state).await?;
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
@@ -164,6 +171,15 @@ async fn handle(
         &body,
     )?;
     trace.account = Some(account);
+    if role == crate::accounts::KeyRole::Read && !action.is_read() {
+        return Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            format!(
+                "the access key's role is read: it may call only the read Actions, and {} changes state (give the key role = \"admin\" to allow it)",
+                action.name()
+            ),
+        ));
+    }
 
     match state.limiter.check(account, action).await {
         Decision::Allow => {}
@@ -192,6 +208,7 @@ async fn handle(
         store: state.store.as_ref(),
         tenancy: &state.tenancy,
         account,
+        role,
         rules: &state.rules,
         broadcasts: &state.broadcasts,
         signature: auth.signature(),

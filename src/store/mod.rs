@@ -241,6 +241,10 @@ pub trait Store: Send + Sync + 'static {
         id: i64,
     ) -> Result<Option<(Info, Delivery)>, StoreError>;
 
+    /// How many broadcasts the app has sent on UTC day `day` (days since 1970), the count
+    /// `limits.broadcasts_per_day` is checked against.
+    async fn broadcasts_on_day(&self, app_id: u32, day: i64) -> Result<u32, StoreError>;
+
     /// The app's broadcasts not yet purged with ids below `before`, newest first.
     async fn list_broadcasts(
         &self,

@@ -13,6 +13,7 @@ mod change_log;
 mod check;
 mod cli;
 mod common;
+mod console;
 mod delivery;
 mod disk_full;
 mod durability;

@@ -212,6 +212,14 @@ fn delivery(conn: &Connection, id: i64) -> rusqlite::Result<Delivery> {
     Ok(outbox::summary(&lanes_of(conn, id)?))
 }
 
+pub(super) fn sent_on_day(conn: &Connection, app_id: u32, day: i64) -> rusqlite::Result<u32> {
+    Ok(conn
+        .prepare_cached("SELECT sent FROM tagcast_broadcast_days WHERE app_id = ?1 AND day = ?2")?
+        .query_row(params![app_id, day], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |n| n.clamp(0, i64::from(u32::MAX)) as u32))
+}
+
 pub(super) fn get(
     conn: &Connection,
     app_id: u32,

@@ -498,6 +498,11 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn broadcasts_on_day(&self, app_id: u32, day: i64) -> Result<u32, StoreError> {
+        self.read_inline(|conn| broadcast::sent_on_day(conn, app_id, day))
+            .await
+    }
+
     async fn list_broadcasts(
         &self,
         app_id: u32,

@@ -386,6 +386,21 @@ impl Shared {
             .next())
     }
 
+    pub(super) async fn broadcasts_on_day(&self, app_id: u32, day: i64) -> Result<u32, StoreError> {
+        let work = async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT sent FROM tagcast_broadcast_days WHERE app_id = $1 AND day = $2",
+                    &[&(app_id as i32), &day],
+                )
+                .await
+                .map_err(|e| classify(&self.target, e))?;
+            Ok(row.map_or(0, |r| r.get::<_, i32>(0).max(0) as u32))
+        };
+        within(self.options.timeout, work).await
+    }
+
     pub(super) async fn list_broadcasts(
         &self,
         app_id: u32,

@@ -438,6 +438,10 @@ impl Store for PostgresStore {
         self.shared.trim_log(app_id, keep_from, chunk).await
     }
 
+    async fn broadcasts_on_day(&self, app_id: u32, day: i64) -> Result<u32, StoreError> {
+        self.shared.broadcasts_on_day(app_id, day).await
+    }
+
     async fn list_broadcasts(
         &self,
         app_id: u32,
