@@ -14,6 +14,7 @@ mod check;
 mod cli;
 mod common;
 mod console;
+mod console_browser;
 mod delivery;
 mod disk_full;
 mod durability;
