@@ -116,7 +116,7 @@ async fn list_apps_answers_the_accounts_apps_their_users_todays_broadcasts_and_t
     ok(&call(&admin, "UserBroadcast", send_body(json!({}))).await);
 
     let r = ok(&call(&admin, "ListApps", json!({})).await);
-    assert!(APP2 < APP, "Apps are sorted by AppId");
+    const { assert!(APP2 < APP, "Apps are sorted by AppId") };
     assert_eq!(
         r,
         json!({"Apps": [
