@@ -57,6 +57,11 @@ export function client(accessKey, secretKey, region) {
 
   async function call(action, body = {}, { signal } = {}) {
     if (!secret) throw new ApiError("SignedOut", 0, "signed out", 0, "");
+    if (!globalThis.crypto || !crypto.subtle) {
+      // Browsers give WebCrypto only to secure contexts: https, or http on localhost.
+      throw new ApiError("InsecureContext", 0,
+        "this browser signs only on https or http://localhost: open the console through the TLS proxy of the API", 0, "");
+    }
     const text = JSON.stringify(body);
     const bodyHash = await sha256Hex(enc.encode(text));
     const date = xDate(new Date());
