@@ -421,7 +421,11 @@ async fn an_operator_drives_every_screen_in_chromium_and_each_effect_shows_in_th
         .await;
     assert!(confirm.contains("Quota left today"), "{confirm}");
     b.click("broadcast-confirm").await;
-    b.testid("broadcast-result").await;
+    // The result's element is there (hidden) from the start: wait for its text.
+    b.text_until("[data-testid=broadcast-result]", "says sent", |t| {
+        t.contains("Sent broadcast")
+    })
+    .await;
     let listed = ok(&call(&api, "ListBroadcasts", json!({"AppId": APP})).await);
     let sent = listed["Broadcasts"].as_array().unwrap();
     assert_eq!(sent.len(), 1, "{listed}");
